@@ -1,0 +1,159 @@
+"""Report readiness, status, watchdog pings and shutdown to systemd (sd_notify protocol).
+
+A Type=notify service talks to systemd through datagrams sent to $NOTIFY_SOCKET. Delivery
+is best effort: a notification that cannot be sent is logged and dropped, never raised,
+so a systemd hiccup cannot take the sync down with it.
+"""
+
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import sdnotify
+import structlog
+
+_log = structlog.get_logger(__name__)
+
+_STATUS_MAX_CHARS = 200
+_MAX_PROGRESS_GAP = 1.0  # seconds; also keeps the status line fresh without a watchdog
+_LINE_BREAKS_TO_SPACES = str.maketrans({"\n": " ", "\r": " "})
+
+
+@dataclass(frozen=True)
+class WatchdogSettings:
+    """The watchdog systemd armed for us: ping at least every interval / 2 or be killed."""
+
+    interval: float  # seconds, the full WATCHDOG_USEC
+
+
+def watchdog_from_env(env: Mapping[str, str], pid: int) -> WatchdogSettings | None:
+    """Read the watchdog systemd set up, or None when there is none meant for process `pid`."""
+    if not env.get("WATCHDOG_USEC"):
+        return None
+    # WATCHDOG_PID names the process the watchdog is for; the variables may have been
+    # inherited by a child (or come from a parent) that must not ping on its behalf.
+    if "WATCHDOG_PID" in env and _positive_int(env, "WATCHDOG_PID") != pid:
+        return None
+    usec = _positive_int(env, "WATCHDOG_USEC")
+    if usec is None:
+        return None
+    return WatchdogSettings(interval=usec / 1_000_000)
+
+
+def _positive_int(env: Mapping[str, str], name: str) -> int | None:
+    """env[name] as a positive integer; None (with a warning) when it is anything else."""
+    raw = env[name]
+    if raw.isascii() and raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    _log.warning("watchdog_env_invalid", variable=name, value=raw)
+    return None
+
+
+def _one_ascii_line(text: str) -> str:
+    """STATUS= is one line of free text: keep it one short ASCII line (no injected fields)."""
+    short = text[:_STATUS_MAX_CHARS]  # every later step maps one character to one character
+    return short.translate(_LINE_BREAKS_TO_SPACES).encode("ascii", "replace").decode("ascii")
+
+
+class _ExplicitSocketNotifier(sdnotify.SystemdNotifier):  # type: ignore[misc]  # sdnotify is untyped
+    """sdnotify's notifier, connected to the socket we name rather than to $NOTIFY_SOCKET.
+
+    SystemdNotifier.__init__ can only read os.environ, and changing the process environment
+    to steer it would race with other threads. So we set up `socket` the way it does ('@'
+    means the abstract namespace) and keep its notify(), with debug=True so that send errors
+    reach us instead of being swallowed.
+    """
+
+    def __init__(self, socket_name: str) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setblocking(False)  # a full receive queue in systemd must not stall the work loop
+        address = "\0" + socket_name[1:] if socket_name.startswith("@") else socket_name
+        try:
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            raise
+        self.debug = True
+        self.socket = sock
+
+
+class Notifier:
+    """Best-effort sd_notify client; a cheap no-op when not started by systemd."""
+
+    def __init__(
+        self,
+        socket_name: str | None,
+        watchdog: WatchdogSettings | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._socket_name = socket_name or None
+        self._watchdog = watchdog
+        self._clock = clock
+        # A quarter of the interval keeps pings well inside the required interval / 2
+        # even when the progress calls themselves arrive a little irregularly.
+        self._progress_gap = (
+            min(_MAX_PROGRESS_GAP, watchdog.interval / 4) if watchdog is not None else _MAX_PROGRESS_GAP
+        )
+        self._last_progress: float | None = None
+        self._sd: _ExplicitSocketNotifier | None = None  # connected on first send
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, pid: int | None = None) -> "Notifier":
+        """The notifier systemd asked for via the environment (os.environ by default)."""
+        env = os.environ if env is None else env
+        pid = os.getpid() if pid is None else pid
+        return cls(env.get("NOTIFY_SOCKET"), watchdog_from_env(env, pid))
+
+    @property
+    def enabled(self) -> bool:
+        """Whether there is a socket to notify, i.e. whether systemd is listening."""
+        return self._socket_name is not None
+
+    @property
+    def watchdog(self) -> WatchdogSettings | None:
+        """The watchdog that progress() pings, if any."""
+        return self._watchdog
+
+    def ready(self) -> None:
+        """Tell systemd start-up is done (READY=1 must travel alone in its datagram)."""
+        self._send("READY=1")
+
+    def status(self, text: str) -> None:
+        """Show `text` as the service status (e.g. in systemctl status)."""
+        self._send("STATUS=" + _one_ascii_line(text))
+
+    def stopping(self) -> None:
+        """Tell systemd we are shutting down on purpose."""
+        self._send("STOPPING=1")
+
+    def progress(self, status_text: str) -> None:
+        """Record real progress: ping the watchdog and update the status, rate-limited.
+
+        The work loop may call this thousands of times a second, so at most one datagram
+        goes out per gap; the first call always sends.
+        """
+        if not self.enabled:
+            return
+        now = self._clock()
+        if self._last_progress is not None and now - self._last_progress < self._progress_gap:
+            return
+        self._last_progress = now
+        status = "STATUS=" + _one_ascii_line(status_text)
+        self._send(status if self._watchdog is None else "WATCHDOG=1\n" + status)
+
+    def _send(self, message: str) -> None:
+        if self._socket_name is None:
+            return
+        try:
+            if self._sd is None:
+                self._sd = _ExplicitSocketNotifier(self._socket_name)
+            self._sd.notify(message)
+        except OSError as exc:
+            _log.warning("notify_failed", error=str(exc))
+            if self._sd is not None:
+                # A connected datagram socket stays tied to the receiver it found, even
+                # after that one is gone: connect afresh on the next send.
+                self._sd.socket.close()
+                self._sd = None
