@@ -1,0 +1,217 @@
+"""Claims, results and runs: the only SQL that touches users during a cycle.
+
+A run claims due users in batches by taking a lease on each (``lease_owner`` = the run id, ``lease_until`` on the
+database clock). Two runs, on one host or many, never hold the same user: PostgreSQL skips rows another claimer has
+locked, and the guarded upsert refuses a live lease. Every result is written ``WHERE lease_owner = :owner``, so a run
+whose lease expired (and was taken over) cannot record anything. A crashed run's leases simply expire.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+
+from emailsync.config import SyncConfig, UsersConfig
+from emailsync.db import RUNS, STATE, dialect_of, transaction, with_retry
+from emailsync.logs import redact, truncate
+
+MAX_ERROR_CHARS = 500
+
+
+@dataclass(frozen=True)
+class Claim:
+    user_id: Any  # the app's id as the database returns it (int, str, UUID text), sent as-is to the backend
+    key: str  # the id as text: our state table's key
+    email: str
+    failures: int  # consecutive failures before this attempt
+
+
+@dataclass(frozen=True)
+class Result:
+    claim: Claim
+    ok: bool
+    duration_ms: int
+    error: str | None = None
+
+
+@dataclass
+class RunCounts:
+    due: int = 0
+    synced: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+class Store:
+    """Claims users for one run and records what happened to them."""
+
+    def __init__(self, engine: Engine, users: UsersConfig, sync: SyncConfig, run_id: str) -> None:
+        self.engine = engine
+        self.sync = sync
+        self.owner = run_id
+        self.d = dialect_of(engine)
+        q = self.d.quote
+        self.table = q(users.table)
+        self.id = f"u.{q(users.id_column)}"
+        self.email = f"u.{q(users.email_column)}"
+        self.last_sync = f"u.{q(users.last_sync_column)}"
+        self.set_last_sync = q(users.last_sync_column)
+        self.id_column = q(users.id_column)
+        self.filter = f"AND ({users.filter})" if users.filter else ""
+
+    def _due_from(self) -> str:
+        """FROM and WHERE of the due users: stale by the database clock, not in backoff, not leased by a live run."""
+        d = self.d
+        return f"""
+            FROM {self.table} AS u LEFT JOIN {STATE} AS s ON s.user_id = CAST({self.id} AS TEXT)
+            WHERE {d.older_than(self.last_sync, "interval")}
+              AND (s.user_id IS NULL OR (
+                    (s.lease_owner IS NULL OR s.lease_until < {d.now})
+                AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= {d.now})))
+              {self.filter}"""
+
+    def count_due(self) -> int:
+        with transaction(self.engine) as connection:
+            count = connection.execute(
+                text(f"SELECT count(*) {self._due_from()}"), {"interval": self.sync.interval}
+            ).scalar()
+        return int(count or 0)
+
+    def claim(self, limit: int) -> list[Claim]:
+        """Lease up to ``limit`` due users, oldest first."""
+        params = {"interval": self.sync.interval, "limit": limit, "owner": self.owner, "lease": self.sync.lease}
+        select = f"""
+            SELECT {self.id} AS id, {self.email} AS email, CAST({self.id} AS TEXT) AS key,
+                   COALESCE(s.failures, 0) AS failures
+            {self._due_from()}
+            ORDER BY {self.last_sync} ASC NULLS FIRST
+            LIMIT :limit"""
+        lease = f"""
+            INSERT INTO {STATE} AS s (user_id, lease_owner, lease_until, failures, updated_at)
+            {{rows}}
+            ON CONFLICT (user_id) DO UPDATE
+               SET lease_owner = excluded.lease_owner, lease_until = excluded.lease_until,
+                   updated_at = excluded.updated_at
+             WHERE (s.lease_owner IS NULL OR s.lease_until < {self.d.now})
+               AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= {self.d.now})"""
+        with transaction(self.engine) as connection:
+            if self.d.postgres:
+                # One statement: lock the due rows (skipping those another claimer holds), then take the lease
+                # only where no live lease exists; the upsert's WHERE is what makes a double claim impossible.
+                leases = f"SELECT key, :owner, {self.d.shifted('lease')}, 0, now() FROM due"
+                rows = connection.execute(
+                    text(f"""
+                        WITH due AS ({select} FOR UPDATE OF u SKIP LOCKED),
+                        claimed AS ({lease.format(rows=leases)} RETURNING user_id)
+                        SELECT due.id, due.email, due.key, due.failures
+                        FROM due JOIN claimed ON claimed.user_id = due.key"""),
+                    params,
+                ).all()
+            else:
+                # SQLite: the transaction began with BEGIN IMMEDIATE, so nobody else writes until we commit.
+                rows = connection.execute(text(select), params).all()
+                if rows:
+                    values = f"VALUES (:key, :owner, {self.d.shifted('lease')}, 0, {self.d.now})"
+                    connection.execute(
+                        text(lease.format(rows=values)),
+                        [{"key": row.key, "owner": self.owner, "lease": self.sync.lease} for row in rows],
+                    )
+        return [Claim(user_id=row.id, key=row.key, email=row.email, failures=row.failures) for row in rows]
+
+    def record(self, results: Sequence[Result]) -> None:
+        """Write a batch of results in one transaction, retried once on a fresh connection."""
+        if results:
+            with_retry(self.engine, lambda connection: self._record(connection, results))
+
+    def _record(self, connection: Connection, results: Sequence[Result]) -> None:
+        d = self.d
+        held = "user_id = :key AND lease_owner = :owner"
+        synced = [
+            {"id": r.claim.user_id, "key": r.claim.key, "owner": self.owner, "ms": r.duration_ms}
+            for r in results
+            if r.ok
+        ]
+        failed = [
+            {
+                "key": r.claim.key,
+                "owner": self.owner,
+                "ms": r.duration_ms,
+                "error": truncate(redact(r.error or "failed"), MAX_ERROR_CHARS),
+                "delay": self.backoff(r.claim),
+            }
+            for r in results
+            if not r.ok
+        ]
+        if synced:
+            connection.execute(
+                text(f"""UPDATE {self.table} SET {self.set_last_sync} = {d.now}
+                         WHERE {self.id_column} = :id AND EXISTS (SELECT 1 FROM {STATE} WHERE {held})"""),
+                synced,
+            )
+            connection.execute(
+                text(f"""UPDATE {STATE} SET lease_owner = NULL, lease_until = NULL, failures = 0,
+                                next_attempt_at = NULL, last_error = NULL, last_success_at = {d.now},
+                                last_duration_ms = :ms, updated_at = {d.now}
+                         WHERE {held}"""),
+                synced,
+            )
+        if failed:
+            connection.execute(
+                text(f"""UPDATE {STATE} SET lease_owner = NULL, lease_until = NULL, failures = failures + 1,
+                                next_attempt_at = {d.shifted("delay")}, last_error = :error,
+                                last_duration_ms = :ms, updated_at = {d.now}
+                         WHERE {held}"""),
+                failed,
+            )
+
+    def backoff(self, claim: Claim) -> float:
+        """Seconds until the next attempt: doubling per consecutive failure, capped, with jitter so failed users
+        do not all come back in the same cycle."""
+        ceiling = min(self.sync.failure_backoff_max, self.sync.failure_backoff * 2.0 ** min(claim.failures, 32))
+        return ceiling * random.uniform(0.5, 1.0)
+
+    def release(self, claims: Sequence[Claim]) -> None:
+        """Give back leases of users we did not call, so the next run can take them at once."""
+        if claims:
+            with_retry(
+                self.engine,
+                lambda connection: connection.execute(
+                    text(
+                        f"UPDATE {STATE} SET lease_owner = NULL, lease_until = NULL "
+                        "WHERE user_id = :key AND lease_owner = :owner"
+                    ),
+                    [{"key": c.key, "owner": self.owner} for c in claims],
+                ),
+            )
+
+    def start_run(self, host: str, pid: int) -> None:
+        with transaction(self.engine) as connection:
+            connection.execute(
+                text(
+                    f"INSERT INTO {RUNS} (id, host, pid, started_at, outcome) "
+                    f"VALUES (:id, :host, :pid, {self.d.now}, 'running')"
+                ),
+                {"id": self.owner, "host": host, "pid": pid},
+            )
+
+    def finish_run(self, counts: RunCounts, outcome: str, error: str | None) -> None:
+        with_retry(
+            self.engine,
+            lambda connection: connection.execute(
+                text(f"""UPDATE {RUNS} SET finished_at = {self.d.now}, due = :due, synced = :synced, failed = :failed,
+                            skipped = :skipped, outcome = :outcome, error = :error WHERE id = :id"""),
+                {
+                    "id": self.owner,
+                    "due": counts.due,
+                    "synced": counts.synced,
+                    "failed": counts.failed,
+                    "skipped": counts.skipped,
+                    "outcome": outcome,
+                    "error": truncate(redact(error), MAX_ERROR_CHARS) if error else None,
+                },
+            ),
+        )

@@ -1,0 +1,486 @@
+"""Loading and validating the configuration: a TOML file, overridden by EMAIL_SYNC_<SECTION>_<KEY> variables.
+
+Every key is declared once in KEYS (type, default, meaning); the file, the environment and the documentation all
+go through that table, so a key cannot be accepted in one place and unknown in another. Secrets (the database URL
+and the backend token) are read from files or systemd credentials and never echoed in an error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from emailsync.errors import ConfigError
+
+DEFAULT_PATH = "/etc/email-sync/email-sync.toml"
+ENV_PREFIX = "EMAIL_SYNC_"
+DATABASE_URL_CREDENTIAL = "database-url"
+BACKEND_TOKEN_CREDENTIAL = "backend-token"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class _Invalid(ValueError):
+    """A value is wrong; the caller adds which key and which file."""
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from 90, 1.5, "90s", "5m", "1h30m" or "250ms": operators write durations the way systemd does."""
+    if isinstance(value, bool):
+        raise _Invalid("must be a duration like 30s, 5m or 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            seconds = float(text)
+        elif text and re.fullmatch(f"(?:{_DURATION_PART.pattern})+", text):
+            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
+        else:
+            raise _Invalid(f"must be a duration like 30s, 5m or 1h, got {value!r}")
+    else:
+        raise _Invalid("must be a duration like 30s, 5m or 1h")
+    if not seconds > 0 or seconds == float("inf"):
+        raise _Invalid(f"must be a positive duration, got {value!r}")
+    return seconds
+
+
+def _integer(minimum: int, maximum: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"must be an integer, got {value!r}")
+        if not minimum <= value <= maximum:
+            raise _Invalid(f"must be between {minimum} and {maximum}, got {value}")
+        return value
+
+    return parse
+
+
+def _rate(value: Any) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise _Invalid(f"must be a number of requests per second, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+        raise _Invalid(f"must be a number >= 0 (0 = unlimited), got {value!r}")
+    return float(value)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"must be a string, got {value!r}")
+    if "\x00" in value:
+        raise _Invalid("must not contain NUL characters")
+    return value
+
+
+def _identifier(value: Any) -> str:
+    text = _text(value)
+    if not _IDENTIFIER.fullmatch(text):
+        raise _Invalid(f"must be an SQL name like users or app.users, got {text!r}")
+    return text
+
+
+def _path(value: Any) -> str:
+    text = _text(value)
+    if not text.startswith("/") or any(c in text for c in "?# "):
+        raise _Invalid(f"must be a URL path starting with '/', got {text!r}")
+    return text
+
+
+def _http_url(value: Any) -> str:
+    text = _text(value).rstrip("/")
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 -- urlsplit validates the port only when asked
+    except ValueError as error:
+        raise _Invalid(f"must be an http(s) URL: {error}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Invalid(f"must be an http:// or https:// URL, got {text!r}")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise _Invalid("must not contain credentials, a query or a fragment (the token goes in backend.token_file)")
+    return text
+
+
+def _optional_file(value: Any) -> str:
+    return _text(value)
+
+
+def _log_level(value: Any) -> str:
+    text = _text(value).lower()
+    if text not in _LOG_LEVELS:
+        raise _Invalid(f"must be one of {', '.join(_LOG_LEVELS)}, got {value!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class Key:
+    section: str
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    secret: bool = False
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def env(self) -> str:
+        return f"{ENV_PREFIX}{self.section}_{self.name}".upper()
+
+
+REQUIRED = object()
+
+KEYS: tuple[Key, ...] = (
+    Key(
+        "database",
+        "url",
+        _text,
+        "",
+        "SQLAlchemy URL of the app's database (postgresql://... or sqlite:///...). "
+        "Prefer url_file or the database-url credential: it holds a password.",
+        secret=True,
+    ),
+    Key("database", "url_file", _optional_file, "", "File holding the database URL (mode 0600)."),
+    Key("database", "connect_timeout", parse_duration, 10.0, "Give up connecting to the database after this."),
+    Key("database", "statement_timeout", parse_duration, 30.0, "PostgreSQL statement_timeout for our statements."),
+    Key("users", "table", _identifier, "users", "The app's users table (optionally schema.table)."),
+    Key("users", "id_column", _identifier, "id", "Its primary key column."),
+    Key("users", "email_column", _identifier, "email", "Its email column."),
+    Key(
+        "users", "last_sync_column", _identifier, "last_sync", "Its last-sync timestamp column (the only one we write)."
+    ),
+    Key("users", "filter", _text, "", 'Optional SQL condition selecting active users, e.g. "active AND NOT deleted".'),
+    Key(
+        "sync", "interval", parse_duration, 3600.0, "A user is due when last_sync is older than this (database clock)."
+    ),
+    Key(
+        "sync", "max_users_per_run", _integer(1, 10_000_000), 100_000, "Stop claiming after this many users in one run."
+    ),
+    Key("sync", "max_emails", _integer(1, 1_000_000), 50, "max_emails sent to the backend for each user."),
+    Key("sync", "batch_size", _integer(1, 10_000), 100, "Users claimed, and results written, per database round trip."),
+    Key(
+        "sync", "lease", parse_duration, 900.0, "How long a claim lasts; a crashed run's users are due again after it."
+    ),
+    Key("sync", "shutdown_grace", parse_duration, 20.0, "On SIGTERM, wait this long for calls in flight."),
+    Key("sync", "host_id", _text, "", "Name of this host in leases and runs (default: the hostname)."),
+    Key("sync", "failure_backoff", parse_duration, 300.0, "Wait after a user's first failure; doubles each time."),
+    Key("sync", "failure_backoff_max", parse_duration, 86400.0, "Cap of that wait."),
+    Key(
+        "sync",
+        "circuit_breaker",
+        _integer(1, 1_000_000),
+        20,
+        "Stop the run (exit 75) after this many consecutive transport failures or 5xx.",
+    ),
+    Key(
+        "sync",
+        "endpoint_probe",
+        _integer(1, 1000),
+        3,
+        "If the first this-many answers are all 404/405/3xx (or 401/403), the endpoint (or token) is wrong: exit 78.",
+    ),
+    Key("backend", "base_url", _http_url, REQUIRED, "The backend, e.g. http://127.0.0.1:8000."),
+    Key("backend", "sync_path", _path, "/api/v1/sync/start", "POST endpoint that syncs one user."),
+    Key("backend", "health_path", _path, "/health", "GET endpoint checked before a run."),
+    Key("backend", "token_file", _optional_file, "", "File holding the bearer token (mode 0600); none: no header."),
+    Key("backend", "ca_file", _optional_file, "", "CA bundle for a backend with a private CA (default: system CAs)."),
+    Key("backend", "connect_timeout", parse_duration, 5.0, "Connect timeout of every request."),
+    Key("backend", "read_timeout", parse_duration, 30.0, "Read timeout of every request."),
+    Key("backend", "concurrency", _integer(1, 1024), 8, "Calls in flight at once."),
+    Key("backend", "max_rate", _rate, 0.0, "At most this many requests per second (0 = unlimited)."),
+    Key("backend", "retries", _integer(0, 20), 3, "Retries of a transient failure (429, 502-504, connection errors)."),
+    Key("backend", "retry_backoff", parse_duration, 1.0, "First retry waits up to this (full jitter), doubling."),
+    Key("backend", "retry_backoff_max", parse_duration, 30.0, "Cap of one retry wait, Retry-After included."),
+    Key("logging", "level", _log_level, "info", "debug, info, warning or error."),
+)
+_BY_SECTION: dict[str, dict[str, Key]] = {}
+for _key in KEYS:
+    _BY_SECTION.setdefault(_key.section, {})[_key.name] = _key
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str
+    connect_timeout: float
+    statement_timeout: float
+
+
+@dataclass(frozen=True)
+class UsersConfig:
+    table: str
+    id_column: str
+    email_column: str
+    last_sync_column: str
+    filter: str
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    interval: float
+    max_users_per_run: int
+    max_emails: int
+    batch_size: int
+    lease: float
+    shutdown_grace: float
+    host_id: str
+    failure_backoff: float
+    failure_backoff_max: float
+    circuit_breaker: int
+    endpoint_probe: int
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    base_url: str
+    sync_path: str
+    health_path: str
+    token: str | None
+    ca_file: str | None
+    connect_timeout: float
+    read_timeout: float
+    concurrency: int
+    max_rate: float
+    retries: int
+    retry_backoff: float
+    retry_backoff_max: float
+
+    @property
+    def sync_url(self) -> str:
+        return self.base_url + self.sync_path
+
+    @property
+    def health_url(self) -> str:
+        return self.base_url + self.health_path
+
+    @property
+    def longest_silence(self) -> float:
+        """Longest stretch in which one worker shows no progress: a retry wait, then one attempt timing out."""
+        return self.retry_backoff_max + self.connect_timeout + self.read_timeout
+
+    @property
+    def longest_call(self) -> float:
+        """Upper bound of one user's call with all its retries."""
+        return (self.retries + 1) * self.longest_silence
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    database: DatabaseConfig
+    users: UsersConfig
+    sync: SyncConfig
+    backend: BackendConfig
+    log_level: str
+    warnings: tuple[str, ...]
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Strings that must never reach a log line, a table or an error message."""
+        found = [self.backend.token or ""]
+        found.extend(_url_secrets(self.database.url))
+        return tuple(s for s in found if len(s) >= 4)
+
+
+def _url_secrets(url: str) -> list[str]:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return []
+    return [password] if password else []
+
+
+def config_path(cli_path: str | None, env: Mapping[str, str]) -> str:
+    return cli_path or env.get(f"{ENV_PREFIX}CONFIG") or DEFAULT_PATH
+
+
+def load(path: str, env: Mapping[str, str] | None = None) -> Config:
+    """The validated configuration, or ConfigError naming the file and key at fault."""
+    env = os.environ if env is None else env
+    raw = _read_toml(path)
+    values: dict[str, Any] = {}
+    for section, table in raw.items():
+        keys = _BY_SECTION.get(section)
+        if keys is None:
+            raise ConfigError(f"{path}: unknown section [{section}] (known: {', '.join(_BY_SECTION)})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {section} must be a table ([{section}])")
+        for name, value in table.items():
+            key = keys.get(name)
+            if key is None:
+                raise ConfigError(f"{path}: unknown key {section}.{name}")
+            values[key.dotted] = _parse(key, value, path)
+    values.update(_from_env(env))
+    for key in KEYS:
+        if key.dotted not in values:
+            if key.default is REQUIRED:
+                raise ConfigError(f"{path}: {key.dotted} is required (or set {key.env})")
+            values[key.dotted] = key.default
+    return _build(path, values, env)
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (use --config PATH or {ENV_PREFIX}CONFIG)") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config file: {error.strerror}") from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not valid UTF-8 at byte {error.start}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: {error}") from None
+
+
+def _parse(key: Key, value: Any, where: str) -> Any:
+    try:
+        return key.parse(value)
+    except _Invalid as error:
+        message = "is not valid" if key.secret else str(error)
+        raise ConfigError(f"{where}: {key.dotted} {message}") from None
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """Overrides from EMAIL_SYNC_<SECTION>_<KEY>; variables of sections we do not have are not ours."""
+    values: dict[str, Any] = {}
+    sections = {s.upper(): s for s in _BY_SECTION}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        section, _, rest = name[len(ENV_PREFIX) :].partition("_")
+        if section not in sections:
+            continue
+        key = _BY_SECTION[sections[section]].get(rest.lower())
+        if key is None:
+            raise ConfigError(f"environment {name}: unknown key {sections[section]}.{rest.lower()}")
+        values[key.dotted] = _parse(key, value, f"environment {name}")
+    return values
+
+
+def _build(path: str, v: dict[str, Any], env: Mapping[str, str]) -> Config:
+    warnings: list[str] = []
+    database_url = _secret(
+        path,
+        env,
+        DATABASE_URL_CREDENTIAL,
+        v["database.url_file"],
+        "database.url_file",
+        v["database.url"],
+        warnings,
+    )
+    if not database_url:
+        raise ConfigError(
+            f"{path}: database.url is required (or database.url_file, or the {DATABASE_URL_CREDENTIAL} credential)"
+        )
+    _check_database_url(path, database_url)
+    token = _secret(path, env, BACKEND_TOKEN_CREDENTIAL, v["backend.token_file"], "backend.token_file", "", warnings)
+    ca_file = v["backend.ca_file"] or None
+    if ca_file is not None and not os.access(ca_file, os.R_OK):
+        raise ConfigError(f"{path}: backend.ca_file: cannot read {ca_file}")
+    backend = BackendConfig(
+        base_url=v["backend.base_url"],
+        sync_path=v["backend.sync_path"],
+        health_path=v["backend.health_path"],
+        token=token or None,
+        ca_file=ca_file,
+        connect_timeout=v["backend.connect_timeout"],
+        read_timeout=v["backend.read_timeout"],
+        concurrency=v["backend.concurrency"],
+        max_rate=v["backend.max_rate"],
+        retries=v["backend.retries"],
+        retry_backoff=v["backend.retry_backoff"],
+        retry_backoff_max=v["backend.retry_backoff_max"],
+    )
+    sync = SyncConfig(
+        interval=v["sync.interval"],
+        max_users_per_run=v["sync.max_users_per_run"],
+        max_emails=v["sync.max_emails"],
+        batch_size=v["sync.batch_size"],
+        lease=v["sync.lease"],
+        shutdown_grace=v["sync.shutdown_grace"],
+        host_id=v["sync.host_id"] or os.uname().nodename,
+        failure_backoff=v["sync.failure_backoff"],
+        failure_backoff_max=v["sync.failure_backoff_max"],
+        circuit_breaker=v["sync.circuit_breaker"],
+        endpoint_probe=v["sync.endpoint_probe"],
+    )
+    if sync.lease < 2 * backend.longest_call:
+        raise ConfigError(
+            f"{path}: sync.lease ({sync.lease:g}s) must be at least twice the longest call with its retries "
+            f"({backend.longest_call:g}s, from backend.retries, timeouts and retry_backoff_max)"
+        )
+    return Config(
+        source=path,
+        database=DatabaseConfig(
+            url=database_url,
+            connect_timeout=v["database.connect_timeout"],
+            statement_timeout=v["database.statement_timeout"],
+        ),
+        users=UsersConfig(
+            table=v["users.table"],
+            id_column=v["users.id_column"],
+            email_column=v["users.email_column"],
+            last_sync_column=v["users.last_sync_column"],
+            filter=v["users.filter"].strip(),
+        ),
+        sync=sync,
+        backend=backend,
+        log_level=v["logging.level"],
+        warnings=tuple(warnings),
+    )
+
+
+def _secret(
+    path: str, env: Mapping[str, str], credential: str, file: str, file_key: str, inline: str, warnings: list[str]
+) -> str:
+    """A secret from the systemd credential, else the *_file key, else the inline value."""
+    credentials = env.get("CREDENTIALS_DIRECTORY")
+    if credentials and Path(credentials, credential).exists():
+        return _read_secret(Path(credentials, credential), f"{path}: credential {credential}", warnings)
+    if file:
+        if inline:
+            raise ConfigError(f"{path}: set either {file_key} or {file_key.removesuffix('_file')}, not both")
+        return _read_secret(Path(file), f"{path}: {file_key}", warnings)
+    return inline
+
+
+def _read_secret(file: Path, what: str, warnings: list[str]) -> str:
+    try:
+        info = file.stat()
+        value = file.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: {file} does not exist") from None
+    except OSError as error:
+        raise ConfigError(f"{what}: cannot read {file}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what}: {file} is not valid UTF-8") from None
+    if not value:
+        raise ConfigError(f"{what}: {file} is empty")
+    if "\n" in value:
+        raise ConfigError(f"{what}: {file} must hold a single line")
+    if info.st_mode & stat.S_IROTH:
+        warnings.append(f"{file} is readable by every user; chmod 0600 it")
+    return value
+
+
+def _check_database_url(path: str, url: str) -> None:
+    scheme = url.partition("://")[0].split("+")[0]
+    if scheme not in ("postgresql", "postgres", "sqlite") or "://" not in url:
+        raise ConfigError(f"{path}: database.url must start with postgresql:// or sqlite:/// (the value is not shown)")

@@ -1,0 +1,287 @@
+"""One sync cycle: check, claim due users, call the backend for each, record results, report.
+
+The main thread owns the database (claims, result batches, the run row) and the notifications to systemd; the call
+pool's threads only talk HTTP. The cycle ends when no due user is left or ``max_users_per_run`` were claimed; early
+when asked to stop (SIGTERM), when the endpoint or token is wrong for everyone (78), or when the backend keeps
+failing (75). Ending early always means: start no new call, give in-flight calls ``shutdown_grace`` to finish and
+record them, release every lease we did not use.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import structlog
+
+from emailsync import backend, db
+from emailsync.backend import CallPool, Client, Kind, Outcome
+from emailsync.claims import Claim, Result, RunCounts, Store
+from emailsync.config import Config
+from emailsync.errors import CircuitOpen, ConfigError, DatabaseUnavailable, EmailSyncError, EndpointError
+from emailsync.notify import Notifier
+
+log = structlog.get_logger()
+
+FLUSH_EVERY = 1.0  # seconds: results reach the database at least this often
+POLL = 0.2  # seconds: how long the main loop waits for an outcome before looking at the clock again
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    counts: RunCounts
+    outcome: str
+    duration_ms: int
+
+
+def check_watchdog_fits(config: Config, notifier: Notifier) -> None:
+    """A call that times out must still end before systemd's watchdog gives up on us."""
+    watchdog = notifier.watchdog
+    if watchdog and config.backend.longest_silence >= watchdog.interval / 2:
+        raise ConfigError(
+            f"{config.source}: backend.connect_timeout + read_timeout + retry_backoff_max "
+            f"({config.backend.longest_silence:g}s) must be under half of the unit's WatchdogSec "
+            f"({watchdog.interval:g}s): lower them or raise WatchdogSec"
+        )
+
+
+def run(config: Config, notifier: Notifier, stop: threading.Event) -> RunReport:
+    """One whole cycle. Raises an EmailSyncError for the outcomes that need an exit code other than 0."""
+    run_id = str(uuid.uuid4())
+    structlog.contextvars.bind_contextvars(run_id=run_id)
+    started = time.monotonic()
+    engine = db.connect(config.database)
+    try:
+        db.check_ready(engine, config.users)
+        backend.check_health(config.backend)
+        store = Store(engine, config.users, config.sync, run_id)
+        store.start_run(config.sync.host_id, os.getpid())
+        counts = RunCounts(due=store.count_due())
+        log.info("cycle_started", host=config.sync.host_id, due=counts.due, sync_url=config.backend.sync_url)
+        outcome: str = "crashed"
+        error: EmailSyncError | None = None
+        try:
+            Cycle(config, store, notifier, stop, counts).sync_due_users()
+            outcome = "interrupted" if stop.is_set() else "ok"
+        except EmailSyncError as failure:
+            outcome, error = failure.event, failure
+            raise
+        finally:
+            report = RunReport(run_id, counts, outcome, int((time.monotonic() - started) * 1000))
+            log.info(
+                "cycle_finished",
+                outcome=outcome,
+                due=counts.due,
+                synced=counts.synced,
+                failed=counts.failed,
+                skipped=counts.skipped,
+                duration_ms=report.duration_ms,
+            )
+            if not isinstance(error, DatabaseUnavailable):  # with the database gone there is nowhere to write
+                store.finish_run(counts, outcome, str(error) if error else None)
+        return report
+    finally:
+        engine.dispose()
+
+
+@dataclass
+class Verdict:
+    """Whether the first answers of the cycle say the endpoint or the token is wrong for everyone.
+
+    Until something other than 404/405/3xx/401/403 has been seen, such answers are held back rather than
+    recorded as the users' failures: if the first ``needed`` answers are all of that kind, it is the
+    configuration's fault, and nobody's backoff should grow for it.
+    """
+
+    needed: int
+    suspects: list[Outcome] = field(default_factory=list)
+    cleared: bool = False
+
+    def observe(self, outcome: Outcome) -> list[Outcome]:
+        """The outcomes that can now be recorded."""
+        if self.cleared:
+            return [outcome]
+        if outcome.kind in (Kind.ENDPOINT, Kind.AUTH):
+            self.suspects.append(outcome)
+            if len(self.suspects) >= self.needed:
+                raise self.error()
+            return []
+        if outcome.kind is Kind.NOT_STARTED:
+            return [outcome]
+        self.cleared = True
+        held, self.suspects = self.suspects, []
+        return [*held, outcome]
+
+    def error(self) -> EndpointError:
+        first = self.suspects[0]
+        statuses = "/".join(sorted({str(o.status) for o in self.suspects}))
+        if all(o.kind is Kind.AUTH for o in self.suspects):
+            return EndpointError(
+                f"the backend refused our token for the first {len(self.suspects)} users ({statuses}): "
+                "check backend.token_file (or the backend-token credential)"
+            )
+        return EndpointError(
+            f"{first.error}; answered {statuses} for the first {len(self.suspects)} users: "
+            "backend.sync_path (or backend.base_url) is wrong"
+        )
+
+
+class Cycle:
+    def __init__(
+        self, config: Config, store: Store, notifier: Notifier, stop: threading.Event, counts: RunCounts
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.notifier = notifier
+        self.stop = stop
+        self.counts = counts
+        self.attempts = 0  # calls finished, successful or not: the progress the watchdog hears about
+        self.attempts_lock = threading.Lock()
+        self.in_flight: dict[str, Claim] = {}
+        self.to_record: list[Result] = []
+        self.to_release: list[Claim] = []
+        self.claimed = 0
+        self.no_more_due = False
+        self.failing_in_a_row = 0
+        self.verdict = Verdict(config.sync.endpoint_probe)
+        self.client = Client(config.backend, config.sync.max_emails, store.owner, stop, self._attempt_done)
+
+    def _attempt_done(self) -> None:
+        with self.attempts_lock:
+            self.attempts += 1
+
+    def sync_due_users(self) -> None:
+        pool = CallPool(self.client, self.config.backend.concurrency, self.stop)
+        try:
+            self._call_until_done(pool)
+        except (EndpointError, CircuitOpen):
+            self.stop.set()
+            self._wind_down(pool)
+            raise
+        finally:
+            self.notifier.status(self.status_line())
+
+    def _call_until_done(self, pool: CallPool) -> None:
+        last_flush = time.monotonic()
+        progress_seen = -1
+        while self.in_flight or not self._done_claiming():
+            if not self._done_claiming():
+                self._claim_more(pool)
+            outcome = pool.next_outcome(POLL)
+            while outcome is not None:
+                self._handle(outcome)
+                outcome = pool.next_outcome(0)
+            if len(self.to_record) >= self.config.sync.batch_size or time.monotonic() - last_flush > FLUSH_EVERY:
+                self._flush()
+                last_flush = time.monotonic()
+            if self.attempts != progress_seen:  # only real progress feeds the watchdog: a hang must starve it
+                progress_seen = self.attempts
+                self.notifier.progress(self.status_line())
+            if self.stop.is_set():
+                self._wind_down(pool)
+                return
+        if self.verdict.suspects:  # fewer users than the probe needs, and every one of them said 404 (or 401)
+            raise self.verdict.error()
+        self._flush()
+
+    def _done_claiming(self) -> bool:
+        return self.no_more_due or self.stop.is_set() or self.claimed >= self.config.sync.max_users_per_run
+
+    def _claim_more(self, pool: CallPool) -> None:
+        """Keep about two calls' worth of claims per thread queued: enough to stay busy, few leases ageing."""
+        if len(self.in_flight) >= 2 * self.config.backend.concurrency:
+            return
+        limit = min(self.config.sync.batch_size, self.config.sync.max_users_per_run - self.claimed)
+        claims = self.store.claim(limit)
+        self.claimed += len(claims)
+        self.no_more_due = len(claims) < limit
+        for claim in claims:
+            self.in_flight[claim.key] = claim
+            pool.submit(claim)
+
+    def _handle(self, outcome: Outcome) -> None:
+        del self.in_flight[outcome.claim.key]
+        self._check_circuit(outcome)
+        for ready in self.verdict.observe(outcome):
+            self._account(ready)
+
+    def _check_circuit(self, outcome: Outcome) -> None:
+        if outcome.kind.breaks_circuit:
+            self.failing_in_a_row += 1
+            if self.failing_in_a_row >= self.config.sync.circuit_breaker:
+                raise CircuitOpen(
+                    f"{self.failing_in_a_row} calls in a row failed (last: {outcome.error}); "
+                    f"stopping this run, the backend at {self.config.backend.base_url} looks down"
+                )
+        elif outcome.kind is not Kind.NOT_STARTED:
+            self.failing_in_a_row = 0
+
+    def _account(self, outcome: Outcome) -> None:
+        """Count and log an outcome, and queue its result for the next batch write."""
+        user = outcome.claim.user_id
+        if outcome.kind is Kind.NOT_STARTED:
+            self.counts.skipped += 1
+            self.to_release.append(outcome.claim)
+            return
+        ok = outcome.kind is Kind.SYNCED
+        self.to_record.append(Result(outcome.claim, ok, outcome.duration_ms, outcome.error))
+        if ok:
+            self.counts.synced += 1
+            log.info(
+                "user_synced",
+                user_id=user,
+                status=outcome.status,
+                duration_ms=outcome.duration_ms,
+                attempts=outcome.attempts,
+                emails_synced=outcome.emails_synced,
+            )
+        else:
+            self.counts.failed += 1
+            log.warning(
+                "user_failed",
+                user_id=user,
+                status=outcome.status,
+                kind=outcome.kind.value,
+                duration_ms=outcome.duration_ms,
+                attempts=outcome.attempts,
+                error=outcome.error,
+            )
+
+    def _flush(self) -> None:
+        batch, self.to_record = self.to_record, []
+        self.store.record(batch)
+        unused, self.to_release = self.to_release, []
+        self.store.release(unused)
+
+    def _wind_down(self, pool: CallPool) -> None:
+        """Start nothing new; wait up to shutdown_grace for calls in flight, recording them; release the rest.
+
+        Calls still running after the grace keep their leases (they may yet reach the backend): the leases
+        expire and those users are due again, rather than risk a second run syncing them while the first call
+        lands.
+        """
+        self.notifier.stopping()
+        unstarted = pool.take_unstarted() + [s.claim for s in self.verdict.suspects]
+        self.verdict.suspects = []
+        for claim in unstarted:
+            self.in_flight.pop(claim.key, None)
+            self._account(Outcome(claim, Kind.NOT_STARTED, None, 0, 0))
+        deadline = time.monotonic() + self.config.sync.shutdown_grace
+        while self.in_flight and time.monotonic() < deadline:
+            outcome = pool.next_outcome(min(POLL, max(0.0, deadline - time.monotonic())))
+            if outcome is None:
+                continue
+            del self.in_flight[outcome.claim.key]
+            if outcome.kind in (Kind.ENDPOINT, Kind.AUTH) and not self.verdict.cleared:
+                outcome = Outcome(outcome.claim, Kind.NOT_STARTED, None, 0, 0)  # the configuration's fault
+            self._account(outcome)
+        self._flush()
+        if self.in_flight:
+            log.warning("calls_abandoned", count=len(self.in_flight), lease_s=self.config.sync.lease)
+
+    def status_line(self) -> str:
+        return f"synced {self.counts.synced}/{self.counts.due}, {self.counts.failed} failed"

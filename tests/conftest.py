@@ -1,0 +1,255 @@
+"""Fixtures: a real PostgreSQL database (and SQLite file) with the app's users table, a real HTTP backend, and
+email-sync run as the operator runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.exc import OperationalError
+
+from emailsync import cli, db
+from emailsync.config import DatabaseConfig
+from tests.backend import Backend
+
+ADMIN_URL = db.driver_url(
+    os.environ.get("EMAIL_SYNC_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+)
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session. PostgreSQL unreachable fails the run: never a skip."""
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"email_sync_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as error:
+        pytest.exit(f"PostgreSQL is unreachable at {ADMIN_URL} (set EMAIL_SYNC_TEST_DATABASE_URL): {error}", 3)
+    yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@dataclass
+class AppDb:
+    """The email application's database, as seen by a test: its users table plus email-sync's tables."""
+
+    url: str
+    engine: Engine
+
+    @property
+    def postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def at(self, seconds: float) -> str:
+        """SQL for the database clock's now, moved by ``seconds`` (negative: the past)."""
+        if self.postgres:
+            return f"(now() + make_interval(secs => {seconds}))"
+        return f"strftime('%Y-%m-%d %H:%M:%f', 'now', '{seconds:+} seconds')"
+
+    def seconds_until(self, column: str, user_id: Any) -> float:
+        """How far in the future (by the database clock) a timestamp column of a user's state is."""
+        if self.postgres:
+            sql = f"SELECT extract(epoch FROM {column} - now()) FROM {db.STATE} WHERE user_id = :key"
+        else:
+            sql = f"SELECT (julianday({column}) - julianday('now')) * 86400 FROM {db.STATE} WHERE user_id = :key"
+        return float(self.scalar(sql, key=str(user_id)))
+
+    def add_users(self, count: int, age: float | None = None, start: int = 1) -> list[int]:
+        """Users ``start``.. with emails user<N>@example.com, last synced ``age`` seconds ago (None: never)."""
+        ids = list(range(start, start + count))
+        last_sync = "NULL" if age is None else self.at(-age)
+        with self.engine.begin() as connection:
+            connection.execute(
+                text(f"INSERT INTO users (id, email, last_sync) VALUES (:id, :email, {last_sync})"),
+                [{"id": i, "email": f"user{i}@example.com"} for i in ids],
+            )
+        return ids
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        with self.engine.begin() as connection:
+            return connection.execute(text(sql), params).scalar()
+
+    def rows(self, sql: str, **params: Any) -> list[Any]:
+        with self.engine.begin() as connection:
+            return list(connection.execute(text(sql), params).all())
+
+    def execute(self, sql: str, **params: Any) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(text(sql), params)
+
+    def synced_ids(self) -> set[int]:
+        """Users whose last_sync is within the last minute by the database clock."""
+        return {row[0] for row in self.rows(f"SELECT id FROM users WHERE last_sync > {self.at(-60)}")}
+
+    def last_syncs(self) -> dict[int, Any]:
+        return {row[0]: row[1] for row in self.rows("SELECT id, last_sync FROM users")}
+
+    def state(self, user_id: Any) -> Any:
+        rows = self.rows(f"SELECT * FROM {db.STATE} WHERE user_id = :key", key=str(user_id))
+        return rows[0] if rows else None
+
+    def leased(self) -> list[str]:
+        return [row[0] for row in self.rows(f"SELECT user_id FROM {db.STATE} WHERE lease_owner IS NOT NULL")]
+
+    def runs(self) -> list[Any]:
+        return self.rows(f"SELECT * FROM {db.RUNS} ORDER BY started_at")
+
+
+USERS_DDL = {
+    "postgresql": "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, last_sync timestamptz)",
+    "sqlite": "CREATE TABLE users (id integer PRIMARY KEY, email text NOT NULL, last_sync text)",
+}
+
+
+def _fresh_app_db(url: str, dialect: str) -> AppDb:
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        for table in ("users", db.STATE, db.RUNS, db.VERSION_TABLE):
+            connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+        connection.execute(text(USERS_DDL[dialect]))
+    db.migrate(db.connect(DatabaseConfig(url=url, connect_timeout=5, statement_timeout=30)))
+    return AppDb(url, engine)
+
+
+@pytest.fixture
+def pg(pg_server_url: str) -> Iterator[AppDb]:
+    """The app's PostgreSQL database, emptied and migrated for this test."""
+    app = _fresh_app_db(pg_server_url, "postgresql")
+    yield app
+    app.engine.dispose()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def app_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AppDb]:
+    """The app's database, once on PostgreSQL and once on the embedded SQLite."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_server_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'app.db'}"
+    app = _fresh_app_db(url, request.param)
+    yield app
+    app.engine.dispose()
+
+
+@pytest.fixture
+def backend() -> Iterator[Backend]:
+    with Backend() as server:
+        yield server
+
+
+FAST = {
+    "backend": {
+        "connect_timeout": "2s",
+        "read_timeout": "3s",
+        "retries": 2,
+        "retry_backoff": "50ms",
+        "retry_backoff_max": "200ms",
+        "concurrency": 4,
+    },
+    "sync": {"shutdown_grace": "3s", "lease": "5m"},
+}
+
+
+def toml_value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
+    lines = []
+    for section, keys in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {toml_value(value)}" for key, value in keys.items())
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class Outcome:
+    """What one email-sync command did: exit code and its log, one parsed JSON object per line."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+    def event(self, name: str) -> dict[str, Any]:
+        found = [e for e in self.events if e["event"] == name]
+        assert len(found) == 1, f"expected one {name!r} event in:\n{self.stdout}{self.stderr}"
+        return found[0]
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["level"] in ("error", "critical")]
+
+    def assert_one_clear_error(self, code: int, *words: str) -> str:
+        """The documented exit code, exactly one error line naming ``words``, no traceback anywhere."""
+        assert self.code == code, f"exit {self.code}, expected {code}:\n{self.stdout}{self.stderr}"
+        assert len(self.errors) == 1, self.stdout
+        message: str = self.errors[0]["error"]
+        for word in words:
+            assert word in message, f"{word!r} not in {message!r}"
+        assert "Traceback" not in self.stdout + self.stderr
+        return message
+
+
+class EmailSync:
+    """Runs the email-sync command for a test: in-process (fast) or as a real subprocess (signals)."""
+
+    def __init__(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.tmp_path = tmp_path
+        self.capsys = capsys
+        self.sections: dict[str, dict[str, Any]] = {}
+
+    def configure(self, app: AppDb, server: Backend | None, **sections: dict[str, Any]) -> Path:
+        merged = {name: dict(keys) for name, keys in FAST.items()}
+        merged["database"] = {"url": app.url}
+        merged["backend"]["base_url"] = server.base_url if server else "http://127.0.0.1:9"
+        for name, keys in sections.items():
+            merged.setdefault(name, {}).update(keys)
+        self.sections = merged
+        return write_config(self.tmp_path / "email-sync.toml", merged)
+
+    @property
+    def config_path(self) -> Path:
+        return self.tmp_path / "email-sync.toml"
+
+    def __call__(self, *args: str) -> Outcome:
+        self.capsys.readouterr()
+        code = cli.main(["--config", str(self.config_path), *args])
+        captured = self.capsys.readouterr()
+        return Outcome(code, captured.out, captured.err)
+
+    def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "emailsync", "--config", str(self.config_path), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+
+    def subprocess(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> Outcome:
+        process = self.popen(*args, env=env)
+        stdout, stderr = process.communicate(timeout=timeout)
+        return Outcome(process.returncode, stdout, stderr)
+
+
+@pytest.fixture
+def email_sync(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> EmailSync:
+    return EmailSync(tmp_path, capsys)

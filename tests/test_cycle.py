@@ -1,0 +1,98 @@
+"""`email-sync run`: one cycle against a real database and a real HTTP backend, asserted on the database."""
+
+from __future__ import annotations
+
+from tests.backend import Backend, Behaviour
+from tests.conftest import AppDb, EmailSync
+
+
+def test_run_syncs_every_due_user_once_and_records_the_run(
+    app_db: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    never = app_db.add_users(3)
+    stale = app_db.add_users(3, age=2 * 3600, start=100)
+    email_sync.configure(app_db, backend)
+
+    result = email_sync("run")
+
+    assert result.code == 0, result.stdout
+    assert app_db.synced_ids() == set(never + stale)
+    assert sorted(c.user_id for c in backend.sync_calls()) == sorted(never + stale)
+    finished = result.event("cycle_finished")
+    assert (finished["due"], finished["synced"], finished["failed"], finished["outcome"]) == (6, 6, 0, "ok")
+    [run] = app_db.runs()
+    assert (run.due, run.synced, run.failed, run.skipped, run.outcome) == (6, 6, 0, 0, "ok")
+    assert run.finished_at is not None
+
+
+def test_recently_synced_users_are_not_due(app_db: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    app_db.add_users(2, age=59 * 60)
+    email_sync.configure(app_db, backend)
+
+    result = email_sync("run")
+
+    assert result.code == 0
+    assert backend.sync_calls() == []
+    assert result.event("cycle_finished")["due"] == 0
+
+
+def test_a_second_run_finds_nobody_due(app_db: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    app_db.add_users(5)
+    email_sync.configure(app_db, backend)
+    assert email_sync("run").code == 0
+
+    second = email_sync("run")
+
+    assert second.code == 0
+    assert second.event("cycle_finished")["due"] == 0
+    assert len(backend.sync_calls()) == 5
+
+
+def test_sync_call_carries_user_email_max_emails_token_and_idempotency_key(
+    app_db: AppDb, email_sync: EmailSync, tmp_path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("t0ken-value\n")
+    token_file.chmod(0o600)
+    app_db.add_users(2)
+    with Backend(token="t0ken-value") as backend:
+        email_sync.configure(app_db, backend, backend={"token_file": str(token_file)}, sync={"max_emails": 7})
+        assert email_sync("run").code == 0
+        calls = sorted(backend.sync_calls(), key=lambda c: c.user_id)
+
+    assert [c.json for c in calls] == [
+        {"user_id": 1, "email": "user1@example.com", "max_emails": 7},
+        {"user_id": 2, "email": "user2@example.com", "max_emails": 7},
+    ]
+    assert all(c.header("Authorization") == "Bearer t0ken-value" for c in calls)
+    keys = [c.header("Idempotency-Key") for c in calls]
+    assert all(keys) and len(set(keys)) == 2
+
+
+def test_no_authorization_header_without_a_token(app_db: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    app_db.add_users(1)
+    email_sync.configure(app_db, backend)
+
+    assert email_sync("run").code == 0
+
+    assert backend.sync_calls()[0].header("Authorization") is None
+
+
+def test_user_failing_with_4xx_gets_backoff_and_error_and_keeps_last_sync(
+    app_db: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    app_db.add_users(2)
+    backend.script(2, Behaviour(status=422, body=b'{"error": "mailbox locked"}'))
+    email_sync.configure(app_db, backend)
+
+    result = email_sync("run")
+
+    assert result.code == 0
+    assert app_db.synced_ids() == {1}
+    assert len(backend.sync_calls(2)) == 1  # a 4xx is not retried
+    state = app_db.state(2)
+    assert state.failures == 1
+    assert "422" in state.last_error and "mailbox locked" in state.last_error
+    assert state.lease_owner is None
+    assert 140 < app_db.seconds_until("next_attempt_at", 2) <= 300  # failure_backoff 5m, jitter 0.5-1
+    assert result.event("cycle_finished")["failed"] == 1
