@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from emailsync.config import SyncConfig, UsersConfig
-from emailsync.db import RUNS, STATE, dialect_of, transaction, with_retry
-from emailsync.logs import redact, truncate
+from emailsync.db import RUNS, STATE, dialect_of, with_retry
+from emailsync.logs import redact_and_truncate
 
 MAX_ERROR_CHARS = 500
 
@@ -75,14 +75,20 @@ class Store:
               {self.filter}"""
 
     def count_due(self) -> int:
-        with transaction(self.engine) as connection:
-            count = connection.execute(
+        count = with_retry(
+            self.engine,
+            lambda connection: connection.execute(
                 text(f"SELECT count(*) {self._due_from()}"), {"interval": self.sync.interval}
-            ).scalar()
+            ).scalar(),
+        )
         return int(count or 0)
 
     def claim(self, limit: int) -> list[Claim]:
-        """Lease up to ``limit`` due users, oldest first."""
+        """Lease up to ``limit`` due users, oldest first. A retry after a dropped connection is safe: the failed
+        transaction took no lease."""
+        return with_retry(self.engine, lambda connection: self._claim(connection, limit))
+
+    def _claim(self, connection: Connection, limit: int) -> list[Claim]:
         params = {"interval": self.sync.interval, "limit": limit, "owner": self.owner, "lease": self.sync.lease}
         select = f"""
             SELECT {self.id} AS id, {self.email} AS email, CAST({self.id} AS TEXT) AS key,
@@ -98,28 +104,27 @@ class Store:
                    updated_at = excluded.updated_at
              WHERE (s.lease_owner IS NULL OR s.lease_until < {self.d.now})
                AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= {self.d.now})"""
-        with transaction(self.engine) as connection:
-            if self.d.postgres:
-                # One statement: lock the due rows (skipping those another claimer holds), then take the lease
-                # only where no live lease exists; the upsert's WHERE is what makes a double claim impossible.
-                leases = f"SELECT key, :owner, {self.d.shifted('lease')}, 0, now() FROM due"
-                rows = connection.execute(
-                    text(f"""
-                        WITH due AS ({select} FOR UPDATE OF u SKIP LOCKED),
-                        claimed AS ({lease.format(rows=leases)} RETURNING user_id)
-                        SELECT due.id, due.email, due.key, due.failures
-                        FROM due JOIN claimed ON claimed.user_id = due.key"""),
-                    params,
-                ).all()
-            else:
-                # SQLite: the transaction began with BEGIN IMMEDIATE, so nobody else writes until we commit.
-                rows = connection.execute(text(select), params).all()
-                if rows:
-                    values = f"VALUES (:key, :owner, {self.d.shifted('lease')}, 0, {self.d.now})"
-                    connection.execute(
-                        text(lease.format(rows=values)),
-                        [{"key": row.key, "owner": self.owner, "lease": self.sync.lease} for row in rows],
-                    )
+        if self.d.postgres:
+            # One statement: lock the due rows (skipping those another claimer holds), then take the lease
+            # only where no live lease exists; the upsert's WHERE is what makes a double claim impossible.
+            leases = f"SELECT key, :owner, {self.d.shifted('lease')}, 0, now() FROM due"
+            rows = connection.execute(
+                text(f"""
+                    WITH due AS ({select} FOR UPDATE OF u SKIP LOCKED),
+                    claimed AS ({lease.format(rows=leases)} RETURNING user_id)
+                    SELECT due.id, due.email, due.key, due.failures
+                    FROM due JOIN claimed ON claimed.user_id = due.key"""),
+                params,
+            ).all()
+        else:
+            # SQLite: the transaction began with BEGIN IMMEDIATE, so nobody else writes until we commit.
+            rows = connection.execute(text(select), params).all()
+            if rows:
+                values = f"VALUES (:key, :owner, {self.d.shifted('lease')}, 0, {self.d.now})"
+                connection.execute(
+                    text(lease.format(rows=values)),
+                    [{"key": row.key, "owner": self.owner, "lease": self.sync.lease} for row in rows],
+                )
         return [Claim(user_id=row.id, key=row.key, email=row.email, failures=row.failures) for row in rows]
 
     def record(self, results: Sequence[Result]) -> None:
@@ -140,7 +145,7 @@ class Store:
                 "key": r.claim.key,
                 "owner": self.owner,
                 "ms": r.duration_ms,
-                "error": truncate(redact(r.error or "failed"), MAX_ERROR_CHARS),
+                "error": redact_and_truncate(r.error or "failed", MAX_ERROR_CHARS),
                 "delay": self.backoff(r.claim),
             }
             for r in results
@@ -189,14 +194,16 @@ class Store:
             )
 
     def start_run(self, host: str, pid: int) -> None:
-        with transaction(self.engine) as connection:
-            connection.execute(
+        with_retry(
+            self.engine,
+            lambda connection: connection.execute(
                 text(
                     f"INSERT INTO {RUNS} (id, host, pid, started_at, outcome) "
-                    f"VALUES (:id, :host, :pid, {self.d.now}, 'running')"
+                    f"VALUES (:id, :host, :pid, {self.d.now}, 'running') ON CONFLICT (id) DO NOTHING"
                 ),
                 {"id": self.owner, "host": host, "pid": pid},
-            )
+            ),
+        )
 
     def finish_run(self, counts: RunCounts, outcome: str, error: str | None) -> None:
         with_retry(
@@ -211,7 +218,7 @@ class Store:
                     "failed": counts.failed,
                     "skipped": counts.skipped,
                     "outcome": outcome,
-                    "error": truncate(redact(error), MAX_ERROR_CHARS) if error else None,
+                    "error": redact_and_truncate(error, MAX_ERROR_CHARS) if error else None,
                 },
             ),
         )

@@ -28,10 +28,22 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+# Longer is a typo, and past it the waits and timeouts built from a duration overflow (int(inf), Event.wait).
+MAX_DURATION = 365 * 86400.0
+# PostgreSQL takes statement_timeout as an int of milliseconds, where 0 means no timeout at all.
+_STATEMENT_TIMEOUT_MS = (1, 2**31 - 1)
 
 
 class _Invalid(ValueError):
     """A value is wrong; the caller adds which key and which file."""
+
+
+def _shown(value: Any) -> str:
+    """repr() for an error message: an integer of 4300+ digits (0xfff... in TOML) makes repr() itself raise."""
+    try:
+        return repr(value)
+    except ValueError:
+        return f"a {type(value).__name__} too large to show"
 
 
 def parse_duration(value: Any) -> float:
@@ -39,7 +51,10 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise _Invalid("must be a duration like 30s, 5m or 1h")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int past float's range
+            seconds = float("inf")
     elif isinstance(value, str):
         text = value.strip().replace(" ", "")
         if re.fullmatch(r"\d+(\.\d+)?", text):
@@ -47,22 +62,33 @@ def parse_duration(value: Any) -> float:
         elif text and re.fullmatch(f"(?:{_DURATION_PART.pattern})+", text):
             seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
         else:
-            raise _Invalid(f"must be a duration like 30s, 5m or 1h, got {value!r}")
+            raise _Invalid(f"must be a duration like 30s, 5m or 1h, got {_shown(value)}")
     else:
         raise _Invalid("must be a duration like 30s, 5m or 1h")
-    if not seconds > 0 or seconds == float("inf"):
-        raise _Invalid(f"must be a positive duration, got {value!r}")
+    if not 0 < seconds <= MAX_DURATION:
+        raise _Invalid(f"must be a positive duration of at most 365d, got {_shown(value)}")
+    return seconds
+
+
+def _statement_timeout(value: Any) -> float:
+    seconds = parse_duration(value)
+    low, high = _STATEMENT_TIMEOUT_MS
+    if not low <= int(seconds * 1000) <= high:
+        raise _Invalid(f"must be between 1ms and {high // 86_400_000}d (PostgreSQL's limit), got {_shown(value)}")
     return seconds
 
 
 def _integer(minimum: int, maximum: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
         if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
-            value = int(value)
+            try:
+                value = int(value)
+            except ValueError:  # more digits than int() converts: far out of range anyway
+                raise _Invalid(f"must be between {minimum} and {maximum}") from None
         if isinstance(value, bool) or not isinstance(value, int):
-            raise _Invalid(f"must be an integer, got {value!r}")
+            raise _Invalid(f"must be an integer, got {_shown(value)}")
         if not minimum <= value <= maximum:
-            raise _Invalid(f"must be between {minimum} and {maximum}, got {value}")
+            raise _Invalid(f"must be between {minimum} and {maximum}, got {_shown(value)}")
         return value
 
     return parse
@@ -73,15 +99,18 @@ def _rate(value: Any) -> float:
         try:
             value = float(value)
         except ValueError:
-            raise _Invalid(f"must be a number of requests per second, got {value!r}") from None
+            raise _Invalid(f"must be a number of requests per second, got {_shown(value)}") from None
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
-        raise _Invalid(f"must be a number >= 0 (0 = unlimited), got {value!r}")
-    return float(value)
+        raise _Invalid(f"must be a number >= 0 (0 = unlimited), got {_shown(value)}")
+    try:
+        return float(value)
+    except OverflowError:  # an int past float's range
+        raise _Invalid("must be a number >= 0 (0 = unlimited), got a number too large") from None
 
 
 def _text(value: Any) -> str:
     if not isinstance(value, str):
-        raise _Invalid(f"must be a string, got {value!r}")
+        raise _Invalid(f"must be a string, got {_shown(value)}")
     if "\x00" in value:
         raise _Invalid("must not contain NUL characters")
     return value
@@ -106,12 +135,13 @@ def _http_url(value: Any) -> str:
     try:
         parts = urlsplit(text)
         parts.port  # noqa: B018 -- urlsplit validates the port only when asked
-    except ValueError as error:
-        raise _Invalid(f"must be an http(s) URL: {error}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _Invalid(f"must be an http:// or https:// URL, got {text!r}")
+    except ValueError:  # its message may quote the netloc, credentials included
+        raise _Invalid("must be an http(s) URL with a valid host and port") from None
+    # Before any message that shows the URL: credentials or a token in the query must not be echoed.
     if parts.username or parts.password or parts.query or parts.fragment:
         raise _Invalid("must not contain credentials, a query or a fragment (the token goes in backend.token_file)")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Invalid(f"must be an http:// or https:// URL, got {text!r}")
     return text
 
 
@@ -158,7 +188,7 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("database", "url_file", _optional_file, "", "File holding the database URL (mode 0600)."),
     Key("database", "connect_timeout", parse_duration, 10.0, "Give up connecting to the database after this."),
-    Key("database", "statement_timeout", parse_duration, 30.0, "PostgreSQL statement_timeout for our statements."),
+    Key("database", "statement_timeout", _statement_timeout, 30.0, "PostgreSQL statement_timeout for our statements."),
     Key("users", "table", _identifier, "users", "The app's users table (optionally schema.table)."),
     Key("users", "id_column", _identifier, "id", "Its primary key column."),
     Key("users", "email_column", _identifier, "email", "Its email column."),
@@ -345,7 +375,7 @@ def _read_toml(path: str) -> dict[str, Any]:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not valid UTF-8 at byte {error.start}") from None
-    except tomllib.TOMLDecodeError as error:
+    except ValueError as error:  # TOMLDecodeError, or int()'s 4300-digit limit that tomllib lets through
         raise ConfigError(f"{path}: invalid TOML: {error}") from None
 
 

@@ -205,9 +205,9 @@ class Cycle:
 
     def _handle(self, outcome: Outcome) -> None:
         del self.in_flight[outcome.claim.key]
-        self._check_circuit(outcome)
         for ready in self.verdict.observe(outcome):
             self._account(ready)
+        self._check_circuit(outcome)
 
     def _check_circuit(self, outcome: Outcome) -> None:
         if outcome.kind.breaks_circuit:

@@ -22,7 +22,7 @@ PRIORITIES = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 # journald splits lines over 48 KiB; no single field may come near that.
 MAX_FIELD_CHARS = 2000
-_URL_PASSWORD = re.compile(r"(\w+://[^/\s:@]*):[^/\s@]*@")
+_URL_PASSWORD = re.compile(r"://([^/\s:@]*):[^/\s@]*@")  # starts at the literal "://": linear on long text
 _secrets: tuple[str, ...] = ()
 
 
@@ -30,11 +30,14 @@ def redact(text: str) -> str:
     """The text with every known secret, and any password inside a URL, replaced by ***."""
     for secret in _secrets:
         text = text.replace(secret, "***")
-    return _URL_PASSWORD.sub(r"\1:***@", text)
+    return _URL_PASSWORD.sub(r"://\1:***@", text)
 
 
-def truncate(text: str, limit: int = MAX_FIELD_CHARS) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}... [{len(text) - limit} more chars]"
+def redact_and_truncate(text: str, limit: int) -> str:
+    """Redacted, then cut to ``limit`` characters; only a margin past the cut is searched, so a 10 MB body costs
+    no more than a short one, and a secret straddling the cut is still caught."""
+    shown = redact(text[: limit + 512])[:limit]
+    return shown if len(text) <= limit else f"{shown}... [{len(text) - limit} more chars]"
 
 
 def is_journal(stream: TextIO, env: MutableMapping[str, str] | None = None) -> bool:
@@ -50,7 +53,7 @@ def is_journal(stream: TextIO, env: MutableMapping[str, str] | None = None) -> b
 def _redact_values(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for name, value in event.items():
         if isinstance(value, str):
-            event[name] = truncate(redact(value), 20 * MAX_FIELD_CHARS if name == "exception" else MAX_FIELD_CHARS)
+            event[name] = redact_and_truncate(value, 20 * MAX_FIELD_CHARS if name == "exception" else MAX_FIELD_CHARS)
     return event
 
 

@@ -101,6 +101,14 @@ class AppDb:
         rows = self.rows(f"SELECT * FROM {db.STATE} WHERE user_id = :key", key=str(user_id))
         return rows[0] if rows else None
 
+    def lease(self, user_id: Any, owner: str, seconds: float) -> None:
+        """Give ``owner`` a lease on a user that ends ``seconds`` from now (negative: already expired)."""
+        self.execute(
+            f"INSERT INTO {db.STATE} (user_id, lease_owner, lease_until) VALUES (:key, :owner, {self.at(seconds)})",
+            key=str(user_id),
+            owner=owner,
+        )
+
     def leased(self) -> list[str]:
         return [row[0] for row in self.rows(f"SELECT user_id FROM {db.STATE} WHERE lease_owner IS NOT NULL")]
 
@@ -164,7 +172,9 @@ FAST = {
 
 
 def toml_value(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+    return (
+        json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+    )
 
 
 def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:

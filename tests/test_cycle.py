@@ -96,3 +96,123 @@ def test_user_failing_with_4xx_gets_backoff_and_error_and_keeps_last_sync(
     assert state.lease_owner is None
     assert 140 < app_db.seconds_until("next_attempt_at", 2) <= 300  # failure_backoff 5m, jitter 0.5-1
     assert result.event("cycle_finished")["failed"] == 1
+
+
+def test_oldest_users_go_first_and_a_run_takes_at_most_max_users_per_run(
+    app_db: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    app_db.add_users(1, age=2 * 3600, start=1)
+    app_db.add_users(1, age=5 * 3600, start=2)
+    app_db.add_users(1, start=3)  # never synced: the oldest of all
+    app_db.add_users(1, age=3 * 3600, start=4)
+    email_sync.configure(app_db, backend, sync={"max_users_per_run": 2, "batch_size": 1})
+
+    result = email_sync("run")
+
+    assert result.code == 0
+    assert app_db.synced_ids() == {3, 2}
+    assert result.event("cycle_finished")["due"] == 4
+
+
+def test_user_in_backoff_is_not_due_until_its_next_attempt(
+    app_db: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    app_db.add_users(2)
+    app_db.execute(
+        f"INSERT INTO email_sync_user_state (user_id, failures, next_attempt_at) VALUES ('1', 2, {app_db.at(600)}),"
+        f" ('2', 2, {app_db.at(-1)})"
+    )
+    email_sync.configure(app_db, backend)
+
+    assert email_sync("run").code == 0
+
+    assert app_db.synced_ids() == {2}
+    assert backend.sync_calls(1) == []
+
+
+def test_consecutive_failures_double_the_backoff(app_db: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    app_db.add_users(1)
+    app_db.execute("INSERT INTO email_sync_user_state (user_id, failures) VALUES ('1', 3)")
+    backend.set_default(Behaviour(status=400))
+    email_sync.configure(app_db, backend, sync={"failure_backoff": "1m", "failure_backoff_max": "1d"})
+
+    assert email_sync("run").code == 0
+
+    assert app_db.state(1).failures == 4
+    assert 60 * 8 * 0.5 - 5 < app_db.seconds_until("next_attempt_at", 1) <= 60 * 8  # 1m * 2**3, jitter 0.5-1
+
+
+def test_backoff_is_capped(app_db: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    app_db.add_users(1)
+    app_db.execute("INSERT INTO email_sync_user_state (user_id, failures) VALUES ('1', 30)")
+    backend.set_default(Behaviour(status=400))
+    email_sync.configure(app_db, backend, sync={"failure_backoff": "5m", "failure_backoff_max": "1h"})
+
+    assert email_sync("run").code == 0
+
+    assert app_db.seconds_until("next_attempt_at", 1) <= 3600
+
+
+def test_success_clears_failures_backoff_and_error(app_db: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    app_db.add_users(1)
+    app_db.execute(
+        "INSERT INTO email_sync_user_state (user_id, failures, last_error) VALUES ('1', 4, 'HTTP 500 earlier')"
+    )
+    email_sync.configure(app_db, backend)
+
+    assert email_sync("run").code == 0
+
+    state = app_db.state(1)
+    assert (state.failures, state.last_error, state.next_attempt_at, state.lease_owner) == (0, None, None, None)
+    assert state.last_success_at is not None and state.last_duration_ms is not None
+
+
+def test_user_leased_by_a_live_run_is_left_alone(app_db: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    app_db.add_users(2)
+    app_db.lease(1, "other-run", 600)
+    email_sync.configure(app_db, backend)
+
+    assert email_sync("run").code == 0
+
+    assert app_db.synced_ids() == {2}
+    assert app_db.state(1).lease_owner == "other-run"
+
+
+def test_expired_lease_of_a_crashed_run_is_taken_over(app_db: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    app_db.add_users(1)
+    app_db.lease(1, "crashed", -1)
+    email_sync.configure(app_db, backend)
+
+    assert email_sync("run").code == 0
+
+    assert app_db.synced_ids() == {1}
+    assert app_db.state(1).lease_owner is None
+
+
+def test_users_filter_limits_who_is_synced(app_db: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    app_db.add_users(4)
+    email_sync.configure(app_db, backend, users={"filter": "u.id % 2 = 0"})
+
+    assert email_sync("run").code == 0
+
+    assert app_db.synced_ids() == {2, 4}
+
+
+def test_only_the_lease_holder_can_record_a_result(app_db: AppDb) -> None:
+    from emailsync import db
+    from emailsync.claims import Result, Store
+    from emailsync.config import DatabaseConfig, SyncConfig, UsersConfig
+
+    app_db.add_users(1)
+    engine = db.connect(DatabaseConfig(url=app_db.url, connect_timeout=5, statement_timeout=30))
+    users = UsersConfig("users", "id", "email", "last_sync", "")
+    sync = SyncConfig(3600, 100, 50, 10, 600, 5, "host", 300, 86400, 20, 3)
+    mine = Store(engine, users, sync, "run-a")
+    [claim] = mine.claim(10)
+    app_db.execute("UPDATE email_sync_user_state SET lease_owner = 'run-b'")  # our lease expired and was taken
+
+    mine.record([Result(claim, ok=True, duration_ms=5)])
+
+    assert app_db.last_syncs()[1] is None
+    assert app_db.state(1).lease_owner == "run-b"
+    engine.dispose()

@@ -1,0 +1,227 @@
+"""Failures that end a run early: one clear line, the documented exit code, and nobody's last_sync touched."""
+
+from __future__ import annotations
+
+from emailsync.errors import EXIT_CONFIG, EXIT_TEMPFAIL
+from tests.backend import Backend, Behaviour
+from tests.conftest import AppDb, EmailSync
+
+
+def assert_nobody_touched(app: AppDb, backoff_too: bool = True) -> None:
+    assert app.synced_ids() == set()
+    assert app.leased() == []
+    if backoff_too:
+        assert app.scalar("SELECT count(*) FROM email_sync_user_state WHERE failures > 0") == 0
+
+
+def test_wrong_sync_path_exits_78_naming_the_url_and_the_key(app_db: AppDb, email_sync: EmailSync) -> None:
+    app_db.add_users(10)
+    with Backend(sync_path="/api/v1/test/sync/start") as backend:
+        email_sync.configure(app_db, backend, backend={"sync_path": "/api/v1/sync/start"})
+
+        result = email_sync("run")
+
+    message = result.assert_one_clear_error(
+        EXIT_CONFIG, backend.base_url + "/api/v1/sync/start", "404", "backend.sync_path"
+    )
+    assert "Traceback" not in message
+    assert_nobody_touched(app_db)
+    [run] = app_db.runs()
+    assert run.outcome == "endpoint_misconfigured" and run.synced == 0
+
+
+def test_method_not_allowed_on_the_endpoint_exits_78(pg: AppDb, email_sync: EmailSync) -> None:
+    pg.add_users(5)
+    with Backend(sync_path="/api/v1/sync/start") as backend:
+        backend.set_default(Behaviour(status=405))
+        email_sync.configure(pg, backend)
+
+        result = email_sync("run")
+
+    result.assert_one_clear_error(EXIT_CONFIG, "405", "backend.sync_path")
+    assert_nobody_touched(pg)
+
+
+def test_wrong_endpoint_with_a_single_due_user_still_exits_78(pg: AppDb, email_sync: EmailSync) -> None:
+    pg.add_users(1)
+    with Backend(sync_path="/elsewhere") as backend:
+        email_sync.configure(pg, backend)
+
+        result = email_sync("run")
+
+    result.assert_one_clear_error(EXIT_CONFIG, "backend.sync_path")
+    assert_nobody_touched(pg)
+
+
+def test_bad_token_for_everyone_exits_78_without_a_backoff_storm(
+    app_db: AppDb, email_sync: EmailSync, tmp_path
+) -> None:
+    app_db.add_users(20)
+    token = tmp_path / "token"
+    token.write_text("wrong-token-value")
+    token.chmod(0o600)
+    with Backend(token="right-token") as backend:
+        email_sync.configure(app_db, backend, backend={"token_file": str(token)})
+
+        result = email_sync("run")
+
+        assert len(backend.sync_calls()) < 20
+    message = result.assert_one_clear_error(EXIT_CONFIG, "token")
+    assert "wrong-token-value" not in result.stdout + message
+    assert_nobody_touched(app_db)
+
+
+def test_one_users_404_among_successes_is_that_users_failure(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    pg.add_users(6)
+    backend.script(4, Behaviour(status=404, body=b'{"error": "no such mailbox"}'))
+    email_sync.configure(pg, backend, backend={"concurrency": 1})
+
+    result = email_sync("run")
+
+    assert result.code == 0
+    assert pg.synced_ids() == {1, 2, 3, 5, 6}
+    assert pg.state(4).failures == 1
+
+
+def test_first_users_404_then_successes_are_recorded_as_their_failures(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    pg.add_users(5)
+    backend.script(1, Behaviour(status=404))
+    backend.script(2, Behaviour(status=404))
+    email_sync.configure(pg, backend, backend={"concurrency": 1})
+
+    result = email_sync("run")
+
+    assert result.code == 0
+    assert pg.synced_ids() == {3, 4, 5}
+    assert pg.state(1).failures == 1 and pg.state(2).failures == 1
+
+
+def test_circuit_breaker_stops_the_run_with_75_and_releases_the_rest(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    pg.add_users(50)
+    backend.set_default(Behaviour(status=500))
+    email_sync.configure(pg, backend, sync={"circuit_breaker": 5, "batch_size": 10}, backend={"concurrency": 2})
+
+    result = email_sync("run")
+
+    result.assert_one_clear_error(EXIT_TEMPFAIL, "5 calls in a row failed", backend.base_url)
+    calls = len(backend.sync_calls())
+    assert calls < 50
+    assert pg.leased() == []
+    assert pg.scalar("SELECT count(*) FROM email_sync_user_state WHERE failures > 0") == calls
+    assert pg.synced_ids() == set()
+    [run] = pg.runs()
+    assert (run.outcome, run.failed) == ("circuit_open", calls)
+
+
+def test_backend_down_at_start_exits_75_touching_nobody(app_db: AppDb, email_sync: EmailSync) -> None:
+    app_db.add_users(3)
+    email_sync.configure(app_db, None)  # nothing listens on 127.0.0.1:9
+
+    result = email_sync("run")
+
+    result.assert_one_clear_error(EXIT_TEMPFAIL, "backend unreachable", "127.0.0.1:9/health")
+    assert_nobody_touched(app_db)
+
+
+def test_unhealthy_backend_exits_75(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    pg.add_users(1)
+    backend.health_status = 503
+    email_sync.configure(pg, backend)
+
+    result = email_sync("run")
+
+    result.assert_one_clear_error(EXIT_TEMPFAIL, "503")
+    assert backend.sync_calls() == []
+
+
+def test_wrong_health_path_exits_78(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    email_sync.configure(pg, backend, backend={"health_path": "/healthz"})
+
+    result = email_sync("run")
+
+    result.assert_one_clear_error(EXIT_CONFIG, "backend.health_path")
+
+
+def test_database_unreachable_exits_75_without_the_password(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    email_sync.configure(pg, backend, database={"url": "postgresql://app:hunter2-secret@127.0.0.1:1/app"})
+
+    result = email_sync("run")
+
+    result.assert_one_clear_error(EXIT_TEMPFAIL, "database")
+    assert "hunter2-secret" not in result.stdout + result.stderr
+    assert backend.requests() == []
+
+
+def test_missing_schema_exits_78_asking_for_migrate(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    pg.execute("DROP TABLE email_sync_schema")
+    email_sync.configure(pg, backend)
+
+    result = email_sync("run")
+
+    result.assert_one_clear_error(EXIT_CONFIG, "email-sync migrate")
+
+
+def test_migrate_creates_the_schema_and_is_idempotent(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    for table in ("email_sync_schema", "email_sync_user_state", "email_sync_runs"):
+        pg.execute(f"DROP TABLE {table}")
+    email_sync.configure(pg, backend)
+
+    first, second = email_sync("migrate"), email_sync("migrate")
+
+    assert (first.code, second.code) == (0, 0)
+    assert first.event("schema_migrated")["from_version"] is None
+    assert second.event("schema_migrated")["from_version"] == first.event("schema_migrated")["to_version"]
+    assert email_sync("run").code == 0
+
+
+def test_newer_schema_is_refused(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    pg.execute("INSERT INTO email_sync_schema (version) VALUES (999)")
+    email_sync.configure(pg, backend)
+
+    result = email_sync("run")
+
+    result.assert_one_clear_error(EXIT_CONFIG, "v999", "upgrade")
+
+
+def test_missing_users_table_exits_78_naming_it(app_db: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    email_sync.configure(app_db, backend, users={"table": "accounts"})
+
+    result = email_sync("run")
+
+    result.assert_one_clear_error(EXIT_CONFIG, "users.table", "accounts")
+
+
+def test_missing_column_exits_78_naming_it(app_db: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    email_sync.configure(app_db, backend, users={"last_sync_column": "synced_at"})
+
+    result = email_sync("run")
+
+    result.assert_one_clear_error(EXIT_CONFIG, "users.last_sync_column", "synced_at")
+
+
+def test_invalid_filter_exits_78_naming_it(app_db: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    email_sync.configure(app_db, backend, users={"filter": "no_such_column = 1"})
+
+    result = email_sync("run")
+
+    result.assert_one_clear_error(EXIT_CONFIG, "users.filter")
+
+
+def test_read_only_database_exits_78(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    pg.add_users(1)
+    database = pg.engine.url.database
+    pg.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+    try:
+        email_sync.configure(pg, backend)
+        result = email_sync("run")
+    finally:
+        pg.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = off')
+
+    result.assert_one_clear_error(EXIT_CONFIG, "read-only")
+    assert backend.sync_calls() == []

@@ -1,0 +1,118 @@
+"""The log: one JSON object per line, priority-prefixed for journald, secrets never in it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import structlog
+
+from emailsync import logs
+from tests.backend import Backend
+from tests.conftest import AppDb, EmailSync
+
+
+def read_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def test_each_event_is_one_json_line_with_timestamp_level_and_fields(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with out.open("w") as stream:
+        logs.configure(stream=stream)
+        structlog.get_logger().info("user_synced", user_id=42, status=200)
+
+    [line] = read_lines(out)
+    event = json.loads(line)
+    assert event["event"] == "user_synced" and event["level"] == "info"
+    assert (event["user_id"], event["status"]) == (42, 200)
+    assert event["timestamp"].endswith("Z")
+
+
+def test_lines_carry_the_syslog_priority_when_stdout_is_the_journal(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    with out.open("w") as stream:
+        info = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
+        logs.configure(level="debug", stream=stream)
+        log = structlog.get_logger()
+        log.debug("d")
+        log.info("i")
+        log.warning("w")
+        log.error("e")
+
+    assert [line[:3] for line in read_lines(out)] == ["<7>", "<6>", "<4>", "<3>"]
+    assert json.loads(read_lines(out)[0][3:])["event"] == "d"
+
+
+def test_no_priority_prefix_when_journal_stream_names_another_file(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("JOURNAL_STREAM", "1:2")
+    out = tmp_path / "out"
+    with out.open("w") as stream:
+        logs.configure(stream=stream)
+        structlog.get_logger().info("x")
+
+    assert read_lines(out)[0].startswith("{")
+
+
+def test_level_filters_lower_events(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with out.open("w") as stream:
+        logs.configure(level="warning", stream=stream)
+        structlog.get_logger().info("hidden")
+        structlog.get_logger().warning("shown")
+
+    assert [json.loads(line)["event"] for line in read_lines(out)] == ["shown"]
+
+
+def test_secrets_and_url_passwords_are_redacted_in_every_field(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with out.open("w") as stream:
+        logs.configure(secrets=["tok-1234-secret"], stream=stream)
+        structlog.get_logger().error(
+            "failed", error="auth tok-1234-secret rejected", url="postgresql://app:pw-9876@db/app"
+        )
+
+    text = out.read_text()
+    assert "tok-1234-secret" not in text and "pw-9876" not in text
+    assert "postgresql://app:***@db/app" in text
+
+
+def test_very_long_fields_are_cut_far_below_journald_line_limit(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with out.open("w") as stream:
+        logs.configure(stream=stream)
+        structlog.get_logger().warning("user_failed", error="x" * 200_000)
+
+    [line] = read_lines(out)
+    assert len(line) < 8 * 1024
+    assert "more chars" in json.loads(line)["error"]
+
+
+def test_a_run_never_logs_the_token_or_the_database_password(pg: AppDb, email_sync: EmailSync, tmp_path: Path) -> None:
+    pg.add_users(3)
+    token = tmp_path / "token"
+    token.write_text("very-secret-token")
+    token.chmod(0o600)
+    password_url = pg.url.replace("postgres@", "postgres:db-pass-4321@")  # trust auth ignores the password
+    with Backend(token="very-secret-token") as backend:
+        email_sync.configure(pg, backend, database={"url": password_url}, backend={"token_file": str(token)})
+        result = email_sync("run")
+
+    assert result.code == 0, result.stdout
+    everything = result.stdout + result.stderr + json.dumps([list(map(str, r)) for r in pg.runs()])
+    assert "very-secret-token" not in everything and "db-pass-4321" not in everything
+
+
+def test_version_answers_without_importing_the_heavy_modules() -> None:
+    code = (
+        "import sys\nfrom emailsync import cli\n"
+        "try:\n    cli.main(['--version'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('sqlalchemy', 'requests', 'structlog') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert result.stdout.splitlines() == ["email-sync 0.1.0", "[]"]

@@ -1,0 +1,133 @@
+"""Whole runs as processes: signals, crashes, two runs at once, a dropped connection, batch writes, volume."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+
+from sqlalchemy import Engine, event
+
+from tests.backend import Backend, Behaviour
+from tests.conftest import AppDb, EmailSync
+
+
+def test_sigterm_records_calls_in_flight_and_releases_the_rest(
+    app_db: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    app_db.add_users(20)
+    backend.set_default(Behaviour(delay=1.0))
+    email_sync.configure(app_db, backend, backend={"concurrency": 4}, sync={"shutdown_grace": "10s"})
+    process = email_sync.popen("run")
+    assert backend.wait_for_sync_calls(4, timeout=30)
+
+    process.send_signal(signal.SIGTERM)
+    stdout, _ = process.communicate(timeout=30)
+
+    assert process.returncode == 0, stdout
+    called = {call.user_id for call in backend.sync_calls()}
+    assert app_db.synced_ids() == called  # every call that started was recorded
+    assert len(called) < 20
+    assert app_db.leased() == []
+    assert app_db.scalar("SELECT count(*) FROM email_sync_user_state WHERE failures > 0") == 0
+    [run] = app_db.runs()
+    assert (run.outcome, run.synced, run.synced + run.skipped) == ("interrupted", len(called), run.synced + run.skipped)
+    assert '"event":"cycle_finished"' in stdout
+
+
+def test_after_a_crash_the_leases_expire_and_the_next_run_syncs_everyone(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    pg.add_users(12)
+    backend.set_default(Behaviour(delay=1.0))
+    email_sync.configure(pg, backend, backend={"concurrency": 3})
+    process = email_sync.popen("run")
+    assert backend.wait_for_sync_calls(3, timeout=30)
+    process.kill()
+    process.wait(timeout=10)
+    stranded = set(pg.leased())
+    assert stranded and pg.synced_ids() == set()
+
+    backend.set_default(Behaviour())
+    assert email_sync("run").code == 0
+    assert {str(i) for i in range(1, 13)} - {str(i) for i in pg.synced_ids()} == stranded  # live leases respected
+
+    pg.execute("UPDATE email_sync_user_state SET lease_until = now() - interval '1 second'")  # time passes
+    assert email_sync("run").code == 0
+    assert pg.synced_ids() == set(range(1, 13))
+    assert pg.leased() == []
+
+
+def test_two_runs_at_once_sync_every_user_exactly_once(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    pg.add_users(400)
+    backend.set_default(Behaviour(delay=0.01))
+    email_sync.configure(pg, backend, backend={"concurrency": 8}, sync={"batch_size": 20})
+
+    processes = [email_sync.popen("run", env={"EMAIL_SYNC_SYNC_HOST_ID": f"host-{n}"}) for n in range(2)]
+    outputs = [process.communicate(timeout=120)[0] for process in processes]
+
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    calls = Counter(call.user_id for call in backend.sync_calls())
+    assert set(calls) == set(range(1, 401)) and set(calls.values()) == {1}
+    assert pg.synced_ids() == set(range(1, 401))
+    runs = pg.runs()
+    assert sum(run.synced for run in runs) == 400
+    assert {run.host for run in runs} == {"host-0", "host-1"}
+
+
+def test_a_dropped_database_connection_mid_cycle_is_recovered(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    pg.add_users(24)
+    backend.set_default(Behaviour(delay=0.3))
+    email_sync.configure(pg, backend, backend={"concurrency": 4}, sync={"batch_size": 4})
+    process = email_sync.popen("run")
+    assert backend.wait_for_sync_calls(6, timeout=30)
+
+    killed = pg.scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE application_name = 'email-sync' AND datname = current_database()"
+    )
+    stdout, _ = process.communicate(timeout=60)
+
+    assert killed >= 1
+    assert process.returncode == 0, stdout
+    assert pg.synced_ids() == set(range(1, 25))
+    assert pg.leased() == []
+
+
+def test_results_are_written_in_batches_not_a_commit_per_user(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    pg.add_users(200)
+    email_sync.configure(pg, backend, backend={"concurrency": 8}, sync={"batch_size": 50})
+    commits = []
+
+    def count(connection: object) -> None:
+        commits.append(connection)
+
+    event.listen(Engine, "commit", count)
+    try:
+        assert email_sync("run").code == 0
+    finally:
+        event.remove(Engine, "commit", count)
+
+    assert pg.synced_ids() == set(range(1, 201))
+    assert len(commits) < 200 / 4
+
+
+def test_a_thousand_due_users_are_each_synced_once_and_a_second_run_finds_none(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    pg.add_users(1000)
+    email_sync.configure(pg, backend, backend={"concurrency": 16})
+
+    first = email_sync("run")
+    second = email_sync("run")
+
+    assert (first.code, second.code) == (0, 0)
+    calls = Counter(call.user_id for call in backend.sync_calls())
+    assert len(calls) == 1000 and set(calls.values()) == {1}
+    assert pg.synced_ids() == set(range(1, 1001))
+    assert first.event("cycle_finished")["synced"] == 1000
+    assert second.event("cycle_finished")["due"] == 0
+    assert [run.synced for run in pg.runs()] == [1000, 0]
