@@ -23,6 +23,7 @@ _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 # journald splits lines over 48 KiB; no single field may come near that.
 MAX_FIELD_CHARS = 2000
 _URL_PASSWORD = re.compile(r"://([^/\s:@]*):[^/\s@]*@")  # starts at the literal "://": linear on long text
+_LEADING_KEYS = ("timestamp", "level", "event", "run_id")
 _secrets: tuple[str, ...] = ()
 
 
@@ -59,7 +60,8 @@ def _redact_values(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
 
 def _json_line(journal: bool) -> structlog.typing.Processor:
     def render(_: Any, __: str, event: MutableMapping[str, Any]) -> str:
-        line = json.dumps(event, default=str, ensure_ascii=False, separators=(",", ":"))
+        first = {key: event.pop(key) for key in _LEADING_KEYS if key in event}  # what a reader scans for
+        line = json.dumps(first | dict(event), default=str, ensure_ascii=False, separators=(",", ":"))
         return f"<{PRIORITIES.get(event.get('level', 'info'), 6)}>{line}" if journal else line
 
     return render
