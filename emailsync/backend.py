@@ -254,7 +254,7 @@ class CallPool:
         self.client = client
         self.halt = halt
         self.jobs: queue.SimpleQueue[Claim] = queue.SimpleQueue()
-        self.outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self.outcomes: queue.SimpleQueue[Outcome | Exception] = queue.SimpleQueue()
         for number in range(concurrency):
             threading.Thread(target=self._work, name=f"call-{number}", daemon=True).start()
 
@@ -262,10 +262,14 @@ class CallPool:
         self.jobs.put(claim)
 
     def next_outcome(self, timeout: float) -> Outcome | None:
+        """The next finished call; a bug in a thread is raised here, in the main thread, rather than lost."""
         try:
-            return self.outcomes.get(timeout=timeout)
+            outcome = self.outcomes.get(timeout=timeout)
         except queue.Empty:
             return None
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     def take_unstarted(self) -> list[Claim]:
         """The claims no thread has picked up yet, taken back so they can be released."""
@@ -282,5 +286,8 @@ class CallPool:
             claim = self.jobs.get()
             if self.halt.is_set():
                 self.outcomes.put(Outcome(claim, Kind.NOT_STARTED, None, 0, 0))
-            else:
+                continue
+            try:
                 self.outcomes.put(self.client.sync(session, claim))
+            except Exception as bug:  # noqa: BLE001 -- handed to the main thread, which raises it
+                self.outcomes.put(bug)

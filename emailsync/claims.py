@@ -24,7 +24,7 @@ MAX_ERROR_CHARS = 500
 
 @dataclass(frozen=True)
 class Claim:
-    user_id: Any  # the app's id as the database returns it (int, str, UUID text), sent as-is to the backend
+    user_id: Any  # the app's id as JSON sends it: an int or a str (a UUID as its text)
     key: str  # the id as text: our state table's key
     email: str
     failures: int  # consecutive failures before this attempt
@@ -44,6 +44,11 @@ class RunCounts:
     synced: int = 0
     failed: int = 0
     skipped: int = 0
+
+
+def _json_id(value: Any) -> Any:
+    """The id as the backend gets it in JSON: integers and strings as they are, anything else (UUID) as text."""
+    return value if isinstance(value, int | str) and not isinstance(value, bool) else str(value)
 
 
 class Store:
@@ -125,7 +130,7 @@ class Store:
                     text(lease.format(rows=values)),
                     [{"key": row.key, "owner": self.owner, "lease": self.sync.lease} for row in rows],
                 )
-        return [Claim(user_id=row.id, key=row.key, email=row.email, failures=row.failures) for row in rows]
+        return [Claim(user_id=_json_id(row.id), key=row.key, email=row.email, failures=row.failures) for row in rows]
 
     def record(self, results: Sequence[Result]) -> None:
         """Write a batch of results in one transaction, retried once on a fresh connection."""

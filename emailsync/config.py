@@ -505,6 +505,8 @@ def _read_secret(file: Path, what: str, warnings: list[str]) -> str:
         raise ConfigError(f"{what}: {file} is empty")
     if "\n" in value:
         raise ConfigError(f"{what}: {file} must hold a single line")
+    if any(c < " " or c == "\x7f" for c in value):  # a NUL makes the database driver raise, a CR the HTTP client
+        raise ConfigError(f"{what}: {file} must not contain control characters")
     if info.st_mode & stat.S_IROTH:
         warnings.append(f"{file} is readable by every user; chmod 0600 it")
     return value

@@ -152,6 +152,36 @@ def app_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AppDb]:
     app.engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def self_signed_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(certificate, key) for https://127.0.0.1, signed by nobody a client trusts."""
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)
+
+
 @pytest.fixture
 def backend() -> Iterator[Backend]:
     with Backend() as server:

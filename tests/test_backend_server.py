@@ -2,7 +2,6 @@
 
 import http.client
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -47,9 +46,7 @@ def sync(
     return session.post(backend.base_url + SYNC, json=body, timeout=timeout, **kwargs)
 
 
-def test_scripted_sequence_per_user_last_behaviour_repeats(
-    backend: Backend, session: requests.Session
-) -> None:
+def test_scripted_sequence_per_user_last_behaviour_repeats(backend: Backend, session: requests.Session) -> None:
     backend.script(7, Behaviour(status=503), Behaviour(status=500), Behaviour(status=200, body=b'{"ok": 1}'))
     statuses = [sync(session, backend, user_id=7).status_code for _ in range(5)]
     assert statuses == [503, 500, 200, 200, 200]
@@ -102,10 +99,7 @@ def test_rejected_token_does_not_consume_the_script(session: requests.Session) -
         backend.script(1, Behaviour(status=202), Behaviour(status=500))
         assert sync(session, backend, user_id=1).status_code == 401
         assert (
-            sync(
-                session, backend, user_id=1, headers={"Authorization": "Bearer s3cret"}, timeout=5
-            ).status_code
-            == 202
+            sync(session, backend, user_id=1, headers={"Authorization": "Bearer s3cret"}, timeout=5).status_code == 202
         )
 
 
@@ -352,29 +346,11 @@ def test_restart_reuses_the_port(backend: Backend, session: requests.Session) ->
     assert session.get(url + "/health", timeout=5).status_code == 200
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
-def test_tls_serves_https(tmp_path: Path, session: requests.Session) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    openssl = [
-        "openssl",
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]
-    subprocess.run(
-        [*openssl, "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )
-    with Backend(tls=(str(cert), str(key))) as backend:
+def test_tls_serves_https(self_signed_cert: tuple[str, str], session: requests.Session) -> None:
+    cert, key = self_signed_cert
+    with Backend(tls=(cert, key)) as backend:
         assert backend.base_url.startswith("https://127.0.0.1:")
-        response = sync(session, backend, verify=str(cert))
+        response = sync(session, backend, verify=cert)
     assert response.status_code == 200
 
 
@@ -393,9 +369,7 @@ def test_program_prints_its_url_and_stops_on_sigterm(tmp_path: Path, session: re
         assert not url.endswith(":0")
         assert session.get(url + "/health", timeout=5).status_code == 200
         assert session.post(url + "/sync", json={"user_id": 1}, timeout=5).status_code == 401
-        authorized = session.post(
-            url + "/sync", json={"user_id": 1}, headers={"Authorization": "Bearer s3cret"}
-        )
+        authorized = session.post(url + "/sync", json={"user_id": 1}, headers={"Authorization": "Bearer s3cret"})
         assert authorized.status_code == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=5) == 0

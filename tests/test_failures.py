@@ -225,3 +225,23 @@ def test_read_only_database_exits_78(pg: AppDb, backend: Backend, email_sync: Em
 
     result.assert_one_clear_error(EXIT_CONFIG, "read-only")
     assert backend.sync_calls() == []
+
+
+def test_a_bug_in_a_call_thread_ends_the_run_with_1_and_its_traceback(
+    pg: AppDb, backend: Backend, email_sync: EmailSync, monkeypatch
+) -> None:
+    from emailsync.backend import Client
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("simulated bug in a call thread")
+
+    pg.add_users(3)
+    monkeypatch.setattr(Client, "sync", broken)
+    email_sync.configure(pg, backend)
+
+    result = email_sync("run")
+
+    assert result.code == 1
+    [bug] = result.errors
+    assert bug["event"] == "bug" and "simulated bug in a call thread" in bug["exception"]
+    assert pg.synced_ids() == set()
