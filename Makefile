@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv test lint demo clean
+.PHONY: venv system-deps test lint demo clean e2e
 
 $(VENV)/.installed: requirements.lock requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,17 @@ lint: venv
 	$(BIN)/ruff check emailsync tests demo
 	$(BIN)/mypy --strict emailsync
 
-test: lint
+# Tools the tests run besides Python: faketime (hosts with skewed clocks), openssl (a self-signed backend).
+system-deps:
+	@command -v faketime >/dev/null && command -v openssl >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq faketime openssl >/dev/null; }
+
+test: lint system-deps
 	$(BIN)/pytest
+
+# End-to-end: email-sync under a real systemd in a Debian 12 container (root; caches under /var/cache/email-sync-e2e).
+e2e: venv
+	$(BIN)/pytest tests/e2e
 
 demo: venv
 	$(BIN)/python demo/demo.py

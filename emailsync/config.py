@@ -103,9 +103,12 @@ def _rate(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
         raise _Invalid(f"must be a number >= 0 (0 = unlimited), got {_shown(value)}")
     try:
-        return float(value)
+        rate = float(value)
     except OverflowError:  # an int past float's range
         raise _Invalid("must be a number >= 0 (0 = unlimited), got a number too large") from None
+    if 0 < rate < 1 / MAX_DURATION:  # the wait between two requests would overflow, like a huge duration
+        raise _Invalid(f"must be 0 (unlimited) or at least one request per 365d, got {_shown(value)}")
+    return rate
 
 
 def _text(value: Any) -> str:

@@ -62,7 +62,7 @@ def _json_line(journal: bool) -> structlog.typing.Processor:
     def render(_: Any, __: str, event: MutableMapping[str, Any]) -> str:
         first = {key: event.pop(key) for key in _LEADING_KEYS if key in event}  # what a reader scans for
         line = json.dumps(first | dict(event), default=str, ensure_ascii=False, separators=(",", ":"))
-        return f"<{PRIORITIES.get(event.get('level', 'info'), 6)}>{line}" if journal else line
+        return f"<{PRIORITIES.get(first.get('level', 'info'), 6)}>{line}" if journal else line
 
     return render
 

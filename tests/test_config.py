@@ -1,0 +1,789 @@
+"""The config contract: a TOML file, EMAIL_SYNC_<SECTION>_<KEY> overrides, secrets from files or systemd
+credentials, and every mistake reported as one line naming the key and the file (exit 78), never a secret.
+
+``load()`` gets its environment as an explicit dict, so the developer's own EMAIL_SYNC_* variables cannot leak in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from emailsync import __version__, cli
+from emailsync.config import (
+    DEFAULT_PATH,
+    KEYS,
+    Config,
+    config_path,
+    load,
+    parse_duration,
+)
+from emailsync.errors import EXIT_CONFIG, EXIT_TEMPFAIL, ConfigError
+from tests.conftest import write_config
+
+UNREACHABLE_DB = "postgresql://u:pw@127.0.0.1:1/x"
+PASSWORD = "Hunter2-db-Secret"
+TOKEN = "tok-Very-Secret-123"
+BASE: dict[str, dict[str, Any]] = {
+    "database": {"url": UNREACHABLE_DB},
+    "backend": {"base_url": "http://127.0.0.1:9"},
+}
+
+
+def config_file(tmp_path: Path, **sections: dict[str, Any]) -> str:
+    """BASE with ``sections`` merged in (a value of None drops that key), written to email-sync.toml."""
+    merged = {name: dict(keys) for name, keys in BASE.items()}
+    for name, keys in sections.items():
+        merged.setdefault(name, {}).update(keys)
+    merged = {name: {k: v for k, v in keys.items() if v is not None} for name, keys in merged.items()}
+    return str(write_config(tmp_path / "email-sync.toml", merged))
+
+
+def raw_file(tmp_path: Path, content: str | bytes) -> str:
+    path = tmp_path / "email-sync.toml"
+    if isinstance(content, str):
+        path.write_text(content)
+    else:
+        path.write_bytes(content)
+    return str(path)
+
+
+def secret_file(tmp_path: Path, name: str, content: str, mode: int = 0o600) -> str:
+    path = tmp_path / name
+    path.write_text(content)
+    path.chmod(mode)
+    return str(path)
+
+
+def error_of(path: str, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load(path, {} if env is None else env)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+# --- a valid file -------------------------------------------------------------------------------------------------
+
+
+def test_minimal_config_loads_with_the_documented_defaults(tmp_path: Path) -> None:
+    config = load(config_file(tmp_path), {})
+    assert isinstance(config, Config)
+    assert config.database.url == UNREACHABLE_DB
+    assert config.backend.sync_url == "http://127.0.0.1:9/api/v1/sync/start"
+    assert config.backend.health_url == "http://127.0.0.1:9/health"
+    assert config.backend.token is None
+    assert config.sync.interval == 3600.0
+    assert config.sync.lease == 900.0
+    assert config.users.table == "users"
+    assert config.log_level == "info"
+    assert config.warnings == ()
+
+
+def test_every_default_parses_with_its_own_key() -> None:
+    for key in KEYS:
+        if isinstance(key.default, str | int | float) and key.default != "":
+            assert key.parse(key.default) == key.default, key.dotted
+
+
+def test_source_is_the_file_loaded(tmp_path: Path) -> None:
+    path = config_file(tmp_path)
+    assert load(path, {}).source == path
+
+
+def test_host_id_defaults_to_the_hostname(tmp_path: Path) -> None:
+    assert load(config_file(tmp_path), {}).sync.host_id == os.uname().nodename
+
+
+def test_base_url_trailing_slash_is_dropped(tmp_path: Path) -> None:
+    config = load(config_file(tmp_path, backend={"base_url": "https://api.example.com/"}), {})
+    assert config.backend.sync_url == "https://api.example.com/api/v1/sync/start"
+
+
+def test_users_filter_is_stripped(tmp_path: Path) -> None:
+    config = load(config_file(tmp_path, users={"filter": "  active AND NOT deleted \n"}), {})
+    assert config.users.filter == "active AND NOT deleted"
+
+
+def test_log_level_is_case_insensitive(tmp_path: Path) -> None:
+    assert load(config_file(tmp_path, logging={"level": "DEBUG"}), {}).log_level == "debug"
+
+
+def test_durations_in_the_file_accept_numbers_and_units(tmp_path: Path) -> None:
+    path = config_file(tmp_path, sync={"interval": "1h30m", "shutdown_grace": 20}, backend={"retry_backoff": "250ms"})
+    config = load(path, {})
+    assert config.sync.interval == 5400.0
+    assert config.sync.shutdown_grace == 20.0
+    assert config.backend.retry_backoff == 0.25
+
+
+# --- the config file itself ---------------------------------------------------------------------------------------
+
+
+def test_missing_config_file_names_it(tmp_path: Path) -> None:
+    path = str(tmp_path / "nope.toml")
+    message = error_of(path)
+    assert message.startswith(f"{path}: ")
+    assert "not found" in message
+
+
+def test_unreadable_config_file_names_it(tmp_path: Path) -> None:
+    # a directory: unreadable as a file even for root, who ignores file modes
+    message = error_of(str(tmp_path))
+    assert message.startswith(f"{tmp_path}: cannot read config file")
+
+
+def test_invalid_toml_names_the_file_and_the_line(tmp_path: Path) -> None:
+    path = raw_file(tmp_path, '[backend]\nbase_url = "http://x"\nretries = = 3\n')
+    message = error_of(path)
+    assert message.startswith(f"{path}: invalid TOML")
+    assert "line 3" in message
+
+
+def test_invalid_utf8_names_the_file(tmp_path: Path) -> None:
+    path = raw_file(tmp_path, b'[backend]\nbase_url = "http://\xff"\n')
+    message = error_of(path)
+    assert message.startswith(f"{path}: not valid UTF-8")
+
+
+def test_duplicate_key_is_invalid_toml(tmp_path: Path) -> None:
+    path = raw_file(tmp_path, '[backend]\nbase_url = "http://a"\nbase_url = "http://b"\n')
+    assert error_of(path).startswith(f"{path}: invalid TOML")
+
+
+def test_integer_of_too_many_digits_is_invalid_toml_not_a_crash(tmp_path: Path) -> None:
+    path = raw_file(tmp_path, "[sync]\nbatch_size = " + "9" * 5000 + "\n")
+    assert error_of(path).startswith(f"{path}: invalid TOML")
+
+
+def test_unknown_section_is_named_with_its_file(tmp_path: Path) -> None:
+    path = config_file(tmp_path, databse={"url": "x"})
+    message = error_of(path)
+    assert message.startswith(f"{path}: ")
+    assert "[databse]" in message
+
+
+def test_unknown_key_is_named_with_its_file(tmp_path: Path) -> None:
+    path = config_file(tmp_path, backend={"retires": 3})
+    message = error_of(path)
+    assert message.startswith(f"{path}: ")
+    assert "backend.retires" in message
+
+
+def test_section_that_is_not_a_table_is_refused(tmp_path: Path) -> None:
+    path = raw_file(tmp_path, 'sync = 5\n[database]\nurl = "postgresql://h/db"\n')
+    message = error_of(path)
+    assert message.startswith(f"{path}: ")
+    assert "sync must be a table" in message
+
+
+def test_wrong_type_names_the_key_and_the_file(tmp_path: Path) -> None:
+    path = config_file(tmp_path, backend={"concurrency": "many"})
+    message = error_of(path)
+    assert message.startswith(f"{path}: backend.concurrency ")
+    assert "integer" in message
+
+
+def test_bool_is_not_an_integer(tmp_path: Path) -> None:
+    assert "backend.retries" in error_of(config_file(tmp_path, backend={"retries": True}))
+
+
+def test_integer_out_of_range_names_the_key(tmp_path: Path) -> None:
+    message = error_of(config_file(tmp_path, sync={"batch_size": 0}))
+    assert "sync.batch_size must be between 1 and 10000" in message
+
+
+@pytest.mark.parametrize("key", ["sync.batch_size", "sync.lease", "backend.max_rate", "sync.host_id"])
+def test_huge_hex_integer_is_refused_not_a_crash(tmp_path: Path, key: str) -> None:
+    # tomllib reads 0xfff... of any length; repr() of such an integer (6000 decimal digits) raises
+    section, name = key.split(".")
+    path = raw_file(tmp_path, f"[{section}]\n{name} = 0x{'f' * 5000}\n")
+    assert error_of(path).startswith(f"{path}: {key} ")
+
+
+def test_duration_error_names_the_key_and_the_file(tmp_path: Path) -> None:
+    path = config_file(tmp_path, sync={"interval": "soon"})
+    message = error_of(path)
+    assert message.startswith(f"{path}: sync.interval ")
+    assert "'soon'" in message
+
+
+def test_huge_duration_is_refused(tmp_path: Path) -> None:
+    # past a year it is a typo, and far past it int(ms) and Event.wait() overflow downstream
+    assert "sync.interval" in error_of(config_file(tmp_path, sync={"interval": 1.7e308}))
+
+
+def test_statement_timeout_beyond_postgres_limit_is_refused(tmp_path: Path) -> None:
+    # PostgreSQL would refuse the connection: a config error, not "database unavailable"
+    message = error_of(config_file(tmp_path, database={"statement_timeout": "25d"}))
+    assert "database.statement_timeout" in message
+
+
+def test_statement_timeout_below_a_millisecond_is_refused(tmp_path: Path) -> None:
+    # it would round to statement_timeout=0, which in PostgreSQL means no timeout at all
+    assert "database.statement_timeout" in error_of(config_file(tmp_path, database={"statement_timeout": 0.0004}))
+
+
+def test_sql_identifier_is_validated(tmp_path: Path) -> None:
+    message = error_of(config_file(tmp_path, users={"table": "users; DROP TABLE users"}))
+    assert "users.table must be an SQL name" in message
+
+
+def test_schema_qualified_table_is_accepted(tmp_path: Path) -> None:
+    assert load(config_file(tmp_path, users={"table": "app.users"}), {}).users.table == "app.users"
+
+
+def test_nul_character_is_refused(tmp_path: Path) -> None:
+    assert "users.filter must not contain NUL" in error_of(config_file(tmp_path, users={"filter": "a\x00b"}))
+
+
+def test_unknown_log_level_is_refused(tmp_path: Path) -> None:
+    assert "logging.level must be one of" in error_of(config_file(tmp_path, logging={"level": "loud"}))
+
+
+def test_sync_path_must_start_with_a_slash(tmp_path: Path) -> None:
+    assert "backend.sync_path" in error_of(config_file(tmp_path, backend={"sync_path": "api/sync"}))
+
+
+def test_negative_rate_is_refused(tmp_path: Path) -> None:
+    assert "backend.max_rate" in error_of(config_file(tmp_path, backend={"max_rate": -1}))
+
+
+def test_rate_too_small_to_wait_for_is_refused(tmp_path: Path) -> None:
+    # 1e-320 requests/s: a gap of inf seconds between requests, and Event.wait(inf) raises OverflowError
+    assert "backend.max_rate" in error_of(config_file(tmp_path, backend={"max_rate": 1e-320}))
+
+
+def test_unreadable_ca_file_is_refused(tmp_path: Path) -> None:
+    missing = str(tmp_path / "ca.pem")
+    message = error_of(config_file(tmp_path, backend={"ca_file": missing}))
+    assert "backend.ca_file" in message
+    assert missing in message
+
+
+# --- required values ----------------------------------------------------------------------------------------------
+
+
+def test_missing_base_url_is_required_and_names_its_variable(tmp_path: Path) -> None:
+    path = config_file(tmp_path, backend={"base_url": None})
+    message = error_of(path)
+    assert message.startswith(f"{path}: backend.base_url is required")
+    assert "EMAIL_SYNC_BACKEND_BASE_URL" in message
+
+
+def test_missing_database_url_is_required(tmp_path: Path) -> None:
+    path = config_file(tmp_path, database={"url": None})
+    assert error_of(path).startswith(f"{path}: database.url is required")
+
+
+# --- the environment ----------------------------------------------------------------------------------------------
+
+
+def test_env_overrides_file(tmp_path: Path) -> None:
+    path = config_file(tmp_path, backend={"sync_path": "/from/file"})
+    config = load(path, {"EMAIL_SYNC_BACKEND_SYNC_PATH": "/from/env"})
+    assert config.backend.sync_path == "/from/env"
+
+
+def test_env_alone_can_supply_a_required_key(tmp_path: Path) -> None:
+    path = config_file(tmp_path, backend={"base_url": None})
+    config = load(path, {"EMAIL_SYNC_BACKEND_BASE_URL": "http://from-env:8000"})
+    assert config.backend.base_url == "http://from-env:8000"
+
+
+def test_env_strings_are_parsed_by_the_key_type(tmp_path: Path) -> None:
+    env = {
+        "EMAIL_SYNC_BACKEND_RETRIES": "1",
+        "EMAIL_SYNC_BACKEND_MAX_RATE": "2.5",
+        "EMAIL_SYNC_SYNC_INTERVAL": "5m",
+        "EMAIL_SYNC_LOGGING_LEVEL": "warning",
+    }
+    config = load(config_file(tmp_path), env)
+    assert config.backend.retries == 1
+    assert config.backend.max_rate == 2.5
+    assert config.sync.interval == 300.0
+    assert config.log_level == "warning"
+
+
+# A valid value for every key, so that each can be set from the environment; a new key needs one here.
+ENV_SAMPLES = {
+    "database.url": ("sqlite:///tmp/app.db", "sqlite:///tmp/app.db"),
+    "database.url_file": None,
+    "database.connect_timeout": ("7s", 7.0),
+    "database.statement_timeout": ("1m", 60.0),
+    "users.table": ("app.people", "app.people"),
+    "users.id_column": ("pk", "pk"),
+    "users.email_column": ("mail", "mail"),
+    "users.last_sync_column": ("synced_at", "synced_at"),
+    "users.filter": ("active", "active"),
+    "sync.interval": ("2h", 7200.0),
+    "sync.max_users_per_run": ("5", 5),
+    "sync.max_emails": ("7", 7),
+    "sync.batch_size": ("9", 9),
+    "sync.lease": ("2h", 7200.0),
+    "sync.shutdown_grace": ("4s", 4.0),
+    "sync.host_id": ("box-1", "box-1"),
+    "sync.failure_backoff": ("1m", 60.0),
+    "sync.failure_backoff_max": ("1d", 86400.0),
+    "sync.circuit_breaker": ("11", 11),
+    "sync.endpoint_probe": ("2", 2),
+    "backend.base_url": ("https://b.example", "https://b.example"),
+    "backend.sync_path": ("/sync", "/sync"),
+    "backend.health_path": ("/up", "/up"),
+    "backend.token_file": None,
+    "backend.ca_file": ("/", "/"),
+    "backend.connect_timeout": ("1s", 1.0),
+    "backend.read_timeout": ("2s", 2.0),
+    "backend.concurrency": ("3", 3),
+    "backend.max_rate": ("0.5", 0.5),
+    "backend.retries": ("0", 0),
+    "backend.retry_backoff": ("100ms", 0.1),
+    "backend.retry_backoff_max": ("5s", 5.0),
+    "logging.level": ("ERROR", "error"),
+}
+
+
+def test_every_key_has_an_env_sample() -> None:
+    assert {key.dotted for key in KEYS} == set(ENV_SAMPLES)
+
+
+@pytest.mark.parametrize("key", [k for k in KEYS if ENV_SAMPLES[k.dotted]], ids=lambda k: k.env)
+def test_every_key_is_overridable_by_its_env_variable(tmp_path: Path, key: Any) -> None:
+    text, expected = ENV_SAMPLES[key.dotted]
+    config = load(config_file(tmp_path), {key.env: text})
+    if key.dotted == "logging.level":
+        assert config.log_level == expected
+    else:
+        assert getattr(getattr(config, key.section), key.name) == expected
+
+
+def test_env_value_of_wrong_type_names_the_variable(tmp_path: Path) -> None:
+    message = error_of(config_file(tmp_path), {"EMAIL_SYNC_BACKEND_RETRIES": "many"})
+    assert message.startswith("environment EMAIL_SYNC_BACKEND_RETRIES: backend.retries ")
+
+
+def test_env_unknown_key_of_a_known_section_names_the_variable(tmp_path: Path) -> None:
+    message = error_of(config_file(tmp_path), {"EMAIL_SYNC_BACKEND_TOKEN": "x"})
+    assert message.startswith("environment EMAIL_SYNC_BACKEND_TOKEN: unknown key backend.token")
+    assert "x" not in message.removeprefix("environment EMAIL_SYNC_BACKEND_TOKEN: unknown key backend.token")
+
+
+def test_env_variables_of_other_prefixes_are_ignored(tmp_path: Path) -> None:
+    env = {
+        "EMAIL_SYNC_TEST_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/postgres",
+        "EMAIL_SYNC_CONFIG": "/elsewhere.toml",
+        "EMAIL_SYNCHRONIZER_BACKEND_RETRIES": "many",
+        "email_sync_backend_retries": "many",
+        "OTHER_BACKEND_RETRIES": "many",
+    }
+    assert load(config_file(tmp_path), env) == load(config_file(tmp_path), {})
+
+
+def test_load_reads_the_process_environment_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMAIL_SYNC_BACKEND_HEALTH_PATH", "/ping")
+    assert load(config_file(tmp_path)).backend.health_path == "/ping"
+
+
+def test_config_path_prefers_the_option_then_the_variable_then_the_default() -> None:
+    env = {"EMAIL_SYNC_CONFIG": "/from/env.toml"}
+    assert config_path("/from/cli.toml", env) == "/from/cli.toml"
+    assert config_path(None, env) == "/from/env.toml"
+    assert config_path(None, {}) == DEFAULT_PATH == "/etc/email-sync/email-sync.toml"
+
+
+# --- secrets ------------------------------------------------------------------------------------------------------
+
+
+def test_url_file_supplies_the_database_url(tmp_path: Path) -> None:
+    url_file = secret_file(tmp_path, "db-url", f"postgresql://u:{PASSWORD}@db/app\n")
+    config = load(config_file(tmp_path, database={"url": None, "url_file": url_file}), {})
+    assert config.database.url == f"postgresql://u:{PASSWORD}@db/app"
+    assert PASSWORD in config.secrets
+
+
+def test_token_file_supplies_the_token(tmp_path: Path) -> None:
+    token_file = secret_file(tmp_path, "token", TOKEN + "\n")
+    config = load(config_file(tmp_path, backend={"token_file": token_file}), {})
+    assert config.backend.token == TOKEN
+    assert TOKEN in config.secrets
+
+
+def test_credential_takes_precedence_over_url_file(tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    secret_file(credentials, "database-url", "postgresql://cred@db/app")
+    url_file = secret_file(tmp_path, "db-url", "postgresql://file@db/app")
+    path = config_file(tmp_path, database={"url": None, "url_file": url_file})
+    config = load(path, {"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert config.database.url == "postgresql://cred@db/app"
+
+
+def test_credential_takes_precedence_over_inline_url(tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    secret_file(credentials, "database-url", "postgresql://cred@db/app")
+    config = load(config_file(tmp_path), {"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert config.database.url == "postgresql://cred@db/app"
+
+
+def test_credential_takes_precedence_over_token_file(tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    secret_file(credentials, "backend-token", "from-credential")
+    token_file = secret_file(tmp_path, "token", "from-file")
+    path = config_file(tmp_path, backend={"token_file": token_file})
+    assert load(path, {"CREDENTIALS_DIRECTORY": str(credentials)}).backend.token == "from-credential"
+
+
+def test_credentials_directory_without_the_credential_falls_back_to_the_file(tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    token_file = secret_file(tmp_path, "token", "from-file")
+    path = config_file(tmp_path, backend={"token_file": token_file})
+    assert load(path, {"CREDENTIALS_DIRECTORY": str(credentials)}).backend.token == "from-file"
+
+
+def test_url_and_url_file_together_are_refused(tmp_path: Path) -> None:
+    url_file = secret_file(tmp_path, "db-url", "postgresql://file@db/app")
+    path = config_file(tmp_path, database={"url_file": url_file})
+    message = error_of(path)
+    assert message.startswith(f"{path}: set either database.url_file or database.url")
+
+
+def test_missing_secret_file_names_the_key_and_both_files(tmp_path: Path) -> None:
+    missing = str(tmp_path / "token")
+    path = config_file(tmp_path, backend={"token_file": missing})
+    message = error_of(path)
+    assert message.startswith(f"{path}: backend.token_file: ")
+    assert missing in message
+
+
+def test_unreadable_secret_file_names_the_key(tmp_path: Path) -> None:
+    path = config_file(tmp_path, backend={"token_file": str(tmp_path)})
+    assert error_of(path).startswith(f"{path}: backend.token_file: cannot read")
+
+
+def test_unreadable_credential_names_the_credential(tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials"
+    (credentials / "backend-token").mkdir(parents=True)
+    path = config_file(tmp_path)
+    message = error_of(path, {"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert message.startswith(f"{path}: credential backend-token: cannot read")
+
+
+def test_empty_secret_file_is_refused(tmp_path: Path) -> None:
+    token_file = secret_file(tmp_path, "token", "\n")
+    assert "is empty" in error_of(config_file(tmp_path, backend={"token_file": token_file}))
+
+
+def test_secret_file_not_utf8_is_refused(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_bytes(b"\xfftoken")
+    assert "not valid UTF-8" in error_of(config_file(tmp_path, backend={"token_file": str(token_file)}))
+
+
+def test_token_of_several_lines_is_refused_without_showing_it(tmp_path: Path) -> None:
+    token_file = secret_file(tmp_path, "token", f"{TOKEN}\n{TOKEN}-2\n")
+    message = error_of(config_file(tmp_path, backend={"token_file": token_file}))
+    assert "backend.token_file" in message
+    assert "single line" in message
+    assert TOKEN not in message
+
+
+@pytest.mark.parametrize("control", ["\x00", "\t", "\x1b"])
+def test_secret_file_with_a_control_character_is_refused_without_showing_it(tmp_path: Path, control: str) -> None:
+    # a NUL in the database URL made psycopg2 raise ValueError: exit 1 and a traceback, found by the CLI property
+    url_file = secret_file(tmp_path, "db-url", f"postgresql://u:{PASSWORD}@db/app{control}x")
+    message = error_of(config_file(tmp_path, database={"url": None, "url_file": url_file}))
+    assert "database.url_file" in message
+    assert "control characters" in message
+    assert PASSWORD not in message
+
+
+def test_password_in_database_url_never_in_error(tmp_path: Path) -> None:
+    url = f"mysql://admin:{PASSWORD}@db/app"
+    url_file = secret_file(tmp_path, "db-url", url)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    secret_file(credentials, "database-url", url)
+    failures = [
+        (config_file(tmp_path, database={"url": url}), {}),
+        (config_file(tmp_path, database={"url": [url]}), {}),
+        (config_file(tmp_path, database={"url": None, "url_file": url_file}), {}),
+        (config_file(tmp_path), {"CREDENTIALS_DIRECTORY": str(credentials)}),
+        (config_file(tmp_path), {"EMAIL_SYNC_DATABASE_URL": url}),
+        (config_file(tmp_path), {"EMAIL_SYNC_DATABASE_URL": url + "\x00"}),
+        (config_file(tmp_path, database={"url_file": url_file}), {}),
+    ]
+    for path, env in failures:
+        message = error_of(path, env)
+        assert "database.url" in message or "database-url" in message
+        assert PASSWORD not in message
+
+
+def test_secret_file_readable_by_others_warns(tmp_path: Path) -> None:
+    token_file = secret_file(tmp_path, "token", TOKEN, mode=0o644)
+    config = load(config_file(tmp_path, backend={"token_file": token_file}), {})
+    assert len(config.warnings) == 1
+    assert token_file in config.warnings[0]
+    assert TOKEN not in config.warnings[0]
+
+
+def test_credential_readable_by_others_warns(tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    secret_file(credentials, "database-url", UNREACHABLE_DB, mode=0o604)
+    config = load(config_file(tmp_path), {"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert [str(credentials / "database-url") in w for w in config.warnings] == [True]
+
+
+def test_private_secret_file_does_not_warn(tmp_path: Path) -> None:
+    token_file = secret_file(tmp_path, "token", TOKEN, mode=0o640)
+    assert load(config_file(tmp_path, backend={"token_file": token_file}), {}).warnings == ()
+
+
+# --- cross-key checks ---------------------------------------------------------------------------------------------
+
+
+def test_lease_shorter_than_calls_is_refused(tmp_path: Path) -> None:
+    # (retries + 1) * (retry_backoff_max + connect_timeout + read_timeout) = 4 * (30 + 5 + 30) = 260s; twice: 520s
+    path = config_file(tmp_path, sync={"lease": "519s"})
+    message = error_of(path)
+    assert message.startswith(f"{path}: sync.lease (519s) must be at least twice")
+    assert "260s" in message
+
+
+def test_lease_twice_the_longest_call_is_accepted(tmp_path: Path) -> None:
+    assert load(config_file(tmp_path, sync={"lease": "520s"}), {}).sync.lease == 520.0
+
+
+def test_lease_check_counts_timeouts_from_the_environment(tmp_path: Path) -> None:
+    message = error_of(config_file(tmp_path), {"EMAIL_SYNC_BACKEND_READ_TIMEOUT": "10m"})
+    assert "sync.lease" in message
+
+
+def test_base_url_with_credentials_is_refused(tmp_path: Path) -> None:
+    for url in (f"http://admin:{PASSWORD}@api.example.com", f"ftp://admin:{PASSWORD}@api.example.com"):
+        message = error_of(config_file(tmp_path, backend={"base_url": url}))
+        assert "backend.base_url must not contain credentials" in message
+        assert PASSWORD not in message
+
+
+def test_base_url_that_urlsplit_rejects_does_not_echo_credentials(tmp_path: Path) -> None:
+    # urlsplit quotes the whole netloc in its NFKC error
+    message = error_of(config_file(tmp_path, backend={"base_url": f"http://admin:{PASSWORD}\u2100@host"}))
+    assert "backend.base_url" in message
+    assert PASSWORD not in message
+
+
+def test_base_url_with_a_token_in_the_query_is_refused(tmp_path: Path) -> None:
+    message = error_of(config_file(tmp_path, backend={"base_url": f"http://api.example.com/?token={TOKEN}"}))
+    assert "backend.base_url" in message
+    assert TOKEN not in message
+
+
+def test_base_url_must_be_http(tmp_path: Path) -> None:
+    assert "backend.base_url must be an http" in error_of(config_file(tmp_path, backend={"base_url": "ftp://h"}))
+
+
+def test_base_url_with_a_bad_port_is_refused(tmp_path: Path) -> None:
+    message = error_of(config_file(tmp_path, backend={"base_url": "http://h:99999"}))
+    assert "backend.base_url" in message
+
+
+# --- parse_duration -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (90, 90.0),
+        (1.5, 1.5),
+        ("90", 90.0),
+        ("90s", 90.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("250ms", 0.25),
+        ("1d", 86400.0),
+        ("1.5h", 5400.0),
+        (" 5m ", 300.0),
+        ("1h 30m", 5400.0),
+        ("365d", 365 * 86400.0),
+    ],
+)
+def test_parse_duration_accepts_systemd_style_durations(value: Any, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        0,
+        -5,
+        0.0,
+        "0s",
+        "-5s",
+        "",
+        "soon",
+        "5x",
+        "m",
+        "5 minutes",
+        "1e3",
+        "inf",
+        "nan",
+        float("inf"),
+        float("nan"),
+        True,
+        None,
+        [5],
+        {"s": 5},
+        "366d",
+        10**400,
+        "9" * 400,
+    ],
+)
+def test_parse_duration_refuses_anything_else(value: Any) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(value)
+
+
+# --- the command line ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No EMAIL_SYNC_* or systemd variables from the developer's shell; the signal handlers `run` sets, undone."""
+    for name in list(os.environ):
+        if name.startswith("EMAIL_SYNC_") or name in ("CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC"):
+            monkeypatch.delenv(name)
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for number, handler in handlers.items():
+        signal.signal(number, handler)
+    structlog.contextvars.clear_contextvars()
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[dict[str, Any]], str]:
+    capsys.readouterr()
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, [json.loads(line) for line in out.splitlines()], out + err
+
+
+def assert_one_config_error(code: int, lines: list[dict[str, Any]], *words: str) -> str:
+    assert code == EXIT_CONFIG
+    assert len(lines) == 1, lines
+    assert lines[0]["level"] == "error"
+    message: str = lines[0]["error"]
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+    return message
+
+
+BROKEN = {
+    "unknown_key": ('[backend]\nbase_url = "http://h"\nretires = 3\n', "backend.retires"),
+    "wrong_type": ('[backend]\nbase_url = "http://h"\nretries = "many"\n', "backend.retries"),
+    "missing_required": ('[database]\nurl = "sqlite://"\n', "backend.base_url"),
+    "short_lease": (
+        '[backend]\nbase_url = "http://h"\n[database]\nurl = "sqlite://"\n[sync]\nlease = 1\n',
+        "sync.lease",
+    ),
+    "invalid_toml": ("[backend\n", "invalid TOML"),
+    "invalid_utf8": (b"[backend]\nbase_url = '\xc3\x28'\n", "UTF-8"),
+}
+
+
+@pytest.mark.parametrize("name", BROKEN)
+@pytest.mark.usefixtures("clean_env")
+def test_cli_broken_config_exits_78_with_one_error_line_naming_key_and_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    content, key = BROKEN[name]
+    path = raw_file(tmp_path, content)
+    code, lines, _ = run_cli(capsys, "--config", path, "run")
+    assert_one_config_error(code, lines, key, path)
+    assert lines[0]["event"] == "config_invalid"
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cli_missing_config_file_exits_78_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(tmp_path / "missing.toml")
+    code, lines, _ = run_cli(capsys, "--config", path, "migrate")
+    assert_one_config_error(code, lines, path, "not found")
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cli_takes_the_config_path_from_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = config_file(tmp_path, backend={"retires": 3})
+    monkeypatch.setenv("EMAIL_SYNC_CONFIG", path)
+    code, lines, _ = run_cli(capsys, "run")
+    assert_one_config_error(code, lines, path, "backend.retires")
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cli_env_value_of_wrong_type_names_the_variable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMAIL_SYNC_SYNC_INTERVAL", "soon")
+    code, lines, _ = run_cli(capsys, "--config", config_file(tmp_path), "run")
+    assert_one_config_error(code, lines, "EMAIL_SYNC_SYNC_INTERVAL", "sync.interval")
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cli_never_prints_the_database_password(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = config_file(tmp_path, database={"url": f"mysql://admin:{PASSWORD}@db/app"})
+    code, lines, output = run_cli(capsys, "--config", path, "run")
+    assert_one_config_error(code, lines, "database.url", path)
+    assert PASSWORD not in output
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cli_valid_config_with_unreachable_database_exits_75(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, lines, _ = run_cli(capsys, "--config", config_file(tmp_path), "run")
+    assert code == EXIT_TEMPFAIL
+    assert [line["event"] for line in lines if line["level"] == "error"] == ["database_unavailable"]
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cli_logs_the_warning_of_a_secret_file_readable_by_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url_file = secret_file(tmp_path, "db-url", f"postgresql://u:{PASSWORD}@127.0.0.1:1/x", mode=0o644)
+    path = config_file(tmp_path, database={"url": None, "url_file": url_file})
+    code, lines, output = run_cli(capsys, "--config", path, "run")
+    assert code == EXIT_TEMPFAIL
+    warnings = [line for line in lines if line["event"] == "config_warning"]
+    assert len(warnings) == 1
+    assert warnings[0]["level"] == "warning"
+    assert url_file in warnings[0]["warning"]
+    assert PASSWORD not in output
+
+
+def test_version_prints_the_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"email-sync {__version__}"
+
+
+def test_help_mentions_exit_codes_75_and_78(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert "exit codes" in out
+    for code in (EXIT_TEMPFAIL, EXIT_CONFIG):
+        assert f"\n  {code} " in out
+    assert "EMAIL_SYNC_CONFIG" in out
