@@ -16,12 +16,21 @@ import uuid
 from dataclasses import dataclass, field
 
 import structlog
+from sqlalchemy import Engine
 
-from emailsync import backend, db
+from emailsync import backend, db, metrics, status
 from emailsync.backend import CallPool, Client, Kind, Outcome
 from emailsync.claims import Claim, Result, RunCounts, Store
 from emailsync.config import Config
-from emailsync.errors import CircuitOpen, ConfigError, DatabaseUnavailable, EmailSyncError, EndpointError
+from emailsync.errors import (
+    CircuitOpen,
+    ConfigError,
+    DatabaseUnavailable,
+    EmailSyncError,
+    EndpointError,
+    TemporaryError,
+    UsageError,
+)
 from emailsync.notify import Notifier
 
 log = structlog.get_logger()
@@ -83,7 +92,62 @@ def run(config: Config, notifier: Notifier, stop: threading.Event) -> RunReport:
             )
             if not isinstance(error, DatabaseUnavailable):  # with the database gone there is nowhere to write
                 store.finish_run(counts, outcome, str(error) if error else None)
+            if config.operator.metrics_textfile:
+                database_up = not isinstance(error, DatabaseUnavailable)
+                _write_metrics(config.operator.metrics_textfile, engine, config, report, database_up)
         return report
+    finally:
+        engine.dispose()
+
+
+def _write_metrics(path: str, engine: Engine, config: Config, report: RunReport, database_up: bool) -> None:
+    counts = report.counts
+    metrics.write(
+        path,
+        report.outcome,
+        report.duration_ms / 1000,
+        {"due": counts.due, "synced": counts.synced, "failed": counts.failed, "skipped": counts.skipped},
+        status.backlog(engine, config) if database_up else None,
+    )
+
+
+def result_of(outcome: Outcome) -> Result:
+    """The result to record for a finished call, logged as it is decided."""
+    ok = outcome.kind is Kind.SYNCED
+    fields = {
+        "user_id": outcome.claim.user_id,
+        "status": outcome.status,
+        "duration_ms": outcome.duration_ms,
+        "attempts": outcome.attempts,
+    }
+    if ok:
+        log.info("user_synced", **fields, emails_synced=outcome.emails_synced)
+    else:
+        log.warning("user_failed", **fields, kind=outcome.kind.value, error=outcome.error)
+    return Result(outcome.claim, ok, outcome.duration_ms, outcome.error)
+
+
+def sync_one(config: Config, who: str) -> Outcome:
+    """`email-sync sync USER`: one user now, whatever its interval or backoff, but never under a live lease."""
+    run_id = str(uuid.uuid4())
+    structlog.contextvars.bind_contextvars(run_id=run_id)
+    engine = db.connect(config.database)
+    try:
+        db.check_ready(engine, config.users)
+        store = Store(engine, config.users, config.sync, run_id)
+        claim = store.find(who)
+        if claim is None:
+            raise UsageError(f"no single user has the id or email {who!r} in {config.users.table}")
+        if not store.claim_user(claim):
+            raise TemporaryError(f"user {claim.key} is being synced by a run right now; try again later")
+        with backend.new_session(config.backend) as session:
+            client = Client(config.backend, config.sync.max_emails, run_id, threading.Event(), lambda: None)
+            outcome = client.sync(session, claim)
+        if outcome.kind in (Kind.ENDPOINT, Kind.AUTH):  # the configuration's fault, not the user's
+            store.release([claim])
+            raise Verdict(1, config.backend.sync_url, [outcome]).error()
+        store.record([result_of(outcome)])
+        return outcome
     finally:
         engine.dispose()
 
@@ -98,6 +162,7 @@ class Verdict:
     """
 
     needed: int
+    sync_url: str
     suspects: list[Outcome] = field(default_factory=list)
     cleared: bool = False
 
@@ -117,16 +182,15 @@ class Verdict:
         return [*held, outcome]
 
     def error(self) -> EndpointError:
-        first = self.suspects[0]
         statuses = "/".join(sorted({str(o.status) for o in self.suspects}))
+        answered = f"POST {self.sync_url} answered {statuses} for the first {len(self.suspects)} users"
         if all(o.kind is Kind.AUTH for o in self.suspects):
             return EndpointError(
-                f"the backend refused our token for the first {len(self.suspects)} users ({statuses}): "
-                "check backend.token_file (or the backend-token credential)"
+                f"{answered}: the backend refused our token; check backend.token_file (or the backend-token credential)"
             )
+        redirect = next((o.error for o in self.suspects if o.error and "redirecting" in o.error), None)
         return EndpointError(
-            f"{first.error}; answered {statuses} for the first {len(self.suspects)} users: "
-            "backend.sync_path (or backend.base_url) is wrong"
+            f"{answered}{f' ({redirect})' if redirect else ''}: backend.sync_path (or backend.base_url) is wrong"
         )
 
 
@@ -147,7 +211,7 @@ class Cycle:
         self.claimed = 0
         self.no_more_due = False
         self.failing_in_a_row = 0
-        self.verdict = Verdict(config.sync.endpoint_probe)
+        self.verdict = Verdict(config.sync.endpoint_probe, config.backend.sync_url)
         self.client = Client(config.backend, config.sync.max_emails, store.owner, stop, self._attempt_done)
 
     def _attempt_done(self) -> None:
@@ -192,13 +256,19 @@ class Cycle:
         return self.no_more_due or self.stop.is_set() or self.claimed >= self.config.sync.max_users_per_run
 
     def _claim_more(self, pool: CallPool) -> None:
-        """Keep about two calls' worth of claims per thread queued: enough to stay busy, few leases ageing."""
-        if len(self.in_flight) >= 2 * self.config.backend.concurrency:
+        """Claim when the queue runs low, up to two claims per thread in flight (one running, one queued): enough
+        to stay busy, a claim round trip per `concurrency` users at least, and no lease waiting in the queue
+        longer than one call, which is what sync.lease >= 2 x the longest call covers."""
+        concurrency = self.config.backend.concurrency
+        if len(self.in_flight) > concurrency:
             return
-        limit = min(self.config.sync.batch_size, self.config.sync.max_users_per_run - self.claimed)
-        claims = self.store.claim(limit)
+        room = 2 * concurrency - len(self.in_flight)
+        claims = self.store.claim(
+            min(self.config.sync.batch_size, room, self.config.sync.max_users_per_run - self.claimed)
+        )
         self.claimed += len(claims)
-        self.no_more_due = len(claims) < limit
+        # Fewer than asked is no sign of the end: rows another run holds are skipped. Only nothing is.
+        self.no_more_due = not claims
         for claim in claims:
             self.in_flight[claim.key] = claim
             pool.submit(claim)
@@ -222,34 +292,15 @@ class Cycle:
 
     def _account(self, outcome: Outcome) -> None:
         """Count and log an outcome, and queue its result for the next batch write."""
-        user = outcome.claim.user_id
         if outcome.kind is Kind.NOT_STARTED:
             self.counts.skipped += 1
             self.to_release.append(outcome.claim)
             return
-        ok = outcome.kind is Kind.SYNCED
-        self.to_record.append(Result(outcome.claim, ok, outcome.duration_ms, outcome.error))
-        if ok:
+        self.to_record.append(result_of(outcome))
+        if outcome.kind is Kind.SYNCED:
             self.counts.synced += 1
-            log.info(
-                "user_synced",
-                user_id=user,
-                status=outcome.status,
-                duration_ms=outcome.duration_ms,
-                attempts=outcome.attempts,
-                emails_synced=outcome.emails_synced,
-            )
         else:
             self.counts.failed += 1
-            log.warning(
-                "user_failed",
-                user_id=user,
-                status=outcome.status,
-                kind=outcome.kind.value,
-                duration_ms=outcome.duration_ms,
-                attempts=outcome.attempts,
-                error=outcome.error,
-            )
 
     def _flush(self) -> None:
         batch, self.to_record = self.to_record, []
