@@ -195,7 +195,7 @@ class Client:
         status = response.status_code
         if 200 <= status < 300:
             return Attempt(Kind.SYNCED, status, emails_synced=_emails_synced(body))
-        error = f"HTTP {status} from {config.sync_url}"
+        error = f"HTTP {status}"  # the URL is the same for everyone: cycle_started logs it
         if 300 <= status < 400:
             error += f" redirecting to {response.headers.get('Location', '?')} (not followed)"
         elif body:

@@ -68,7 +68,7 @@ class Store:
         self.id_column = q(users.id_column)
         self.filter = f"AND ({users.filter})" if users.filter else ""
 
-    def _due_from(self) -> str:
+    def due_from(self) -> str:
         """FROM and WHERE of the due users: stale by the database clock, not in backoff, not leased by a live run."""
         d = self.d
         return f"""
@@ -83,7 +83,7 @@ class Store:
         count = with_retry(
             self.engine,
             lambda connection: connection.execute(
-                text(f"SELECT count(*) {self._due_from()}"), {"interval": self.sync.interval}
+                text(f"SELECT count(*) {self.due_from()}"), {"interval": self.sync.interval}
             ).scalar(),
         )
         return int(count or 0)
@@ -98,7 +98,7 @@ class Store:
         select = f"""
             SELECT {self.id} AS id, {self.email} AS email, CAST({self.id} AS TEXT) AS key,
                    COALESCE(s.failures, 0) AS failures
-            {self._due_from()}
+            {self.due_from()}
             ORDER BY {self.last_sync} ASC NULLS FIRST
             LIMIT :limit"""
         lease = f"""
@@ -131,6 +131,60 @@ class Store:
                     [{"key": row.key, "owner": self.owner, "lease": self.sync.lease} for row in rows],
                 )
         return [Claim(user_id=_json_id(row.id), key=row.key, email=row.email, failures=row.failures) for row in rows]
+
+    def find(self, who: str) -> Claim | None:
+        """The user whose id (as text) or email is ``who``: what an operator types."""
+        rows = with_retry(
+            self.engine,
+            lambda connection: connection.execute(
+                text(
+                    f"SELECT {self.id} AS id, {self.email} AS email, CAST({self.id} AS TEXT) AS key, "
+                    f"COALESCE(s.failures, 0) AS failures FROM {self.table} AS u "
+                    f"LEFT JOIN {STATE} AS s ON s.user_id = CAST({self.id} AS TEXT) "
+                    f"WHERE CAST({self.id} AS TEXT) = :who OR {self.email} = :who LIMIT 2"
+                ),
+                {"who": who},
+            ).all(),
+        )
+        if len(rows) != 1:
+            return None
+        row = rows[0]
+        return Claim(user_id=_json_id(row.id), key=row.key, email=row.email, failures=row.failures)
+
+    def claim_user(self, claim: Claim) -> bool:
+        """Lease one user whatever its interval and backoff, unless a live run holds it."""
+        claimed = with_retry(
+            self.engine,
+            lambda connection: connection.execute(
+                text(
+                    f"INSERT INTO {STATE} AS s (user_id, lease_owner, lease_until, failures, updated_at) "
+                    f"VALUES (:key, :owner, {self.d.shifted('lease')}, 0, {self.d.now}) "
+                    "ON CONFLICT (user_id) DO UPDATE SET lease_owner = excluded.lease_owner, "
+                    "lease_until = excluded.lease_until, updated_at = excluded.updated_at "
+                    f"WHERE s.lease_owner IS NULL OR s.lease_until < {self.d.now} RETURNING user_id"
+                ),
+                {"key": claim.key, "owner": self.owner, "lease": self.sync.lease},
+            ).all(),
+        )
+        return bool(claimed)
+
+    def reset(self, keys: Sequence[str] | None) -> int:
+        """Clear the backoff of these users (None: of every failing user), so the next cycle retries them."""
+        where = "failures > 0" if keys is None else "user_id = :key"
+        params: list[dict[str, str]] = [{}] if keys is None else [{"key": key} for key in keys]
+        return with_retry(
+            self.engine,
+            lambda connection: sum(
+                connection.execute(
+                    text(
+                        f"UPDATE {STATE} SET failures = 0, next_attempt_at = NULL, last_error = NULL, "
+                        f"updated_at = {self.d.now} WHERE {where}"
+                    ),
+                    one,
+                ).rowcount
+                for one in params
+            ),
+        )
 
     def record(self, results: Sequence[Result]) -> None:
         """Write a batch of results in one transaction, retried once on a fresh connection."""

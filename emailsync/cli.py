@@ -7,6 +7,7 @@ answer at once.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from emailsync import __version__
-from emailsync.errors import EXIT_BUG, EXIT_CONFIG, EXIT_OK, EXIT_TEMPFAIL, EmailSyncError
+from emailsync.errors import EXIT_BUG, EXIT_CONFIG, EXIT_NO, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE, EmailSyncError
 
 if TYPE_CHECKING:
     from emailsync.config import Config
@@ -25,12 +26,17 @@ EPILOG = f"""\
 exit codes:
   {EXIT_OK}   the command did its work (a run's per-user failures are reported, not fatal)
   {EXIT_BUG}   a bug: the traceback is in the log
+  {EXIT_NO}   the answer is no: `status` unhealthy, a `check` failed, `sync USER` failed
+  {EXIT_USAGE}  no such user (`sync`, `reset`)
   {EXIT_TEMPFAIL}  temporary: the database or the backend is unreachable or failing; the next run may succeed
   {EXIT_CONFIG}  configuration: bad config, wrong endpoint or token, missing schema; fix it, then run again
 
 config: --config PATH, else $EMAIL_SYNC_CONFIG, else /etc/email-sync/email-sync.toml;
 any key can be overridden by EMAIL_SYNC_<SECTION>_<KEY> (e.g. EMAIL_SYNC_BACKEND_SYNC_PATH).
 """
+
+
+NO_BACKEND = ("migrate", "status", "users", "reset", "alert")  # they work before the backend is configured
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +50,26 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="PATH", help="the TOML config file")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("run", help="run one sync cycle, then exit (what the systemd timer starts)")
-    commands.add_parser("migrate", help="create or upgrade email-sync's own tables")
+    migrate = commands.add_parser("migrate", help="create or upgrade email-sync's own tables")
+    migrate.add_argument(
+        "--print-app-indexes", action="store_true", help="print the index the app's users table should have, and exit"
+    )
+    status = commands.add_parser("status", help="last runs, backlog, backoff, leases; exit 2 when unhealthy")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    commands.add_parser("check", help="check config, secrets, interpreter, database, backend and endpoint")
+    sync = commands.add_parser("sync", help="sync one user now (ignores interval and backoff, not leases)")
+    sync.add_argument("user", metavar="USER", help="the user's id or email")
+    users = commands.add_parser("users", help="list users: due now (default), failing, or leased")
+    which = users.add_mutually_exclusive_group()
+    for name in ("due", "failing", "leased"):
+        which.add_argument(f"--{name}", dest="which", action="store_const", const=name)
+    users.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    reset = commands.add_parser("reset", help="clear a user's backoff so the next cycle retries it")
+    target = reset.add_mutually_exclusive_group(required=True)
+    target.add_argument("user", metavar="USER", nargs="?", help="the user's id or email")
+    target.add_argument("--all-failing", action="store_true", help="every user in backoff")
+    alert = commands.add_parser("alert", help="send the failure alert (started by systemd's OnFailure=)")
+    alert.add_argument("unit", metavar="UNIT", nargs="?", default="email-sync.service", help="the failed unit")
     return parser
 
 
@@ -56,10 +81,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logs.configure()
     log = structlog.get_logger()
-    commands: dict[str, Callable[[Config], int]] = {"run": _run, "migrate": _migrate}
+    commands: dict[str, Callable[[Config, argparse.Namespace], int]] = {
+        "run": _run,
+        "migrate": _migrate,
+        "status": _status,
+        "check": _check,
+        "sync": _sync,
+        "users": _users,
+        "reset": _reset,
+        "alert": _alert,
+    }
     try:
-        config = _load_config(args.config)
-        return commands[args.command](config)
+        config = _load_config(args.config, args.command)
+        return commands[args.command](config, args)
     except EmailSyncError as error:
         log.error(error.event, error=str(error), exit_code=error.exit_code)
         return error.exit_code
@@ -68,19 +102,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BUG
 
 
-def _load_config(path: str | None) -> Config:
+def _load_config(path: str | None, command: str) -> Config:
     import structlog
 
     from emailsync import config, logs
 
-    loaded = config.load(config.config_path(path, os.environ))
+    loaded = config.load(
+        config.config_path(path, os.environ), need_backend=command not in NO_BACKEND, need_database=command != "alert"
+    )
     logs.configure(loaded.log_level, loaded.secrets)
     for warning in loaded.warnings:
         structlog.get_logger().warning("config_warning", warning=warning)
     return loaded
 
 
-def _run(config: Config) -> int:
+def _run(config: Config, _: argparse.Namespace) -> int:
     from emailsync import cycle
     from emailsync.notify import Notifier
 
@@ -98,17 +134,99 @@ def _run(config: Config) -> int:
     return EXIT_OK
 
 
-def _migrate(config: Config) -> int:
+def _migrate(config: Config, args: argparse.Namespace) -> int:
     import structlog
 
     from emailsync import db
 
     engine = db.connect(config.database)
     try:
+        if args.print_app_indexes:
+            print(db.app_index_ddl(db.dialect_of(engine), config.users))
+            return EXIT_OK
         before, after = db.migrate(engine)
     finally:
         engine.dispose()
     structlog.get_logger().info("schema_migrated", from_version=before, to_version=after)
+    return EXIT_OK
+
+
+def _status(config: Config, args: argparse.Namespace) -> int:
+    from emailsync import db, status
+
+    engine = db.connect(config.database)
+    try:
+        report = status.gather(engine, config)
+    finally:
+        engine.dispose()
+    print(json.dumps(report.as_json(), indent=2, default=str) if args.json else status.render(report))
+    return EXIT_OK if report.healthy else EXIT_NO
+
+
+def _check(config: Config, _: argparse.Namespace) -> int:
+    from emailsync import check
+
+    checks = check.run_checks(config)
+    for one in checks:
+        print(one.line())
+    return EXIT_OK if all(one.ok or one.warning for one in checks) else EXIT_NO
+
+
+def _sync(config: Config, args: argparse.Namespace) -> int:
+    from emailsync import cycle
+    from emailsync.backend import Kind
+
+    outcome = cycle.sync_one(config, args.user)
+    return EXIT_OK if outcome.kind is Kind.SYNCED else EXIT_NO
+
+
+def _users(config: Config, args: argparse.Namespace) -> int:
+    from emailsync import db, status
+
+    engine = db.connect(config.database)
+    try:
+        if args.which in (None, "due"):
+            rows = [
+                f"{user:<24} {'never synced' if age is None else 'last synced ' + status.duration(age) + ' ago'}"
+                for user, age in status.list_due(engine, config, args.limit)
+            ]
+        else:
+            rows = [status.render_user(user) for user in status.list_users(engine, config, args.which, args.limit)]
+    finally:
+        engine.dispose()
+    print("\n".join(rows) if rows else "(none)")
+    return EXIT_OK
+
+
+def _reset(config: Config, args: argparse.Namespace) -> int:
+    import structlog
+
+    from emailsync import db
+    from emailsync.claims import Store
+    from emailsync.errors import UsageError
+
+    engine = db.connect(config.database)
+    try:
+        db.check_ready(engine, config.users)
+        store = Store(engine, config.users, config.sync, "reset")
+        if args.all_failing:
+            keys = None
+        else:
+            claim = store.find(args.user)
+            if claim is None:
+                raise UsageError(f"no single user has the id or email {args.user!r} in {config.users.table}")
+            keys = [claim.key]
+        count = store.reset(keys)
+    finally:
+        engine.dispose()
+    structlog.get_logger().info("backoff_reset", users=count)
+    return EXIT_OK
+
+
+def _alert(config: Config, args: argparse.Namespace) -> int:
+    from emailsync import alert
+
+    alert.send(config, alert.facts(args.unit, os.environ))
     return EXIT_OK
 
 

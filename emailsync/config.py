@@ -148,6 +148,10 @@ def _http_url(value: Any) -> str:
     return text
 
 
+def _optional_http_url(value: Any) -> str:
+    return _http_url(value) if _text(value) else ""
+
+
 def _optional_file(value: Any) -> str:
     return _text(value)
 
@@ -241,6 +245,17 @@ KEYS: tuple[Key, ...] = (
     Key("backend", "retry_backoff", parse_duration, 1.0, "First retry waits up to this (full jitter), doubling."),
     Key("backend", "retry_backoff_max", parse_duration, 30.0, "Cap of one retry wait, Retry-After included."),
     Key("logging", "level", _log_level, "info", "debug, info, warning or error."),
+    Key("status", "timer_interval", parse_duration, 300.0, "How often the timer starts a run (for `status`)."),
+    Key(
+        "status",
+        "missed_intervals",
+        _integer(1, 1000),
+        3,
+        "`status` exits non-zero when no run succeeded within this many timer intervals.",
+    ),
+    Key("metrics", "textfile", _text, "", "Write Prometheus metrics here after each run (node_exporter textfile)."),
+    Key("alert", "webhook_url", _optional_http_url, "", "POST a JSON alert here when a run fails (off when empty)."),
+    Key("alert", "command", _text, "", "Run this command (no shell) with the alert JSON on stdin when a run fails."),
 )
 _BY_SECTION: dict[str, dict[str, Key]] = {}
 for _key in KEYS:
@@ -313,6 +328,21 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
+class OperatorConfig:
+    """What the operator commands and hooks need: health thresholds, metrics and alerts."""
+
+    timer_interval: float
+    missed_intervals: int
+    metrics_textfile: str | None
+    alert_webhook_url: str | None
+    alert_command: str | None
+
+    @property
+    def stale_after(self) -> float:
+        return self.timer_interval * self.missed_intervals
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     database: DatabaseConfig
@@ -320,12 +350,15 @@ class Config:
     sync: SyncConfig
     backend: BackendConfig
     log_level: str
+    operator: OperatorConfig
     warnings: tuple[str, ...]
+    database_url_file: str | None = None  # where the secrets came from, for `email-sync check`
+    backend_token_file: str | None = None
 
     @property
     def secrets(self) -> tuple[str, ...]:
         """Strings that must never reach a log line, a table or an error message."""
-        found = [self.backend.token or ""]
+        found = [self.backend.token or "", self.operator.alert_webhook_url or ""]
         found.extend(_url_secrets(self.database.url))
         return tuple(s for s in found if len(s) >= 4)
 
@@ -342,8 +375,14 @@ def config_path(cli_path: str | None, env: Mapping[str, str]) -> str:
     return cli_path or env.get(f"{ENV_PREFIX}CONFIG") or DEFAULT_PATH
 
 
-def load(path: str, env: Mapping[str, str] | None = None) -> Config:
-    """The validated configuration, or ConfigError naming the file and key at fault."""
+def load(
+    path: str, env: Mapping[str, str] | None = None, need_backend: bool = True, need_database: bool = True
+) -> Config:
+    """The validated configuration, or ConfigError naming the file and key at fault.
+
+    Commands that only touch the database (migrate, status, users, reset) pass need_backend=False, so a package
+    can migrate before the operator has configured the backend; `alert` needs neither.
+    """
     env = os.environ if env is None else env
     raw = _read_toml(path)
     values: dict[str, Any] = {}
@@ -361,10 +400,10 @@ def load(path: str, env: Mapping[str, str] | None = None) -> Config:
     values.update(_from_env(env))
     for key in KEYS:
         if key.dotted not in values:
-            if key.default is REQUIRED:
+            if key.default is REQUIRED and need_backend:
                 raise ConfigError(f"{path}: {key.dotted} is required (or set {key.env})")
-            values[key.dotted] = key.default
-    return _build(path, values, env)
+            values[key.dotted] = "" if key.default is REQUIRED else key.default
+    return _build(path, values, env, need_database)
 
 
 def _read_toml(path: str) -> dict[str, Any]:
@@ -407,7 +446,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
-def _build(path: str, v: dict[str, Any], env: Mapping[str, str]) -> Config:
+def _build(path: str, v: dict[str, Any], env: Mapping[str, str], need_database: bool) -> Config:
     warnings: list[str] = []
     database_url = _secret(
         path,
@@ -418,11 +457,12 @@ def _build(path: str, v: dict[str, Any], env: Mapping[str, str]) -> Config:
         v["database.url"],
         warnings,
     )
-    if not database_url:
+    if database_url:
+        _check_database_url(path, database_url)
+    elif need_database:
         raise ConfigError(
             f"{path}: database.url is required (or database.url_file, or the {DATABASE_URL_CREDENTIAL} credential)"
         )
-    _check_database_url(path, database_url)
     token = _secret(path, env, BACKEND_TOKEN_CREDENTIAL, v["backend.token_file"], "backend.token_file", "", warnings)
     ca_file = v["backend.ca_file"] or None
     if ca_file is not None and not os.access(ca_file, os.R_OK):
@@ -476,7 +516,16 @@ def _build(path: str, v: dict[str, Any], env: Mapping[str, str]) -> Config:
         sync=sync,
         backend=backend,
         log_level=v["logging.level"],
+        operator=OperatorConfig(
+            timer_interval=v["status.timer_interval"],
+            missed_intervals=v["status.missed_intervals"],
+            metrics_textfile=v["metrics.textfile"] or None,
+            alert_webhook_url=v["alert.webhook_url"] or None,
+            alert_command=v["alert.command"] or None,
+        ),
         warnings=tuple(warnings),
+        database_url_file=v["database.url_file"] or None,
+        backend_token_file=v["backend.token_file"] or None,
     )
 
 

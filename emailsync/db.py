@@ -62,6 +62,12 @@ class Dialect:
             f"({column} IS NULL OR julianday({column}) < julianday('now', printf('-%.3f seconds', :{seconds_param})))"
         )
 
+    def age(self, column: str) -> str:
+        """Seconds from ``column`` to now, by the database clock."""
+        if self.postgres:
+            return f"extract(epoch FROM now() - {column})"
+        return f"((julianday('now') - julianday({column})) * 86400.0)"
+
     def quote(self, name: str) -> str:
         """A configured table or column name (already validated as [schema.]identifier), quoted."""
         return ".".join(f'"{part}"' for part in name.split("."))
@@ -201,6 +207,17 @@ def migrate(engine: Engine) -> tuple[int | None, int]:
 
 def _newer_schema(version: int) -> str:
     return f"the database has email-sync schema v{version}, newer than this email-sync (v{SCHEMA_VERSION}): upgrade"
+
+
+def app_index_ddl(dialect: Dialect, users: UsersConfig) -> str:
+    """The index that lets a run find due users without scanning the app's table. email-sync never creates it
+    itself: the app's schema is the app's."""
+    table = users.table.rpartition(".")[2]
+    name = dialect.quote(f"{table}_{users.last_sync_column}_email_sync_idx")
+    on = f"{dialect.quote(users.table)} ({dialect.quote(users.last_sync_column)}"
+    if dialect.postgres:
+        return f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {on} ASC NULLS FIRST);"
+    return f"CREATE INDEX IF NOT EXISTS {name} ON {on});"
 
 
 def check_ready(engine: Engine, users: UsersConfig) -> None:

@@ -8,6 +8,8 @@ import os
 
 EXIT_OK = 0
 EXIT_BUG = 1
+EXIT_NO = 2  # an operator command's answer is no: status unhealthy, a check failed, the user's sync failed
+EXIT_USAGE = os.EX_USAGE  # 64: the command names something that does not exist (e.g. no such user)
 EXIT_TEMPFAIL = os.EX_TEMPFAIL  # 75: try again later (database or backend down)
 EXIT_CONFIG = os.EX_CONFIG  # 78: fix the configuration (or the schema) first
 
@@ -36,6 +38,13 @@ class EndpointError(ConfigError):
     """The backend says the sync endpoint or our credentials are wrong for everyone, not for one user."""
 
     event = "endpoint_misconfigured"
+
+
+class UsageError(EmailSyncError):
+    """The command line names something that is not there."""
+
+    exit_code = EXIT_USAGE
+    event = "usage_error"
 
 
 class TemporaryError(EmailSyncError):

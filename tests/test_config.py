@@ -347,6 +347,11 @@ ENV_SAMPLES = {
     "backend.retry_backoff": ("100ms", 0.1),
     "backend.retry_backoff_max": ("5s", 5.0),
     "logging.level": ("ERROR", "error"),
+    "status.timer_interval": ("10m", 600.0),
+    "status.missed_intervals": ("5", 5),
+    "metrics.textfile": ("/var/lib/node_exporter/email_sync.prom", "/var/lib/node_exporter/email_sync.prom"),
+    "alert.webhook_url": ("https://hooks.example.com/T1", "https://hooks.example.com/T1"),
+    "alert.command": ("/usr/local/bin/page-me", "/usr/local/bin/page-me"),
 }
 
 
@@ -358,8 +363,17 @@ def test_every_key_has_an_env_sample() -> None:
 def test_every_key_is_overridable_by_its_env_variable(tmp_path: Path, key: Any) -> None:
     text, expected = ENV_SAMPLES[key.dotted]
     config = load(config_file(tmp_path), {key.env: text})
+    operator = {
+        "status.timer_interval": "timer_interval",
+        "status.missed_intervals": "missed_intervals",
+        "metrics.textfile": "metrics_textfile",
+        "alert.webhook_url": "alert_webhook_url",
+        "alert.command": "alert_command",
+    }
     if key.dotted == "logging.level":
         assert config.log_level == expected
+    elif key.dotted in operator:
+        assert getattr(config.operator, operator[key.dotted]) == expected
     else:
         assert getattr(getattr(config, key.section), key.name) == expected
 

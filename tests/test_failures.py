@@ -245,3 +245,12 @@ def test_a_bug_in_a_call_thread_ends_the_run_with_1_and_its_traceback(
     [bug] = result.errors
     assert bug["event"] == "bug" and "simulated bug in a call thread" in bug["exception"]
     assert pg.synced_ids() == set()
+
+
+def test_migrate_works_before_the_backend_is_configured(pg: AppDb, email_sync: EmailSync) -> None:
+    from tests.conftest import write_config
+
+    write_config(email_sync.config_path, {"database": {"url": pg.url}})
+
+    assert email_sync("migrate").code == 0
+    email_sync("run").assert_one_clear_error(EXIT_CONFIG, "backend.base_url is required")

@@ -1,0 +1,95 @@
+"""`email-sync alert`: tell someone that a run failed. Started by systemd through OnFailure=.
+
+systemd (≥ 251) hands a failure handler the failed unit's facts in $MONITOR_UNIT, $MONITOR_SERVICE_RESULT,
+$MONITOR_EXIT_CODE, $MONITOR_EXIT_STATUS and $MONITOR_INVOCATION_ID; the invocation id finds exactly that run's
+lines in the journal. Off unless alert.webhook_url or alert.command is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+import structlog
+
+from emailsync.config import Config
+from emailsync.errors import TemporaryError
+from emailsync.logs import redact_and_truncate
+
+LOG_LINES = 20
+log = structlog.get_logger()
+
+
+def facts(unit: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """What failed, where, how, and the last lines it logged."""
+    invocation = env.get("MONITOR_INVOCATION_ID", "")
+    return {
+        "host": os.uname().nodename,
+        "unit": env.get("MONITOR_UNIT") or unit,
+        "result": env.get("MONITOR_SERVICE_RESULT", "unknown"),
+        "exit_code": env.get("MONITOR_EXIT_CODE", "unknown"),
+        "exit_status": env.get("MONITOR_EXIT_STATUS", "unknown"),
+        "invocation_id": invocation or None,
+        "log": _journal(env.get("MONITOR_UNIT") or unit, invocation),
+    }
+
+
+def _journal(unit: str, invocation: str) -> list[str]:
+    journalctl = shutil.which("journalctl")
+    if journalctl is None:
+        return []
+    match = [f"_SYSTEMD_INVOCATION_ID={invocation}"] if invocation else ["-u", unit]
+    result = subprocess.run(
+        [journalctl, "--no-pager", "-o", "cat", "-n", str(LOG_LINES), *match],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return [redact_and_truncate(line, 1000) for line in result.stdout.splitlines()]
+
+
+def send(config: Config, alert: dict[str, Any]) -> bool:
+    """Deliver the alert to the webhook and/or the command; False when alerting is off."""
+    webhook, command = config.operator.alert_webhook_url, config.operator.alert_command
+    if not webhook and not command:
+        log.info("alert_disabled", unit=alert["unit"], hint="set alert.webhook_url or alert.command")
+        return False
+    body = json.dumps(alert)
+    if webhook:
+        _post(config, webhook, body)
+    if command:
+        _run(command, body)
+    log.info("alert_sent", unit=alert["unit"], result=alert["result"], exit_status=alert["exit_status"])
+    return True
+
+
+def _post(config: Config, url: str, body: str) -> None:
+    try:
+        response = requests.post(
+            url,
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=(config.backend.connect_timeout, config.backend.read_timeout),
+            allow_redirects=False,
+        )
+    except requests.RequestException as error:
+        raise TemporaryError(f"alert webhook unreachable: {type(error).__name__}") from None
+    if not 200 <= response.status_code < 300:
+        raise TemporaryError(f"alert webhook answered {response.status_code}")
+
+
+def _run(command: str, body: str) -> None:
+    argv = shlex.split(command)
+    try:
+        result = subprocess.run(argv, input=body, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise TemporaryError(f"alert.command {argv[0]} could not run: {error}") from None
+    if result.returncode != 0:
+        raise TemporaryError(f"alert.command {argv[0]} exited {result.returncode}")

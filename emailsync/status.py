@@ -1,0 +1,290 @@
+"""`email-sync status` and `email-sync users`: what only email-sync knows, for operators and monitors.
+
+Everything time-related is computed by the database clock, like the cycle's decisions, so the report agrees with
+what the next run will do whichever host asks.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from emailsync.claims import Store
+from emailsync.config import Config
+from emailsync.db import RUNS, STATE, dialect_of, schema_version, transaction
+
+RECENT_RUNS = 5
+LISTED = 10
+HEALTHY_OUTCOMES = ("ok", "interrupted")
+
+
+@dataclass(frozen=True)
+class RunRow:
+    started_at: str
+    host: str
+    due: int | None
+    synced: int
+    failed: int
+    skipped: int
+    outcome: str
+    duration_s: float | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class UserRow:
+    user_id: str
+    failures: int
+    next_attempt_in_s: float | None
+    last_error: str | None
+    lease_owner: str | None
+    lease_host: str | None
+    lease_left_s: float | None
+
+
+@dataclass
+class Status:
+    schema_version: int | None
+    runs: list[RunRow]
+    due_now: int
+    never_synced_due: int
+    oldest_due_age_s: float | None
+    in_backoff: int
+    backoff: list[UserRow]
+    leased: int
+    leases: list[UserRow]
+    last_success_age_s: float | None
+    timer: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "healthy": self.healthy}
+
+
+def gather(engine: Engine, config: Config) -> Status:
+    d = dialect_of(engine)
+    with transaction(engine) as connection:
+        version = schema_version(connection)
+        runs = [
+            RunRow(
+                str(row.started_at),
+                row.host,
+                row.due,
+                row.synced,
+                row.failed,
+                row.skipped,
+                row.outcome,
+                None if row.duration is None else round(float(row.duration), 1),
+                row.error,
+            )
+            for row in connection.execute(
+                text(
+                    f"SELECT started_at, host, due, synced, failed, skipped, outcome, error, "
+                    f"{d.age('started_at')} - {d.age('finished_at')} AS duration "
+                    f"FROM {RUNS} ORDER BY started_at DESC LIMIT {RECENT_RUNS}"
+                )
+            )
+        ]
+        last_success = connection.execute(
+            text(f"SELECT min({d.age('finished_at')}) FROM {RUNS} WHERE outcome IN ('ok', 'interrupted')")
+        ).scalar()
+        leased = connection.execute(
+            text(f"SELECT count(*) FROM {STATE} WHERE lease_owner IS NOT NULL AND lease_until > {d.now}")
+        ).scalar()
+    now = backlog(engine, config)
+    status = Status(
+        schema_version=version,
+        runs=runs,
+        due_now=now.due,
+        never_synced_due=now.never_synced,
+        oldest_due_age_s=now.oldest_age_s,
+        in_backoff=now.in_backoff,
+        backoff=list_users(engine, config, "failing", LISTED),
+        leased=int(leased or 0),
+        leases=list_users(engine, config, "leased", LISTED),
+        last_success_age_s=None if last_success is None else round(float(last_success)),
+        timer=timer_state(),
+    )
+    status.problems = _problems(status, config)
+    return status
+
+
+@dataclass(frozen=True)
+class Backlog:
+    due: int
+    never_synced: int
+    oldest_age_s: float | None  # since the oldest due user's last sync (None: none due, or all never synced)
+    in_backoff: int
+
+
+def backlog(engine: Engine, config: Config) -> Backlog:
+    """Who is waiting right now: the numbers `status` shows and the metrics export."""
+    d = dialect_of(engine)
+    store = Store(engine, config.users, config.sync, "status")
+    with transaction(engine) as connection:
+        due = connection.execute(
+            text(
+                f"SELECT count(*), count(*) - count({store.last_sync}), max({d.age(store.last_sync)}) "
+                f"{store.due_from()}"
+            ),
+            {"interval": config.sync.interval},
+        ).one()
+        in_backoff = connection.execute(
+            text(f"SELECT count(*) FROM {STATE} WHERE failures > 0 AND next_attempt_at > {d.now}")
+        ).scalar()
+    return Backlog(int(due[0]), int(due[1]), _rounded(due[2]), int(in_backoff or 0))
+
+
+def _problems(status: Status, config: Config) -> list[str]:
+    problems = []
+    finished = [run for run in status.runs if run.outcome != "running"]
+    if finished and finished[0].outcome not in HEALTHY_OUTCOMES:
+        problems.append(f"the last run failed: {finished[0].outcome}: {finished[0].error or ''}".rstrip(": "))
+    stale = config.operator.stale_after
+    if status.last_success_age_s is None or status.last_success_age_s > stale:
+        problems.append(
+            f"no successful run in the last {stale:g}s ({config.operator.missed_intervals} x status.timer_interval)"
+        )
+    return problems
+
+
+def list_users(engine: Engine, config: Config, which: str, limit: int) -> list[UserRow]:
+    """Users in our state table: ``failing`` (in backoff or failed last time) or ``leased``."""
+    d = dialect_of(engine)
+    where = {
+        "failing": "s.failures > 0 ORDER BY s.next_attempt_at",
+        "leased": f"s.lease_owner IS NOT NULL AND s.lease_until > {d.now} ORDER BY s.lease_until",
+    }[which]
+    with transaction(engine) as connection:
+        rows = connection.execute(
+            text(
+                f"SELECT s.user_id, s.failures, -({d.age('s.next_attempt_at')}) AS next_in, s.last_error, "
+                f"s.lease_owner, r.host, -({d.age('s.lease_until')}) AS lease_left "
+                f"FROM {STATE} AS s LEFT JOIN {RUNS} AS r ON r.id = s.lease_owner WHERE {where} LIMIT :limit"
+            ),
+            {"limit": limit},
+        ).all()
+    return [
+        UserRow(
+            row.user_id,
+            row.failures,
+            _rounded(row.next_in),
+            row.last_error,
+            row.lease_owner,
+            row.host,
+            _rounded(row.lease_left),
+        )
+        for row in rows
+    ]
+
+
+def list_due(engine: Engine, config: Config, limit: int) -> list[tuple[str, float | None]]:
+    """(user id, seconds since last sync or None for never) of the users a run would take now, oldest first."""
+    d = dialect_of(engine)
+    store = Store(engine, config.users, config.sync, "status")
+    with transaction(engine) as connection:
+        rows = connection.execute(
+            text(
+                f"SELECT CAST({store.id} AS TEXT), {d.age(store.last_sync)} {store.due_from()} "
+                f"ORDER BY {store.last_sync} ASC NULLS FIRST LIMIT :limit"
+            ),
+            {"interval": config.sync.interval, "limit": limit},
+        ).all()
+    return [(row[0], _rounded(row[1])) for row in rows]
+
+
+def _rounded(value: Any) -> float | None:
+    return None if value is None else round(float(value))
+
+
+def timer_state() -> dict[str, str]:
+    """The timer's last and next trigger, asked from systemd when it runs here; empty otherwise."""
+    systemctl = shutil.which("systemctl")
+    if systemctl is None or not Path("/run/systemd/system").is_dir():
+        return {}
+    result = subprocess.run(
+        [
+            systemctl,
+            "show",
+            "email-sync.timer",
+            "-p",
+            "LastTriggerUSec",
+            "-p",
+            "NextElapseUSecRealtime",
+            "-p",
+            "ActiveState",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    fields = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    return {name: value for name, value in fields.items() if value and value != "n/a"}
+
+
+def duration(seconds: float | None) -> str:
+    """A short human duration: 45s, 12m, 3h05m, 2d04h."""
+    if seconds is None:
+        return "-"
+    s = int(abs(seconds))
+    sign = "-" if seconds < 0 else ""
+    if s < 120:
+        return f"{sign}{s}s"
+    if s < 7200:
+        return f"{sign}{s // 60}m"
+    if s < 172800:
+        return f"{sign}{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{sign}{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def render(status: Status) -> str:
+    """The human report, at most 80 columns wide."""
+    lines = [f"email-sync: {'healthy' if status.healthy else 'UNHEALTHY'} (schema v{status.schema_version})"]
+    lines += [f"  ! {problem}"[:80] for problem in status.problems]
+    if status.timer:
+        lines.append(
+            f"timer: {status.timer.get('ActiveState', '?')}, last {status.timer.get('LastTriggerUSec', '-')}"[:80]
+        )
+        lines.append(f"       next {status.timer.get('NextElapseUSecRealtime', '-')}"[:80])
+    backlog = "none" if status.oldest_due_age_s is None else f"oldest synced {duration(status.oldest_due_age_s)} ago"
+    lines.append(f"due now: {status.due_now} ({status.never_synced_due} never synced; {backlog})")
+    lines.append("")
+    lines.append(f"{'last runs (started)':<27}{'host':<12}{'due':>7}{'synced':>7}{'failed':>7}{'skip':>5} outcome")
+    for run in status.runs:
+        lines.append(
+            f"{run.started_at[:26]:<27}{run.host[:11]:<12}{_n(run.due):>7}{run.synced:>7}{run.failed:>7}"
+            f"{run.skipped:>5} {run.outcome} {duration(run.duration_s)}"[:80]
+        )
+    lines.append("")
+    lines.append(f"in backoff: {status.in_backoff}")
+    lines += ["  " + render_user(user) for user in status.backoff]
+    lines.append(f"leased now: {status.leased}")
+    lines += ["  " + render_user(user) for user in status.leases]
+    return "\n".join(lines)
+
+
+def render_user(user: UserRow) -> str:
+    """One user of our state table on one line of at most 78 columns."""
+    if user.lease_owner:
+        line = (
+            f"{user.user_id[:20]:<21}leased by {(user.lease_host or '?')[:16]} run {user.lease_owner[:8]}, "
+            f"{duration(user.lease_left_s)} left"
+        )
+    else:
+        error = (user.last_error or "").replace("\n", " ")
+        line = f"{user.user_id[:20]:<21}x{user.failures:<3} retry in {duration(user.next_attempt_in_s):<7} {error}"
+    return line[:78]
+
+
+def _n(value: int | None) -> str:
+    return "-" if value is None else str(value)

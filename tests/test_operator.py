@@ -1,0 +1,334 @@
+"""Operator commands: status, check, sync USER, users, reset, migrate --print-app-indexes, metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from emailsync.errors import EXIT_NO, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
+from tests.backend import Backend, Behaviour
+from tests.conftest import AppDb, EmailSync
+
+
+@pytest.fixture
+def after_a_run(pg: AppDb, backend: Backend, email_sync: EmailSync) -> AppDb:
+    """Five users synced by one run, user 3 failed (in backoff), user 6 leased by another run."""
+    pg.add_users(5)
+    pg.add_users(1, start=6)
+    backend.script(3, Behaviour(status=422, body=b'{"error": "mailbox locked"}'))
+    email_sync.configure(pg, backend)
+    assert email_sync("run").code == EXIT_OK
+    pg.execute(
+        f"UPDATE email_sync_user_state SET lease_owner = 'other-run', lease_until = {pg.at(600)} WHERE user_id = '6'"
+    )
+    return pg
+
+
+def test_status_of_a_healthy_install_fits_80_columns_and_exits_0(after_a_run: AppDb, email_sync: EmailSync) -> None:
+    result = email_sync("status")
+
+    assert result.code == EXIT_OK, result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("email-sync: healthy")
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    assert any("mailbox locked" in line for line in lines)
+    assert "in backoff: 1" in lines and "leased now: 1" in lines
+
+
+def test_status_json_carries_runs_backlog_backoff_and_leases(after_a_run: AppDb, email_sync: EmailSync) -> None:
+    result = email_sync("status", "--json")
+
+    report = json.loads(result.stdout)
+    assert report["healthy"] is True and report["schema_version"] == 1
+    assert (report["runs"][0]["synced"], report["runs"][0]["failed"], report["runs"][0]["outcome"]) == (5, 1, "ok")
+    assert [user["user_id"] for user in report["backoff"]] == ["3"]
+    assert [(user["user_id"], user["lease_owner"]) for user in report["leases"]] == [("6", "other-run")]
+    assert report["due_now"] == 0  # 3 is in backoff, 6 is leased
+
+
+def test_status_exits_2_when_the_last_run_failed(pg: AppDb, email_sync: EmailSync) -> None:
+    pg.add_users(2)
+    with Backend(sync_path="/elsewhere") as backend:
+        email_sync.configure(pg, backend)
+        email_sync("run")
+
+    result = email_sync("status")
+
+    assert result.code == EXIT_NO
+    assert "the last run failed: endpoint_misconfigured" in result.stdout
+
+
+def test_status_exits_2_when_no_run_succeeded_within_the_missed_intervals(
+    after_a_run: AppDb, email_sync: EmailSync
+) -> None:
+    after_a_run.execute(f"UPDATE email_sync_runs SET finished_at = {after_a_run.at(-3600)}")
+
+    result = email_sync("status")
+
+    assert result.code == EXIT_NO
+    assert "no successful run in the last 900s" in result.stdout
+
+
+def test_status_reports_backlog_age_of_the_oldest_due_user(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    pg.add_users(1, age=5 * 3600)
+    pg.add_users(1, age=2 * 3600, start=2)
+    email_sync.configure(pg, backend)
+
+    report = json.loads(email_sync("status", "--json").stdout)
+
+    assert report["due_now"] == 2
+    assert 5 * 3600 - 60 < report["oldest_due_age_s"] < 5 * 3600 + 60
+
+
+def test_check_passes_line_by_line_on_a_working_setup(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    email_sync.configure(pg, backend)
+
+    result = email_sync("check")
+
+    assert result.code == EXIT_OK, result.stdout
+    names = [line.split(":")[0] for line in result.stdout.splitlines() if not line.startswith(" ")]
+    assert names[:3] == ["✔ config", "✔ interpreter", "✔ dependencies"]
+    assert "✔ sync endpoint" in names and "✔ backend health" in names and "✔ database" in names
+    assert backend.sync_calls() == []  # checking syncs nobody
+
+
+def test_check_finds_a_wrong_sync_path_without_syncing_anyone(pg: AppDb, email_sync: EmailSync) -> None:
+    pg.add_users(2)
+    with Backend(sync_path="/api/v1/test/sync/start") as backend:
+        email_sync.configure(pg, backend)
+        result = email_sync("check")
+        posts = [r for r in backend.requests() if r.method == "POST"]
+
+    assert result.code == EXIT_NO
+    assert "✘ sync endpoint: OPTIONS" in result.stdout and "404" in result.stdout
+    assert "fix: set backend.sync_path" in result.stdout
+    assert posts == [] and pg.synced_ids() == set()
+
+
+def test_check_flags_a_secret_file_readable_by_others(
+    pg: AppDb, backend: Backend, email_sync: EmailSync, tmp_path: Path
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("a-token-value")
+    token.chmod(0o644)
+    email_sync.configure(pg, backend, backend={"token_file": str(token)})
+
+    result = email_sync("check")
+
+    assert result.code == EXIT_NO
+    assert "✘ secret backend.token_file" in result.stdout and f"chmod 0600 {token}" in result.stdout
+    assert "a-token-value" not in result.stdout
+
+
+def test_check_says_to_migrate_when_the_schema_is_missing(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    pg.execute("DROP TABLE email_sync_schema")
+    email_sync.configure(pg, backend)
+
+    result = email_sync("check")
+
+    assert result.code == EXIT_NO
+    assert "✘ database" in result.stdout and "fix: run `email-sync migrate`" in result.stdout
+
+
+def test_check_warns_until_the_printed_app_index_exists(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    email_sync.configure(pg, backend)
+    assert "! app index" in email_sync("check").stdout
+
+    ddl = email_sync("migrate", "--print-app-indexes").stdout.strip()
+    with pg.engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(ddl)
+
+    assert "✔ app index" in email_sync("check").stdout
+
+
+def test_the_app_index_serves_the_due_query_at_a_million_users(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    from emailsync import config, db
+    from emailsync.claims import Store
+
+    pg.execute(
+        "INSERT INTO users SELECT g, 'u' || g || '@example.com', now() - interval '10 minutes' "
+        "FROM generate_series(1, 1000000) g"
+    )
+    pg.execute("UPDATE users SET last_sync = NULL WHERE id % 1000 = 0")
+    email_sync.configure(pg, backend)
+    with pg.engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
+            email_sync("migrate", "--print-app-indexes").stdout.strip()
+        )
+    pg.execute("ANALYZE users")
+    loaded = config.load(str(email_sync.config_path), {})
+    store = Store(pg.engine, loaded.users, loaded.sync, "explain")
+    due = f"SELECT {store.id} {store.due_from()} ORDER BY {store.last_sync} ASC NULLS FIRST LIMIT 100"
+
+    plan = "\n".join(row[0] for row in pg.rows(f"EXPLAIN {due}", interval=3600.0))
+
+    assert "users_last_sync_email_sync_idx" in plan, plan
+    assert db.STATE in plan
+
+
+def test_sync_user_by_id_or_email_ignores_interval_and_backoff(
+    after_a_run: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    backend.script(3)
+    by_id = email_sync("sync", "3")
+    by_email = email_sync("sync", "user1@example.com")
+
+    assert (by_id.code, by_email.code) == (EXIT_OK, EXIT_OK)
+    assert len(backend.sync_calls(3)) == 2 and len(backend.sync_calls(1)) == 2
+    assert after_a_run.state(3).failures == 0
+    assert by_id.event("user_synced")["user_id"] == 3
+
+
+def test_sync_user_respects_a_live_lease(after_a_run: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    result = email_sync("sync", "6")
+
+    result.assert_one_clear_error(EXIT_TEMPFAIL, "being synced by a run")
+    assert len(backend.sync_calls(6)) == 1  # the run's call only
+
+
+def test_sync_of_an_unknown_user_exits_64(after_a_run: AppDb, email_sync: EmailSync) -> None:
+    email_sync("sync", "nobody@example.com").assert_one_clear_error(EXIT_USAGE, "nobody@example.com")
+
+
+def test_sync_user_that_fails_exits_2_and_records_the_failure(
+    after_a_run: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    result = email_sync("sync", "3")
+
+    assert result.code == EXIT_NO
+    assert after_a_run.state(3).failures == 2
+
+
+def test_users_lists_due_failing_and_leased(after_a_run: AppDb, email_sync: EmailSync) -> None:
+    after_a_run.add_users(1, start=7)
+
+    due, failing, leased = (
+        email_sync("users", "--due"),
+        email_sync("users", "--failing"),
+        email_sync("users", "--leased"),
+    )
+
+    assert due.stdout.split() == ["7", "never", "synced"]
+    assert failing.stdout.startswith("3 ") and "mailbox locked" in failing.stdout
+    assert leased.stdout.startswith("6 ") and "leased by" in leased.stdout
+
+
+def test_reset_one_user_clears_its_backoff_so_the_next_run_retries(
+    after_a_run: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    backend.script(3)
+    assert email_sync("reset", "3").code == EXIT_OK
+    assert after_a_run.state(3).failures == 0
+
+    email_sync("run")
+
+    assert 3 in after_a_run.synced_ids()
+
+
+def test_reset_all_failing_clears_every_backoff(after_a_run: AppDb, email_sync: EmailSync) -> None:
+    after_a_run.execute("INSERT INTO email_sync_user_state (user_id, failures) VALUES ('99', 4)")
+
+    result = email_sync("reset", "--all-failing")
+
+    assert result.event("backoff_reset")["users"] == 2
+    assert after_a_run.scalar("SELECT count(*) FROM email_sync_user_state WHERE failures > 0") == 0
+
+
+def test_metrics_textfile_is_written_after_each_run(
+    pg: AppDb, backend: Backend, email_sync: EmailSync, tmp_path: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    pg.add_users(4)
+    pg.add_users(1, age=7200, start=10)
+    backend.script(2, Behaviour(status=400))
+    textfile = tmp_path / "email_sync.prom"
+    email_sync.configure(pg, backend, metrics={"textfile": str(textfile)}, sync={"max_users_per_run": 4})
+
+    assert email_sync("run").code == EXIT_OK
+
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(textfile.read_text())
+        for sample in family.samples
+    }
+    assert samples[("email_sync_last_run_success", ())] == 1
+    assert samples[("email_sync_last_run_outcome", (("outcome", "ok"),))] == 1
+    assert samples[("email_sync_last_run_users", (("state", "synced"),))] == 3
+    assert samples[("email_sync_last_run_users", (("state", "failed"),))] == 1
+    assert samples[("email_sync_last_run_users", (("state", "due"),))] == 5
+    assert samples[("email_sync_users_due", ())] == 1
+    assert 7100 < samples[("email_sync_backlog_oldest_seconds", ())] < 7400
+    assert samples[("email_sync_users_in_backoff", ())] == 1
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_metrics_record_a_failed_run(pg: AppDb, email_sync: EmailSync, tmp_path: Path) -> None:
+    textfile = tmp_path / "email_sync.prom"
+    pg.add_users(1)
+    with Backend(sync_path="/elsewhere") as backend:
+        email_sync.configure(pg, backend, metrics={"textfile": str(textfile)})
+        email_sync("run")
+
+    text = textfile.read_text()
+    assert "email_sync_last_run_success 0" in text
+    assert 'email_sync_last_run_outcome{outcome="endpoint_misconfigured"} 1' in text
+
+
+MONITOR = {
+    "MONITOR_UNIT": "email-sync.service",
+    "MONITOR_SERVICE_RESULT": "exit-code",
+    "MONITOR_EXIT_CODE": "exited",
+    "MONITOR_EXIT_STATUS": "78",
+}
+
+
+def test_alert_posts_the_failed_units_facts_to_the_webhook(
+    pg: AppDb, email_sync: EmailSync, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in MONITOR.items():
+        monkeypatch.setenv(name, value)
+    with Backend(sync_path="/hooks/email-sync") as hook:
+        email_sync.configure(pg, hook, alert={"webhook_url": hook.base_url + "/hooks/email-sync"})
+        result = email_sync("alert")
+        [call] = hook.sync_calls()
+
+    assert result.code == EXIT_OK
+    assert call.json["unit"] == "email-sync.service"
+    assert (call.json["result"], call.json["exit_status"]) == ("exit-code", "78")
+    assert call.json["host"] and isinstance(call.json["log"], list)
+
+
+def test_alert_runs_the_command_with_the_alert_on_stdin(
+    pg: AppDb, backend: Backend, email_sync: EmailSync, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in MONITOR.items():
+        monkeypatch.setenv(name, value)
+    received = tmp_path / "alert.json"
+    email_sync.configure(pg, backend, alert={"command": f"tee {received}"})
+
+    assert email_sync("alert").code == EXIT_OK
+
+    assert json.loads(received.read_text())["exit_status"] == "78"
+
+
+def test_alerting_is_off_by_default(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    email_sync.configure(pg, backend)
+
+    result = email_sync("alert", "email-sync.service")
+
+    assert result.code == EXIT_OK
+    assert result.event("alert_disabled")["unit"] == "email-sync.service"
+
+
+def test_a_failing_webhook_exits_75(pg: AppDb, email_sync: EmailSync) -> None:
+    with Backend(sync_path="/hook") as hook:
+        hook.set_default(Behaviour(status=500))
+        email_sync.configure(pg, hook, alert={"webhook_url": hook.base_url + "/hook"})
+        result = email_sync("alert")
+
+    result.assert_one_clear_error(EXIT_TEMPFAIL, "alert webhook answered 500")
