@@ -1,0 +1,267 @@
+"""email-sync under a real systemd (PID 1 of a Debian 12 container), started by its timer and units as shipped.
+
+Each test asserts on the database and on the journal (journalctl -o json inside the container).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+
+import pytest
+
+from tests.backend import Backend, Behaviour
+from tests.e2e.conftest import ALERT, TIMER, TOKEN_CREDENTIAL, UNIT, UNIT_DIR, Scenario, message_text
+from tests.e2e.container import PROJECT, log
+
+pytestmark = pytest.mark.timeout(600)  # generous: the first test also builds the rootfs; every wait is bounded
+
+# Journal MESSAGE_IDs of systemd's unit messages (sd-messages.h).
+STARTING = "7d4958e842da4a758f6c1cdc7b36dcc5"
+STARTED = "39f53479d3a045ac8e11786248231fbf"
+SUCCEEDED = "7ad2d189f7e94e70a38c781354912448"
+FAILED = "d9b373ed55a64feb8242e02dbe79a49c"
+PROCESS_EXIT = "98e322203f7a4ed290d09fe03c09fe15"
+PRIORITIES = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
+
+
+def by_invocation(e2e: Scenario) -> dict[str, dict[str, dict[str, object]]]:
+    """systemd's messages about the service per run: {invocation id: {message id: entry}}."""
+    runs: dict[str, dict[str, dict[str, object]]] = {}
+    for entry in e2e.systemd_lines():
+        if "INVOCATION_ID" in entry and "MESSAGE_ID" in entry:
+            runs.setdefault(str(entry["INVOCATION_ID"]), {})[str(entry["MESSAGE_ID"])] = entry
+    return runs
+
+
+def seconds(entry: dict[str, object]) -> float:
+    return int(str(entry["__MONOTONIC_TIMESTAMP"])) / 1e6
+
+
+def test_timer_starts_runs_on_schedule_each_ready_and_successful(e2e: Scenario) -> None:
+    users = e2e.database.add_users(5)
+    e2e.configure(sync={"max_users_per_run": 2})  # 2 + 2 + 1: three runs, each with work to do
+    # The shipped timer, 60x faster: first run at once, then 5 s after each run ends.
+    e2e.dropin(TIMER, "e2e", "[Timer]\nOnBootSec=\nOnBootSec=1s\nOnUnitInactiveSec=5s\n")
+    e2e.container.run("systemctl", "start", TIMER)
+
+    def three_runs_done() -> dict[str, dict[str, dict[str, object]]] | None:
+        runs = by_invocation(e2e)
+        return runs if sum(SUCCEEDED in run or FAILED in run for run in runs.values()) >= 3 else None
+
+    runs = e2e.container.wait_for("three runs", three_runs_done, timeout=90)
+    e2e.container.run("systemctl", "stop", TIMER)
+    e2e.wait_finished(60)
+
+    finished = sorted(
+        (run for run in runs.values() if SUCCEEDED in run or FAILED in run), key=lambda run: seconds(run[STARTED])
+    )[:3]
+    for run in finished:
+        assert STARTING in run and STARTED in run, f"a run never reached READY=1: {sorted(run)}"  # notify: Started
+        assert SUCCEEDED in run and FAILED not in run, f"a run failed: {[message_text(e) for e in run.values()]}"
+    gaps = [seconds(after[STARTING]) - seconds(before[SUCCEEDED]) for before, after in itertools.pairwise(finished)]
+    assert all(4.5 <= gap <= 7.5 for gap in gaps), f"runs should start 5 s after the previous one ended: {gaps}"
+    log(f"gaps between runs: {', '.join(f'{gap:.2f}s' for gap in gaps)}")
+
+    state = e2e.state()
+    assert (state["Result"], state["ExecMainStatus"]) == ("success", "0")
+    assert e2e.database.synced() == set(users)
+    assert e2e.database.writes() == dict.fromkeys(users, 1)
+    assert [(run.synced, run.outcome) for run in e2e.database.runs()][:3] == [(2, "ok"), (2, "ok"), (1, "ok")]
+    assert e2e.database.leased() == []
+
+
+def test_timer_starts_the_next_run_after_a_failed_one(e2e: Scenario) -> None:
+    e2e.database.add_users(2)
+    e2e.backend.health_status = 503  # backend down: the run fails with 75, the timer must go on
+    e2e.dropin(TIMER, "e2e", "[Timer]\nOnBootSec=\nOnBootSec=1s\nOnUnitInactiveSec=5s\n")
+    e2e.container.run("systemctl", "start", TIMER)
+    e2e.container.wait_for("a failed run", lambda: any(FAILED in run for run in by_invocation(e2e).values()), 60)
+    assert e2e.state()["ExecMainStatus"] == "75"
+    e2e.backend.health_status = 200
+    e2e.container.wait_for("a later successful run", lambda: e2e.database.synced() == {1, 2}, 60)
+    e2e.container.run("systemctl", "stop", TIMER)
+    e2e.wait_finished(60)
+    assert e2e.state()["Result"] == "success"
+
+
+def test_every_log_line_is_json_with_the_journal_priority_of_its_level(e2e: Scenario) -> None:
+    e2e.database.add_users(4)
+    e2e.backend.script(2, Behaviour(status=422))  # one user's failure: a warning line
+    first = e2e.run_once()
+    assert (first["Result"], first["ExecMainStatus"]) == ("success", "0")
+    e2e.backend.health_status = 503  # backend down: an error line, exit 75
+    second = e2e.run_once()
+    assert (second["Result"], second["ExecMainStatus"]) == ("exit-code", "75")
+
+    lines = e2e.our_lines()
+    assert lines, "no journal entries from email-sync"
+    levels = set()
+    for entry in lines:
+        text = message_text(entry)
+        assert entry.get("_COMM") == "email-sync" and entry.get("_TRANSPORT") == "stdout", entry
+        assert not text.startswith("<"), f"the <N> prefix was not consumed by journald: {text!r}"
+        try:
+            event = json.loads(text)
+        except ValueError:
+            pytest.fail(f"not a JSON line: {text!r}")
+        assert int(entry["PRIORITY"]) == PRIORITIES[event["level"]], (entry["PRIORITY"], event)
+        levels.add(event["level"])
+    assert {"info", "warning", "error"} <= levels
+
+
+def test_hung_backend_is_killed_by_the_watchdog_with_a_stack_then_the_next_run_syncs_everyone_once(
+    e2e: Scenario,
+) -> None:
+    users = e2e.database.add_users(6)
+    # Calls that fit a 10 s watchdog (connect + read + backoff = 4 s < 10 s / 2), and a lease that may be short
+    # because a call is short (email-sync wants lease >= 2 x (retries + 1) x 4 s = 8 s).
+    e2e.configure(
+        backend={
+            "connect_timeout": "1s",
+            "read_timeout": "2s",
+            "retry_backoff_max": "1s",
+            "retries": 0,
+            "concurrency": 2,
+        },
+        sync={"lease": "10s"},
+    )
+    e2e.dropin(UNIT, "watchdog", "[Service]\nWatchdogSec=10s\n")
+    # Headers at once, then a byte every 0.5 s forever: the read timeout never fires, only the watchdog can help.
+    e2e.backend.set_default(Behaviour(trickle=0.5))
+
+    hung = e2e.run_once(timeout=45)
+    assert (hung["Result"], hung["ActiveState"]) == ("watchdog", "failed"), hung
+    systemd_says = [message_text(e) for e in e2e.systemd_lines()]
+    assert any("Watchdog timeout" in line for line in systemd_says), systemd_says
+    stack = "\n".join(message_text(e) for e in e2e.our_lines())
+    assert "Fatal Python error: Aborted" in stack, stack  # faulthandler, from PYTHONFAULTHANDLER=1
+    assert "most recent call first" in stack and re.search(r'File "/usr/lib/email-sync/venv/.*", line \d+', stack)
+    called_while_hung = {int(call.user_id) for call in e2e.backend.sync_calls()}
+    assert called_while_hung and e2e.database.writes() == {}
+
+    recovered = time.monotonic()
+    e2e.backend.set_default(Behaviour())
+    e2e.container.wait_for("the dead run's leases to expire", lambda: e2e.database.live_leases() == 0, 30)
+    again = e2e.run_once()
+    assert (again["Result"], again["ExecMainStatus"]) == ("success", "0"), again
+
+    assert e2e.database.synced() == set(users)
+    assert e2e.database.writes() == dict.fromkeys(users, 1)  # nobody's last_sync written twice
+    for user in users:
+        answered = [call for call in e2e.backend.sync_calls(user) if call.at >= recovered]
+        assert len(answered) == 1, f"user {user}: {len(answered)} completed calls after recovery"
+    # Before recovery every call trickled forever: none of them completed, so each user got exactly one 2xx.
+    assert e2e.database.leased() == []
+
+
+def test_stop_mid_cycle_records_calls_in_flight_and_releases_the_rest(e2e: Scenario) -> None:
+    users = e2e.database.add_users(10)
+    e2e.backend.latency = 2.0
+    e2e.configure(backend={"concurrency": 2})
+    e2e.container.run("systemd-analyze", "log-level", "debug")  # so PID 1 logs the STOPPING=1 it receives
+    try:
+        e2e.start()
+        assert e2e.backend.wait_for_sync_calls(3, timeout=20)  # two answered, the next ones in flight
+        e2e.container.run("systemctl", "stop", UNIT, timeout=90)
+    finally:
+        e2e.container.run("systemd-analyze", "log-level", "info")
+    assert e2e.state()["Result"] == "success"
+    # systemctl show forgets the exit status of a stopped unit: read it from systemd's (debug) exit message.
+    exits = [e for e in e2e.systemd_lines() if e.get("MESSAGE_ID") == PROCESS_EXIT]
+    assert [(e.get("EXIT_CODE"), e.get("EXIT_STATUS")) for e in exits] == [("exited", "0")], exits
+
+    notifications = [message_text(e) for e in e2e.journal() if e.get("_PID") == "1"]
+    assert any("STOPPING=1" in line for line in notifications), "email-sync never sent STOPPING=1"
+    finished = [event for event in e2e.events() if event["event"] == "cycle_finished"]
+    assert [event["outcome"] for event in finished] == ["interrupted"]
+
+    called = {int(call.user_id) for call in e2e.backend.sync_calls()}
+    assert 3 <= len(called) < len(users)
+    assert e2e.database.synced() == called  # every call in flight at SIGTERM was waited for and recorded
+    assert e2e.database.leased() == []  # the users never called were given back at once
+    (run,) = e2e.database.runs()
+    assert (run.outcome, run.synced, run.skipped) == ("interrupted", len(called), len(users) - len(called))
+
+    # Nothing lost: the next run syncs exactly the others.
+    e2e.backend.latency = 0.0
+    again = e2e.run_once()
+    assert (again["Result"], again["ExecMainStatus"]) == ("success", "0")
+    assert e2e.database.synced() == set(users)
+    assert e2e.database.writes() == dict.fromkeys(users, 1)
+    assert all(len(e2e.backend.sync_calls(user)) == 1 for user in users)
+
+
+def test_wrong_endpoint_fails_the_unit_with_78_and_one_clear_error(e2e: Scenario) -> None:
+    e2e.database.add_users(5)
+    e2e.configure(backend={"sync_path": "/api/v9/no-such-endpoint"})
+    state = e2e.run_once()
+    assert (state["Result"], state["ExecMainStatus"]) == ("exit-code", "78"), state
+
+    errors = [e for e in e2e.our_lines() if int(e["PRIORITY"]) <= 3]
+    assert len(errors) == 1, [message_text(e) for e in errors]
+    assert "backend.sync_path" in json.loads(message_text(errors[0]))["error"]
+    status = e2e.container.run("systemctl", "status", "--no-pager", "--lines=20", UNIT, check=False)
+    assert status.returncode == 3, status.stdout  # "not running", the unit failed
+    assert "status=78" in status.stdout and "backend.sync_path" in status.stdout, status.stdout
+    assert e2e.database.synced() == set() and e2e.database.leased() == []
+    assert e2e.database.scalar("SELECT coalesce(max(failures), 0) FROM email_sync_user_state") == 0
+
+
+def test_a_failed_run_sends_the_alert_with_its_exit_status_and_log_lines(e2e: Scenario) -> None:
+    with Backend(sync_path="/hooks/email-sync") as hook:
+        e2e.database.add_users(2)
+        e2e.configure(
+            backend={"sync_path": "/api/v9/no-such-endpoint"},
+            alert={"webhook_url": hook.base_url + "/hooks/email-sync"},
+        )
+        state = e2e.run_once()
+        assert state["ExecMainStatus"] == "78", state
+        assert hook.wait_for_sync_calls(1, timeout=60), "the OnFailure alert never reached the webhook"
+        [alert] = [call.json for call in hook.sync_calls()]
+
+    assert (alert["unit"], alert["result"], alert["exit_status"]) == (UNIT, "exit-code", "78"), alert
+    assert alert["invocation_id"] == state["InvocationID"]
+    assert any("backend.sync_path" in line for line in alert["log"]), alert["log"]
+
+
+def test_backend_token_credential_reaches_the_service_and_without_it_the_unit_still_starts(e2e: Scenario) -> None:
+    token = "e2e-token-Zq4vX9"
+    e2e.backend.token = token
+    e2e.container.write(TOKEN_CREDENTIAL, token + "\n", mode=0o600)  # root-only: systemd hands it over
+    e2e.database.add_users(3)
+    state = e2e.run_once()
+    assert (state["Result"], state["ExecMainStatus"]) == ("success", "0"), state
+    calls = e2e.backend.sync_calls()
+    assert len(calls) == 3 and {call.header("Authorization") for call in calls} == {f"Bearer {token}"}
+    assert e2e.database.synced() == {1, 2, 3}
+
+    # No token credential: the unit still starts (no 243/CREDENTIALS), and email-sync names the problem.
+    e2e.container.path(TOKEN_CREDENTIAL).unlink()
+    e2e.database.add_users(3, start=4)
+    state = e2e.run_once()
+    assert (state["Result"], state["ExecMainStatus"]) == ("exit-code", "78"), state
+    errors = [json.loads(message_text(e)) for e in e2e.our_lines() if int(e["PRIORITY"]) <= 3]
+    assert len(errors) == 1 and "token" in errors[0]["error"], errors
+    assert all(token not in message_text(e) for e in e2e.journal())
+
+
+def test_units_pass_systemd_analyze_verify_and_security(e2e: Scenario) -> None:
+    units = [f"{UNIT_DIR}/{UNIT}", f"{UNIT_DIR}/{TIMER}", f"{UNIT_DIR}/{ALERT}"]
+    verify = e2e.container.run("systemd-analyze", "verify", *units, check=False)
+    assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
+
+    security = e2e.container.run(
+        "systemd-analyze", "security", "--offline=yes", "--threshold=15", "--no-pager", UNIT, check=False
+    )
+    assert security.returncode == 0, security.stdout + security.stderr
+    score = re.search(r"Overall exposure level for email-sync\.service: (\d+\.\d)", security.stdout)
+    assert score and float(score[1]) <= 1.5, security.stdout
+    log(f"systemd-analyze security: {score[1]}")
+
+    # The site-specific drop-in example is a valid drop-in as shipped.
+    e2e.dropin(UNIT, "ipaddress-allow", (PROJECT / "systemd" / "ipaddress-allow.conf.example").read_text())
+    verify = e2e.container.run("systemd-analyze", "verify", UNIT, check=False)
+    assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
