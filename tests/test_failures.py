@@ -254,3 +254,46 @@ def test_migrate_works_before_the_backend_is_configured(pg: AppDb, email_sync: E
 
     assert email_sync("migrate").code == 0
     email_sync("run").assert_one_clear_error(EXIT_CONFIG, "backend.base_url is required")
+
+
+def test_backend_recovering_mid_cycle_syncs_everyone(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    import threading
+
+    pg.add_users(30)
+    backend.set_default(Behaviour(status=503))
+    email_sync.configure(
+        pg, backend, backend={"concurrency": 2, "retries": 5, "retry_backoff": "100ms", "retry_backoff_max": "300ms"}
+    )
+    recovery = threading.Thread(target=lambda: backend.wait_for_sync_calls(4) and backend.set_default(Behaviour()))
+    recovery.start()
+
+    result = email_sync("run")
+    recovery.join()
+
+    assert result.code == 0
+    assert pg.synced_ids() == set(range(1, 31))
+    assert pg.scalar("SELECT count(*) FROM email_sync_user_state WHERE failures > 0") == 0
+
+
+def test_backend_going_down_mid_cycle_loses_nothing_and_the_next_run_finishes(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    import threading
+
+    pg.add_users(40)
+    backend.set_default(Behaviour(delay=0.05))
+    email_sync.configure(pg, backend, backend={"concurrency": 2, "retries": 1}, sync={"circuit_breaker": 4})
+    outage = threading.Thread(target=lambda: backend.wait_for_sync_calls(10) and backend.stop())
+    outage.start()
+
+    result = email_sync("run")
+    outage.join()
+
+    result.assert_one_clear_error(EXIT_TEMPFAIL, "in a row failed")
+    answered = {call.user_id for call in backend.sync_calls()}
+    assert pg.synced_ids() <= answered  # nobody marked synced without an answer
+    assert pg.leased() == []
+    backend.start()
+    pg.execute("UPDATE email_sync_user_state SET next_attempt_at = NULL")  # their backoff elapses
+    assert email_sync("run").code == 0
+    assert pg.synced_ids() == set(range(1, 41))
