@@ -17,3 +17,22 @@ def test_readme_documents_every_config_key(key: str) -> None:
 @pytest.mark.parametrize("code", ["| 0 |", "| 1 |", "| 75 |", "| 78 |"])
 def test_readme_documents_every_exit_code(code: str) -> None:
     assert code in README
+
+
+def test_every_test_named_in_the_failure_table_exists() -> None:
+    """The failure table points at the tests that prove each case; a renamed test must not leave it dangling."""
+    import re
+
+    tests = Path(__file__).resolve().parent
+    table = README[README.index("## Failure behaviour") : README.index("## Running under systemd")]
+    module = ""
+    checked = 0
+    for prefix, name, file in re.findall(r"`([\w/]*::)?(test_\w+)(\.py)?", table):
+        if file:  # a whole test file, named as such
+            continue
+        module = prefix.removesuffix("::") or module
+        path = tests / (module.replace("e2e", "e2e/test_systemd") if module == "e2e" else module)
+        source = path.with_suffix(".py").read_text()
+        assert f"def {name}" in source, f"{name} not in {path}"
+        checked += 1
+    assert checked > 30
