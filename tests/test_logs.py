@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import TextIO
 
+import pytest
 import structlog
 
 from emailsync import logs
@@ -32,12 +36,56 @@ def test_each_event_is_one_json_line_with_timestamp_level_and_fields(tmp_path: P
     assert event["timestamp"].endswith("Z")
 
 
-def test_lines_carry_the_syslog_priority_when_stdout_is_the_journal(tmp_path: Path, monkeypatch) -> None:
+def journal_stream(stream: TextIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``stream`` the journal stream, as systemd announces it."""
+    info = os.fstat(stream.fileno())
+    monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
+
+
+def parse_journal_datagram(data: bytes) -> dict[str, str]:
+    fields = {}
+    while data:
+        line, _, rest = data.partition(b"\n")
+        if b"=" in line:
+            name, _, value = line.partition(b"=")
+            fields[name.decode()] = value.decode()
+            data = rest
+        else:
+            size = struct.unpack("<Q", rest[:8])[0]
+            fields[line.decode()] = rest[8 : 8 + size].decode()
+            data = rest[8 + size + 1 :]
+    return fields
+
+
+def test_under_journald_each_line_is_sent_natively_with_priority_and_searchable_fields(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "journal.sock"))
+    receiver.settimeout(2)
     out = tmp_path / "out"
     with out.open("w") as stream:
-        info = os.fstat(stream.fileno())
-        monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
-        logs.configure(level="debug", stream=stream)
+        journal_stream(stream, monkeypatch)
+        logs.configure(stream=stream, journal_socket=str(tmp_path / "journal.sock"))
+        structlog.contextvars.bind_contextvars(run_id="run-1")
+        structlog.get_logger().warning("user_failed", user_id="bob\nsmith", status=500)
+        structlog.contextvars.clear_contextvars()
+
+    fields = parse_journal_datagram(receiver.recv(65536))
+    assert out.read_text() == ""  # nothing twice
+    assert (fields["PRIORITY"], fields["SYSLOG_IDENTIFIER"]) == ("4", "email-sync")
+    assert (fields["EMAIL_SYNC_EVENT"], fields["EMAIL_SYNC_RUN_ID"]) == ("user_failed", "run-1")
+    assert fields["EMAIL_SYNC_USER_ID"] == "bob\nsmith"
+    assert json.loads(fields["MESSAGE"])["status"] == 500
+
+
+def test_lines_carry_the_syslog_priority_when_the_journal_socket_is_unreachable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    with out.open("w") as stream:
+        journal_stream(stream, monkeypatch)
+        logs.configure(level="debug", stream=stream, journal_socket=str(tmp_path / "no-such.sock"))
         log = structlog.get_logger()
         log.debug("d")
         log.info("i")
