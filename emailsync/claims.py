@@ -79,6 +79,11 @@ class Store:
                 AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= {d.now})))
               {self.filter}"""
 
+    @property
+    def oldest_first(self) -> str:
+        """The order runs take due users in; the app index `migrate --print-app-indexes` prints serves it."""
+        return f"ORDER BY {self.last_sync} ASC NULLS FIRST"
+
     def count_due(self) -> int:
         count = with_retry(
             self.engine,
@@ -99,7 +104,7 @@ class Store:
             SELECT {self.id} AS id, {self.email} AS email, CAST({self.id} AS TEXT) AS key,
                    COALESCE(s.failures, 0) AS failures
             {self.due_from()}
-            ORDER BY {self.last_sync} ASC NULLS FIRST
+            {self.oldest_first}
             LIMIT :limit"""
         lease = f"""
             INSERT INTO {STATE} AS s (user_id, lease_owner, lease_until, failures, updated_at)

@@ -12,9 +12,9 @@ import re
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from emailsync.errors import ConfigError
@@ -182,6 +182,7 @@ class Key:
 
 
 REQUIRED = object()
+T = TypeVar("T")
 
 KEYS: tuple[Key, ...] = (
     Key(
@@ -467,33 +468,8 @@ def _build(path: str, v: dict[str, Any], env: Mapping[str, str], need_database: 
     ca_file = v["backend.ca_file"] or None
     if ca_file is not None and not os.access(ca_file, os.R_OK):
         raise ConfigError(f"{path}: backend.ca_file: cannot read {ca_file}")
-    backend = BackendConfig(
-        base_url=v["backend.base_url"],
-        sync_path=v["backend.sync_path"],
-        health_path=v["backend.health_path"],
-        token=token or None,
-        ca_file=ca_file,
-        connect_timeout=v["backend.connect_timeout"],
-        read_timeout=v["backend.read_timeout"],
-        concurrency=v["backend.concurrency"],
-        max_rate=v["backend.max_rate"],
-        retries=v["backend.retries"],
-        retry_backoff=v["backend.retry_backoff"],
-        retry_backoff_max=v["backend.retry_backoff_max"],
-    )
-    sync = SyncConfig(
-        interval=v["sync.interval"],
-        max_users_per_run=v["sync.max_users_per_run"],
-        max_emails=v["sync.max_emails"],
-        batch_size=v["sync.batch_size"],
-        lease=v["sync.lease"],
-        shutdown_grace=v["sync.shutdown_grace"],
-        host_id=v["sync.host_id"] or os.uname().nodename,
-        failure_backoff=v["sync.failure_backoff"],
-        failure_backoff_max=v["sync.failure_backoff_max"],
-        circuit_breaker=v["sync.circuit_breaker"],
-        endpoint_probe=v["sync.endpoint_probe"],
-    )
+    backend = _section(BackendConfig, "backend", v, token=token or None, ca_file=ca_file)
+    sync = _section(SyncConfig, "sync", v, host_id=v["sync.host_id"] or os.uname().nodename)
     if sync.lease < 2 * backend.longest_call:
         raise ConfigError(
             f"{path}: sync.lease ({sync.lease:g}s) must be at least twice the longest call with its retries "
@@ -501,18 +477,8 @@ def _build(path: str, v: dict[str, Any], env: Mapping[str, str], need_database: 
         )
     return Config(
         source=path,
-        database=DatabaseConfig(
-            url=database_url,
-            connect_timeout=v["database.connect_timeout"],
-            statement_timeout=v["database.statement_timeout"],
-        ),
-        users=UsersConfig(
-            table=v["users.table"],
-            id_column=v["users.id_column"],
-            email_column=v["users.email_column"],
-            last_sync_column=v["users.last_sync_column"],
-            filter=v["users.filter"].strip(),
-        ),
+        database=_section(DatabaseConfig, "database", v, url=database_url),
+        users=_section(UsersConfig, "users", v, filter=v["users.filter"].strip()),
         sync=sync,
         backend=backend,
         log_level=v["logging.level"],
@@ -527,6 +493,12 @@ def _build(path: str, v: dict[str, Any], env: Mapping[str, str], need_database: 
         database_url_file=v["database.url_file"] or None,
         backend_token_file=v["backend.token_file"] or None,
     )
+
+
+def _section(cls: type[T], section: str, v: dict[str, Any], **derived: Any) -> T:
+    """A section's dataclass from its keys' values, field for key, plus the fields derived from other keys."""
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]  # every T here is a dataclass
+    return cls(**{name: v[f"{section}.{name}"] for name in names if name not in derived}, **derived)
 
 
 def _secret(

@@ -195,7 +195,7 @@ def list_due(engine: Engine, config: Config, limit: int) -> list[tuple[str, floa
         rows = connection.execute(
             text(
                 f"SELECT CAST({store.id} AS TEXT), {d.age(store.last_sync)} {store.due_from()} "
-                f"ORDER BY {store.last_sync} ASC NULLS FIRST LIMIT :limit"
+                f"{store.oldest_first} LIMIT :limit"
             ),
             {"interval": config.sync.interval, "limit": limit},
         ).all()

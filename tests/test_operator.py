@@ -162,7 +162,7 @@ def test_the_app_index_serves_the_due_query_at_a_million_users(
     pg.execute("ANALYZE users")
     loaded = config.load(str(email_sync.config_path), {})
     store = Store(pg.engine, loaded.users, loaded.sync, "explain")
-    due = f"SELECT {store.id} {store.due_from()} ORDER BY {store.last_sync} ASC NULLS FIRST LIMIT 100"
+    due = f"SELECT {store.id} {store.due_from()} {store.oldest_first} LIMIT 100"
 
     plan = "\n".join(row[0] for row in pg.rows(f"EXPLAIN {due}", interval=3600.0))
 
