@@ -63,52 +63,50 @@ def run(config: Config, notifier: Notifier, stop: threading.Event) -> RunReport:
     run_id = str(uuid.uuid4())
     structlog.contextvars.bind_contextvars(run_id=run_id)
     started = time.monotonic()
+    counts = RunCounts()
+    outcome, error, store = "crashed", None, None
     engine = db.connect(config.database)
     try:
         db.check_ready(engine, config.users)
-        backend.check_health(config.backend)
         store = Store(engine, config.users, config.sync, run_id)
         store.start_run(config.sync.host_id, os.getpid())
-        counts = RunCounts(due=store.count_due())
+        backend.check_health(config.backend)
+        counts.due = store.count_due()
         log.info("cycle_started", host=config.sync.host_id, due=counts.due, sync_url=config.backend.sync_url)
-        outcome: str = "crashed"
-        error: EmailSyncError | None = None
-        try:
-            Cycle(config, store, notifier, stop, counts).sync_due_users()
-            outcome = "interrupted" if stop.is_set() else "ok"
-        except EmailSyncError as failure:
-            outcome, error = failure.event, failure
-            raise
-        finally:
-            report = RunReport(run_id, counts, outcome, int((time.monotonic() - started) * 1000))
-            log.info(
-                "cycle_finished",
-                outcome=outcome,
-                due=counts.due,
-                synced=counts.synced,
-                failed=counts.failed,
-                skipped=counts.skipped,
-                duration_ms=report.duration_ms,
-            )
-            if not isinstance(error, DatabaseUnavailable):  # with the database gone there is nowhere to write
-                store.finish_run(counts, outcome, str(error) if error else None)
-            if config.operator.metrics_textfile:
-                database_up = not isinstance(error, DatabaseUnavailable)
-                _write_metrics(config.operator.metrics_textfile, engine, config, report, database_up)
-        return report
+        Cycle(config, store, notifier, stop, counts).sync_due_users()
+        outcome = "interrupted" if stop.is_set() else "ok"
+    except EmailSyncError as failure:
+        outcome, error = failure.event, failure
+        raise
     finally:
+        report = RunReport(run_id, counts, outcome, int((time.monotonic() - started) * 1000))
+        _report(report, error, store, engine, config)
         engine.dispose()
+    return report
 
 
-def _write_metrics(path: str, engine: Engine, config: Config, report: RunReport, database_up: bool) -> None:
+def _report(
+    report: RunReport, error: EmailSyncError | None, store: Store | None, engine: Engine, config: Config
+) -> None:
+    """What every run leaves behind, however it ended: the log line, its row, the metrics."""
     counts = report.counts
-    metrics.write(
-        path,
-        report.outcome,
-        report.duration_ms / 1000,
-        {"due": counts.due, "synced": counts.synced, "failed": counts.failed, "skipped": counts.skipped},
-        status.backlog(engine, config) if database_up else None,
+    log.info(
+        "cycle_finished",
+        outcome=report.outcome,
+        due=counts.due,
+        synced=counts.synced,
+        failed=counts.failed,
+        skipped=counts.skipped,
+        duration_ms=report.duration_ms,
     )
+    textfile = config.operator.metrics_textfile
+    backlog = None
+    if store is not None and not isinstance(error, DatabaseUnavailable):  # the database is there to write to
+        store.finish_run(counts, report.outcome, str(error) if error else None)
+        backlog = status.backlog(engine, config) if textfile else None
+    if textfile:
+        users = {"due": counts.due, "synced": counts.synced, "failed": counts.failed, "skipped": counts.skipped}
+        metrics.write(textfile, report.outcome, report.duration_ms / 1000, users, backlog)
 
 
 def result_of(outcome: Outcome) -> Result:

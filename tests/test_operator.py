@@ -332,3 +332,19 @@ def test_a_failing_webhook_exits_75(pg: AppDb, email_sync: EmailSync) -> None:
         result = email_sync("alert")
 
     result.assert_one_clear_error(EXIT_TEMPFAIL, "alert webhook answered 500")
+
+
+def test_a_run_that_finds_the_backend_down_is_recorded_and_counted_in_metrics(
+    pg: AppDb, backend: Backend, email_sync: EmailSync, tmp_path: Path
+) -> None:
+    textfile = tmp_path / "email_sync.prom"
+    pg.add_users(2)
+    backend.health_status = 503
+    email_sync.configure(pg, backend, metrics={"textfile": str(textfile)})
+
+    assert email_sync("run").code == EXIT_TEMPFAIL
+
+    [run] = pg.runs()
+    assert run.outcome == "backend_unavailable" and "503" in run.error
+    assert 'email_sync_last_run_outcome{outcome="backend_unavailable"} 1' in textfile.read_text()
+    assert "the last run failed: backend_unavailable" in email_sync("status").stdout
