@@ -8,6 +8,7 @@ few places where their SQL differs go through ``Dialect``.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -132,14 +133,27 @@ def transaction(engine: Engine) -> Iterator[Connection]:
         raise DatabaseUnavailable(f"database unavailable: {describe(error)}") from None
 
 
+RETRY_DELAYS = (0.0, 0.5, 1.5, 3.0)  # seconds before each try: rides out a dropped connection or a quick restart
+
+
 def with_retry(engine: Engine, work: Callable[[Connection], T]) -> T:
-    """Run ``work`` in a transaction; once more on a fresh connection if the first one was dropped."""
-    try:
-        with transaction(engine) as connection:
-            return work(connection)
-    except DatabaseUnavailable:
-        with transaction(engine) as connection:
-            return work(connection)
+    """Run ``work`` in a transaction, again on a fresh connection (after a pause) while the database is away.
+
+    Safe for every caller: a failed transaction changed nothing; result writes are guarded by the lease, so
+    repeating one whose commit landed unseen changes nothing; a claim whose commit landed unseen leaves leases
+    that simply expire. About 5 s in all, well inside the watchdog.
+    """
+    for delay in RETRY_DELAYS[:-1]:
+        if delay:
+            time.sleep(delay)
+        try:
+            with transaction(engine) as connection:
+                return work(connection)
+        except DatabaseUnavailable:
+            continue
+    time.sleep(RETRY_DELAYS[-1])
+    with transaction(engine) as connection:
+        return work(connection)
 
 
 def _schema_statements(d: Dialect) -> list[str]:

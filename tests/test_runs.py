@@ -5,10 +5,13 @@ from __future__ import annotations
 import signal
 from collections import Counter
 
-from sqlalchemy import Engine, event
+import pytest
+from sqlalchemy import Engine, event, make_url
 
 from tests.backend import Backend, Behaviour
-from tests.conftest import AppDb, EmailSync
+from tests.conftest import ADMIN_URL, AppDb, EmailSync
+
+ADMIN_URL_IS_REMOTE = make_url(ADMIN_URL).host not in ("127.0.0.1", "localhost", None)
 
 
 def test_sigterm_records_calls_in_flight_and_releases_the_rest(
@@ -131,3 +134,28 @@ def test_a_thousand_due_users_are_each_synced_once_and_a_second_run_finds_none(
     assert first.event("cycle_finished")["synced"] == 1000
     assert second.event("cycle_finished")["due"] == 0
     assert [run.synced for run in pg.runs()] == [1000, 0]
+
+
+def test_postgresql_restarted_mid_cycle_loses_nothing(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    import subprocess
+    from pathlib import Path
+
+    if ADMIN_URL_IS_REMOTE:
+        pytest.fail("this test restarts the local PostgreSQL cluster: run it against 127.0.0.1")
+    version = sorted(Path("/etc/postgresql").iterdir())[0].name
+    pg.add_users(40)
+    backend.set_default(Behaviour(delay=0.1))
+    email_sync.configure(pg, backend, backend={"concurrency": 4}, sync={"batch_size": 8})
+    process = email_sync.popen("run")
+    assert backend.wait_for_sync_calls(8, timeout=30)
+
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True, timeout=60)
+    stdout, _ = process.communicate(timeout=120)
+
+    assert process.returncode in (0, 75), stdout
+    pg.engine.dispose()  # the test's own pooled connections died with the server
+    answered = {call.user_id for call in backend.sync_calls()}
+    assert pg.synced_ids() <= answered
+    pg.execute("UPDATE email_sync_user_state SET lease_until = now() - interval '1 second'")  # leases expire
+    assert email_sync("run").code == 0
+    assert pg.synced_ids() == set(range(1, 41))
