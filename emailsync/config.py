@@ -23,6 +23,7 @@ DEFAULT_PATH = "/etc/email-sync/email-sync.toml"
 ENV_PREFIX = "EMAIL_SYNC_"
 DATABASE_URL_CREDENTIAL = "database-url"
 BACKEND_TOKEN_CREDENTIAL = "backend-token"
+CREDSTORE = "/etc/credstore"  # where email-sync.service's LoadCredential= finds email-sync.<credential>
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -504,10 +505,17 @@ def _section(cls: type[T], section: str, v: dict[str, Any], **derived: Any) -> T
 def _secret(
     path: str, env: Mapping[str, str], credential: str, file: str, file_key: str, inline: str, warnings: list[str]
 ) -> str:
-    """A secret from the systemd credential, else the *_file key, else the inline value."""
+    """A secret from the systemd credential, else the *_file key, else the inline value.
+
+    Outside the unit (root running `email-sync migrate` or `check`), the credential's source file in the
+    credstore stands in for it, so the operator's commands see the same secrets as the service.
+    """
     credentials = env.get("CREDENTIALS_DIRECTORY")
     if credentials and Path(credentials, credential).exists():
         return _read_secret(Path(credentials, credential), f"{path}: credential {credential}", warnings)
+    stored = Path(CREDSTORE, f"email-sync.{credential}")
+    if not credentials and not file and not inline and os.access(stored, os.R_OK):
+        return _read_secret(stored, f"{path}: credential {credential} ({stored})", warnings)
     if file:
         if inline:
             raise ConfigError(f"{path}: set either {file_key} or {file_key.removesuffix('_file')}, not both")

@@ -801,3 +801,19 @@ def test_help_mentions_exit_codes_75_and_78(capsys: pytest.CaptureFixture[str]) 
     for code in (EXIT_TEMPFAIL, EXIT_CONFIG):
         assert f"\n  {code} " in out
     assert "EMAIL_SYNC_CONFIG" in out
+
+
+def test_outside_the_unit_the_credstore_file_stands_in_for_the_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from emailsync import config as config_module
+
+    monkeypatch.setattr(config_module, "CREDSTORE", str(tmp_path))
+    stored = tmp_path / "email-sync.database-url"
+    stored.write_text("postgresql://app:pw@db/app\n")
+    stored.chmod(0o600)
+    path = tmp_path / "email-sync.toml"
+    path.write_text('[backend]\nbase_url = "http://127.0.0.1:8000"\n')
+
+    assert load(str(path), {}).database.url == "postgresql://app:pw@db/app"
+    assert load(str(path), {"CREDENTIALS_DIRECTORY": str(tmp_path / "none")}, need_database=False).database.url == ""
