@@ -34,3 +34,19 @@ demo: venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Benchmark (not a test): seeds PostgreSQL on 127.0.0.1:5432, runs real `email-sync run` cycles against a loopback
+# backend, compares with the old sequential loop, writes bench/results/<timestamp>.json. About 15 minutes;
+# `make bench BENCH_ARGS=--quick` for a 2-minute smoke run. See bench/bench.py --help for the options.
+.PHONY: bench
+bench: venv
+	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+
+# Debian package: dist/email-sync_<version>_<arch>.deb built in a clean Debian 12 chroot (root; caches under
+# /var/cache/email-sync-build), and its proofs: lintian, piuparts, a booted container, a reproducible rebuild.
+.PHONY: deb deb-test
+deb:
+	packaging/deb-build.sh
+
+deb-test: venv
+	packaging/deb-test.sh

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# make deb: build email-sync_<version>_<arch>.deb (+ .changes, .buildinfo) in a clean Debian 12 chroot.
+#
+#   packaging/deb-build.sh [--version 0.0.9-1] [--out DIR]
+#
+# The chroot (debootstrap + the Build-Depends, cached under /var/cache/email-sync-build) runs read-only under
+# systemd-nspawn; only /build (a copy of the tree) and /tmp are writable, so nothing of the host (its pyenv
+# Python, its pip config) and nothing of an earlier build leaks in. Python packages come from the wheelhouse
+# (downloaded on the host, hash-checked against requirements.lock), bound read-only: the build is offline.
+# --from DIR builds that copy of the tree instead of the working tree (deb-test's reproducibility check).
+# --version builds the same tree as another version (the piuparts upgrade fixture): changelog, pyproject.toml
+# and emailsync/__init__.py of the copy get that version.
+set -euo pipefail
+# shellcheck source=packaging/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+VERSION=
+FROM=
+OUT=$DIST
+while [ $# -gt 0 ]; do
+    case $1 in
+        --version) VERSION=$2; shift 2 ;;
+        --out) OUT=$2; shift 2 ;;
+        --from) FROM=$2; shift 2 ;;
+        *) die "unknown argument $1" ;;
+    esac
+done
+
+started=$(date +%s)
+python3 "$ROOT/packaging/gen-config.py" --check || die "packaging/email-sync.toml is stale"
+ensure_host_tools
+
+exec 9>"$CACHE/.lock"
+flock 9
+CHROOT=$(build_chroot)
+WHEELHOUSE=$(wheelhouse)
+flock -u 9
+
+WORK=$(mktemp -d "$CACHE/work-XXXXXX")
+cleanup() { rm -rf "$WORK"; }
+trap cleanup EXIT
+
+upstream=$(dpkg-parsechangelog -l "${FROM:-$ROOT}/debian/changelog" -SVersion | sed 's/-[^-]*$//')
+[ -n "$VERSION" ] && upstream=${VERSION%-*}
+SRC=$WORK/email-sync-$upstream
+mkdir -p "$SRC"
+if [ -n "$FROM" ]; then
+    cp -a "$FROM/." "$SRC/"
+else
+    copy_tree "$SRC"
+fi
+
+if [ -n "$VERSION" ]; then
+    log "building as version $VERSION (fixture)"
+    maintainer=$(dpkg-parsechangelog -l "$SRC/debian/changelog" -SMaintainer)
+    date=$(dpkg-parsechangelog -l "$SRC/debian/changelog" -SDate)
+    sed -i "0,/^version = .*/s//version = \"$upstream\"/" "$SRC/pyproject.toml"
+    sed -i "s/^__version__ = .*/__version__ = \"$upstream\"/" "$SRC/emailsync/__init__.py"
+    {
+        echo "email-sync ($VERSION) $SUITE; urgency=medium"
+        echo
+        echo "  * Test fixture: the same tree as an older version, for the piuparts upgrade test."
+        echo
+        echo " -- $maintainer  $date"
+    } >"$SRC/debian/changelog"
+fi
+
+# Reproducible input: every file's mtime is the changelog's date, the umask fixed, the build path constant.
+SOURCE_DATE_EPOCH=$(dpkg-parsechangelog -l "$SRC/debian/changelog" -STimestamp)
+normalize_tree "$SRC" "$SOURCE_DATE_EPOCH"
+TREE=$(tree_hash "$SRC")
+
+mkdir -p "$CHROOT/build" "$CHROOT/wheelhouse"  # mount points (the root is read-only under nspawn)
+log "building in $CHROOT (read-only) from $SRC"
+nspawn "$CHROOT" --read-only --tmpfs=/tmp --tmpfs=/var/tmp \
+    --bind="$WORK:/build" --bind-ro="$WHEELHOUSE:/wheelhouse" \
+    -E EMAIL_SYNC_WHEELHOUSE=/wheelhouse -E HOME=/build -E TZ=UTC -E DEB_BUILD_OPTIONS=parallel=1 \
+    --chdir="/build/email-sync-$upstream" \
+    sh -c 'umask 022 && dpkg-buildpackage -b -uc -us' >"$WORK/build.log" 2>&1 \
+    || { grep -v '^ *copying\|^ *adding\|^creating' "$WORK/build.log" | tail -40 >&2; die "dpkg-buildpackage (log above)"; }
+
+mkdir -p "$OUT"
+shopt -s nullglob
+files=("$WORK"/*.deb "$WORK"/*.changes "$WORK"/*.buildinfo)
+[ ${#files[@]} -ge 3 ] || die "no .deb/.changes/.buildinfo in $WORK"
+cp "${files[@]}" "$OUT/"
+cp "$WORK/build.log" "$OUT/email-sync_${VERSION:-$(dpkg-parsechangelog -l "$ROOT/debian/changelog" -SVersion)}_build.log"
+# What was built, for deb-test's reproducibility check.
+echo "$TREE" >"$OUT/email-sync_$(basename "${files[0]}" .deb | cut -d_ -f2-).tree-sha256"
+for f in "${files[@]}"; do log "built $OUT/$(basename "$f")"; done
+log "done in $(( $(date +%s) - started ))s"
