@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 
 from emailsync import cli, db
 from emailsync.config import DatabaseConfig
@@ -29,7 +30,7 @@ ADMIN_URL = db.driver_url(
 @pytest.fixture(scope="session")
 def pg_server_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session. PostgreSQL unreachable fails the run: never a skip."""
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)  # survives a restart test
     name = f"email_sync_test_{uuid.uuid4().hex[:10]}"
     try:
         with admin.connect() as connection:
