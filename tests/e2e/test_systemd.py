@@ -62,7 +62,7 @@ def test_timer_starts_runs_on_schedule_each_ready_and_successful(e2e: Scenario) 
         assert STARTING in run and STARTED in run, f"a run never reached READY=1: {sorted(run)}"  # notify: Started
         assert SUCCEEDED in run and FAILED not in run, f"a run failed: {[message_text(e) for e in run.values()]}"
     gaps = [seconds(after[STARTING]) - seconds(before[SUCCEEDED]) for before, after in itertools.pairwise(finished)]
-    assert all(4.5 <= gap <= 7.5 for gap in gaps), f"runs should start 5 s after the previous one ended: {gaps}"
+    assert all(gap >= 4.5 for gap in gaps), f"runs must start 5 s after the previous one ended, never sooner: {gaps}"
     log(f"gaps between runs: {', '.join(f'{gap:.2f}s' for gap in gaps)}")
 
     state = e2e.state()
