@@ -15,7 +15,7 @@ import pytest
 import structlog
 
 from emailsync import logs
-from tests.backend import Backend
+from tests.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 
 
@@ -147,11 +147,15 @@ def test_a_run_never_logs_the_token_or_the_database_password(pg: AppDb, email_sy
     token.chmod(0o600)
     password_url = pg.url.replace("postgres@", "postgres:db-pass-4321@")  # trust auth ignores the password
     with Backend(token="very-secret-token") as backend:
+        # A backend that echoes what it got, token included, into its error body.
+        backend.script(2, Behaviour(status=400, body=b'{"error": "bad request from Bearer very-secret-token"}'))
         email_sync.configure(pg, backend, database={"url": password_url}, backend={"token_file": str(token)})
         result = email_sync("run")
 
     assert result.code == 0, result.stdout
-    everything = result.stdout + result.stderr + json.dumps([list(map(str, r)) for r in pg.runs()])
+    assert "***" in pg.state(2).last_error
+    tables = [list(map(str, row)) for row in pg.runs() + pg.rows("SELECT * FROM email_sync_user_state")]
+    everything = result.stdout + result.stderr + json.dumps(tables)
     assert "very-secret-token" not in everything and "db-pass-4321" not in everything
 
 
