@@ -36,7 +36,7 @@ clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
 
 # Benchmark (not a test): seeds PostgreSQL on 127.0.0.1:5432, runs real `email-sync run` cycles against a loopback
-# backend, compares with the old sequential loop, writes bench/results/<timestamp>.json. About 15 minutes;
+# backend, compares with the old sequential loop, writes bench/results/<timestamp>.json. About 15-20 minutes;
 # `make bench BENCH_ARGS=--quick` for a 2-minute smoke run. See bench/bench.py --help for the options.
 .PHONY: bench
 bench: venv

@@ -1,0 +1,133 @@
+"""A loopback stand-in for the sync backend, built not to be the bottleneck: asyncio streams, HTTP/1.1 keep-alive.
+
+Every POST answers 200 {"emails_synced": 1} after ``--latency`` seconds (asyncio.sleep, so thousands of calls can
+wait at once); GET /health answers 200; GET /_stats answers the counters as JSON (requests, syncs, connections,
+peak in-flight calls, peak open connections). Prints its port on stdout, then serves until SIGTERM/SIGINT or
+``--max-seconds``. Stdlib only; binds 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+
+BODY = b'{"emails_synced": 1}'
+SYNC_ANSWER = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+    + str(len(BODY)).encode()
+    + b"\r\n\r\n"
+    + BODY
+)
+MAX_HEADER = 64 * 1024
+MAX_BODY = 1024 * 1024
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.requests = 0
+        self.syncs = 0
+        self.connections = 0
+        self.open = 0
+        self.peak_open = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+
+    def as_json(self) -> bytes:
+        return json.dumps(self.__dict__).encode()
+
+
+def answer(status: str, body: bytes, close: bool = False) -> bytes:
+    extra = b"Connection: close\r\n" if close else b""
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n".encode()
+        + extra
+        + b"\r\n"
+        + body
+    )
+
+
+async def serve(latency: float, max_seconds: float, port: int) -> None:
+    stats = Stats()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stats.connections += 1
+        stats.open += 1
+        stats.peak_open = max(stats.peak_open, stats.open)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                    return
+                lines = head.split(b"\r\n")
+                parts = lines[0].split(b" ")
+                if len(parts) != 3:
+                    writer.write(answer("400 Bad Request", b"{}", close=True))
+                    return
+                method, path = parts[0], parts[1]
+                length = 0
+                close = False
+                for line in lines[1:]:
+                    name, _, value = line.partition(b":")
+                    name = name.strip().lower()
+                    if name == b"content-length":
+                        length = int(value.strip())
+                    elif name == b"connection" and value.strip().lower() == b"close":
+                        close = True
+                if length > MAX_BODY:
+                    writer.write(answer("413 Payload Too Large", b"{}", close=True))
+                    return
+                if length:
+                    try:
+                        await reader.readexactly(length)
+                    except (asyncio.IncompleteReadError, ConnectionError):
+                        return
+                stats.requests += 1
+                if method == b"POST":
+                    stats.syncs += 1
+                    stats.in_flight += 1
+                    stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+                    if latency > 0:
+                        await asyncio.sleep(latency)
+                    stats.in_flight -= 1
+                    writer.write(SYNC_ANSWER if not close else answer("200 OK", BODY, close=True))
+                elif path == b"/_stats":
+                    writer.write(answer("200 OK", stats.as_json(), close))
+                else:  # /health and anything else
+                    writer.write(answer("200 OK", b'{"ok": true}', close))
+                if close:
+                    await writer.drain()
+                    return
+                if writer.transport.get_write_buffer_size() > 64 * 1024:
+                    await writer.drain()
+        finally:
+            stats.open -= 1
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=4096, limit=MAX_HEADER)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await asyncio.wait_for(stop.wait(), max_seconds)
+    except TimeoutError:
+        print("backend: --max-seconds reached, stopping", file=sys.stderr)
+    server.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each POST is answered")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--max-seconds", type=float, default=3600, help="stop by itself after this long")
+    args = parser.parse_args()
+    asyncio.run(serve(args.latency, args.max_seconds, args.port))
+
+
+if __name__ == "__main__":
+    main()

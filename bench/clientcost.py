@@ -1,0 +1,89 @@
+"""CPU per request of the HTTP client styles email-sync could use, one thread, keep-alive, against bench/backend.py
+at latency 0: what `Client._attempt` costs today (requests.Session.post, stream=True, raw.read) versus urllib3's
+HTTPConnectionPool.urlopen and http.client directly. Answers "how much would leaving requests save" with numbers.
+
+    .venv/bin/python bench/clientcost.py [--requests 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+HERE = Path(__file__).resolve().parent
+PAYLOAD = {"user_id": 12345, "email": "user12345@example.com", "max_emails": 50}
+NS = uuid.UUID("6b0e1e53-8a0b-4c1a-9a43-53b0f2a54e0c")
+
+
+def with_requests(port: int, n: int) -> None:
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = "/etc/ssl/certs/ca-certificates.crt"
+    session.headers["User-Agent"] = "email-sync/0.1.0"
+    session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0))
+    url = f"http://127.0.0.1:{port}/api/v1/sync/start"
+    for i in range(n):
+        response = session.post(url, json=PAYLOAD, headers={"Idempotency-Key": str(uuid.uuid5(NS, f"r/{i}"))},
+                                timeout=(5, 30), allow_redirects=False, stream=True)
+        body = response.raw.read(65537, decode_content=True)
+        response.close()
+        json.loads(body)
+
+
+def with_urllib3(port: int, n: int) -> None:
+    pool = urllib3.HTTPConnectionPool("127.0.0.1", port, maxsize=1, retries=False,
+                                      timeout=urllib3.Timeout(connect=5, read=30),
+                                      headers={"User-Agent": "email-sync/0.1.0", "Content-Type": "application/json"})
+    for i in range(n):
+        response = pool.urlopen("POST", "/api/v1/sync/start", body=json.dumps(PAYLOAD).encode(),
+                                headers={**pool.headers, "Idempotency-Key": str(uuid.uuid5(NS, f"r/{i}"))},
+                                redirect=False, preload_content=False)
+        body = response.read(65537)
+        response.release_conn()
+        json.loads(body)
+
+
+def with_http_client(port: int, n: int) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for i in range(n):
+        connection.request("POST", "/api/v1/sync/start", body=json.dumps(PAYLOAD).encode(),
+                           headers={"User-Agent": "email-sync/0.1.0", "Content-Type": "application/json",
+                                    "Idempotency-Key": str(uuid.uuid5(NS, f"r/{i}"))})
+        response = connection.getresponse()
+        json.loads(response.read(65537))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=3000)
+    args = parser.parse_args()
+    n = max(100, min(args.requests, 100_000))
+    backend = subprocess.Popen([sys.executable, str(HERE / "backend.py"), "--max-seconds", "300"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(backend.stdout.readline())  # type: ignore[union-attr]
+        for name, fn in (("requests.Session.post (today)", with_requests), ("urllib3 urlopen", with_urllib3),
+                         ("http.client", with_http_client)):
+            fn(port, 200)  # warm up
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            fn(port, n)
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            print(json.dumps({"client": name, "requests": n, "cpu_us_per_request": round(1e6 * cpu / n),
+                              "wall_us_per_request": round(1e6 * wall / n)}))
+    finally:
+        backend.terminate()
+        backend.wait(10)
+
+
+if __name__ == "__main__":
+    main()
