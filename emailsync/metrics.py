@@ -10,9 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from emailsync.status import Backlog
-
-HEALTHY_OUTCOMES = ("ok", "interrupted")
+from emailsync.status import HEALTHY_OUTCOMES, Backlog
 
 
 def render(outcome: str, duration_s: float, users: dict[str, int], backlog: Backlog | None, finished: float) -> str:

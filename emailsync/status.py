@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, bindparam, text
 
 from emailsync.claims import Store
 from emailsync.config import Config
@@ -20,7 +20,7 @@ from emailsync.db import RUNS, STATE, dialect_of, schema_version, transaction
 
 RECENT_RUNS = 5
 LISTED = 10
-HEALTHY_OUTCOMES = ("ok", "interrupted")
+HEALTHY_OUTCOMES = ("ok", "interrupted")  # a stopped run is a healthy one: systemd asked it to stop
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,10 @@ def gather(engine: Engine, config: Config) -> Status:
             )
         ]
         last_success = connection.execute(
-            text(f"SELECT min({d.age('finished_at')}) FROM {RUNS} WHERE outcome IN ('ok', 'interrupted')")
+            text(f"SELECT min({d.age('finished_at')}) FROM {RUNS} WHERE outcome IN :healthy").bindparams(
+                bindparam("healthy", expanding=True)
+            ),
+            {"healthy": list(HEALTHY_OUTCOMES)},
         ).scalar()
         leased = connection.execute(
             text(f"SELECT count(*) FROM {STATE} WHERE lease_owner IS NOT NULL AND lease_until > {d.now}")
