@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
-import sys
+
+from serving import serve_until_stopped
 
 BODY = b'{"emails_synced": 1}'
 SYNC_ANSWER = (
@@ -108,16 +108,7 @@ async def serve(latency: float, max_seconds: float, port: int) -> None:
             writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=4096, limit=MAX_HEADER)
-    print(server.sockets[0].getsockname()[1], flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await asyncio.wait_for(stop.wait(), max_seconds)
-    except TimeoutError:
-        print("backend: --max-seconds reached, stopping", file=sys.stderr)
-    server.close()
+    await serve_until_stopped(server, max_seconds, "backend")
 
 
 def main() -> None:

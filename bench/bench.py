@@ -70,8 +70,9 @@ def scenarios(quick: bool) -> list[Scenario]:
     k = 10 if quick else 1
     return [
         Scenario("c", "latency 0, concurrency 32", 20_000 // k, 32, 0.0, goal_rate=1200, info_run=True),
-        Scenario("a", "concurrency 32, latency 50 ms", 10_000 // k, 32, 0.05, goal_rate_fraction=0.9,
-                 goal_vs_baseline=25),
+        Scenario(
+            "a", "concurrency 32, latency 50 ms", 10_000 // k, 32, 0.05, goal_rate_fraction=0.9, goal_vs_baseline=25
+        ),
         Scenario("b", "concurrency 256, latency 500 ms", 20_000 // k, 256, 0.5, goal_rate_fraction=0.9),
         Scenario("d10k", "RSS (small N), latency 0", 10_000 // k, 32, 0.0, baseline=False, rss_only=True),
         Scenario("d100k", "RSS (10x N), latency 0", 100_000 // k, 32, 0.0, baseline=False, rss_only=True),
@@ -115,8 +116,9 @@ class Child:
 
 class Backend(Child):
     def __init__(self, latency: float) -> None:
-        super().__init__([str(PYTHON), str(HERE / "backend.py"), "--latency", str(latency), "--max-seconds", "3600"],
-                         "backend")
+        super().__init__(
+            [str(PYTHON), str(HERE / "backend.py"), "--latency", str(latency), "--max-seconds", "3600"], "backend"
+        )
         self.latency = latency
 
     def stats(self) -> dict[str, Any]:
@@ -132,9 +134,22 @@ class Backend(Child):
 
 def loadgen(port: int, connections: int, duration: float, procs: int) -> dict[str, Any]:
     out = subprocess.run(
-        [str(PYTHON), str(HERE / "loadgen.py"), "--port", str(port), "--connections", str(connections),
-         "--duration", str(duration), "--procs", str(procs)],
-        capture_output=True, text=True, timeout=duration + 60, check=True,
+        [
+            str(PYTHON),
+            str(HERE / "loadgen.py"),
+            "--port",
+            str(port),
+            "--connections",
+            str(connections),
+            "--duration",
+            str(duration),
+            "--procs",
+            str(procs),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -193,8 +208,9 @@ class BenchDb:
 # --------------------------------------------------------------------------------------------- one run
 
 
-def write_config(path: Path, db_url: str, backend_port: int, concurrency: int, users: int, batch: int,
-                 level: str) -> Path:
+def write_config(
+    path: Path, db_url: str, backend_port: int, concurrency: int, users: int, batch: int, level: str
+) -> Path:
     path.write_text(
         f"""[database]
 url = "{db_url}"
@@ -250,8 +266,9 @@ class Sampler(threading.Thread):
                     pids = [row[0] for row in cursor.fetchall()]
                     self.peak_pg_connections = max(self.peak_pg_connections, len(pids))
                     for backend_pid in pids:
-                        self.pg_cpu_ticks[backend_pid] = max(self.pg_cpu_ticks.get(backend_pid, 0),
-                                                             process_cpu_ticks(backend_pid))
+                        self.pg_cpu_ticks[backend_pid] = max(
+                            self.pg_cpu_ticks.get(backend_pid, 0), process_cpu_ticks(backend_pid)
+                        )
                     self.samples += 1
                     self.halt.wait(SAMPLE_EVERY)
         finally:
@@ -296,16 +313,32 @@ def emailsync_source_hash() -> str:
     return digest.hexdigest()[:12]
 
 
-def email_sync_run(db: BenchDb, backend: Backend, scenario: Scenario, batch: int, level: str, workdir: Path,
-                   wrap: list[str] | None = None) -> dict[str, Any]:
+def email_sync_run(
+    db: BenchDb,
+    backend: Backend,
+    scenario: Scenario,
+    batch: int,
+    level: str,
+    workdir: Path,
+    wrap: list[str] | None = None,
+) -> dict[str, Any]:
     """ONE real `email-sync run` through the counting proxy; returns its measurements."""
     counts_file = workdir / f"pgproxy-{uuid.uuid4().hex[:6]}.json"
     background = background_cpu()
     source = emailsync_source_hash()
-    proxy = Child([str(PYTHON), str(HERE / "pgproxy.py"), "--out", str(counts_file), "--max-seconds",
-                   str(RUN_TIMEOUT + 60)], "pgproxy")
-    config = write_config(workdir / "email-sync.toml", db.url(proxy.port), backend.port, scenario.concurrency,
-                          scenario.users, batch, level)
+    proxy = Child(
+        [str(PYTHON), str(HERE / "pgproxy.py"), "--out", str(counts_file), "--max-seconds", str(RUN_TIMEOUT + 60)],
+        "pgproxy",
+    )
+    config = write_config(
+        workdir / "email-sync.toml",
+        db.url(proxy.port),
+        backend.port,
+        scenario.concurrency,
+        scenario.users,
+        batch,
+        level,
+    )
     log_path = workdir / f"email-sync-{level}.log"
     before_backend = backend.stats()["syncs"]
     backend_ticks = process_cpu_ticks(backend.process.pid)
@@ -313,8 +346,12 @@ def email_sync_run(db: BenchDb, backend: Backend, scenario: Scenario, batch: int
     busy0, total0 = cpu_times()
     started = time.monotonic()
     with open(log_path, "w") as log:
-        process = subprocess.Popen([*(wrap or []), *email_sync_command(), "--config", str(config), "run"],
-                                   stdout=log, stderr=subprocess.STDOUT, env=clean_env())
+        process = subprocess.Popen(
+            [*(wrap or []), *email_sync_command(), "--config", str(config), "run"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=clean_env(),
+        )
     pid = process.pid
     if wrap:  # py-spy is the child; sample its child, the email-sync process
         pid = wait_for_grandchild(pid)
@@ -424,18 +461,38 @@ def wait_for_grandchild(pid: int, timeout: float = 10.0) -> int:
 
 def baseline_run(db: BenchDb, backend: Backend, limit: int) -> dict[str, Any]:
     out = subprocess.run(
-        [str(PYTHON), str(HERE / "baseline.py"), "--dsn", db.dsn(), "--url",
-         f"http://127.0.0.1:{backend.port}/api/v1/sync/start", "--limit", str(limit), "--max-seconds", "300"],
-        capture_output=True, text=True, timeout=400, check=True, env=clean_env(),
+        [
+            str(PYTHON),
+            str(HERE / "baseline.py"),
+            "--dsn",
+            db.dsn(),
+            "--url",
+            f"http://127.0.0.1:{backend.port}/api/v1/sync/start",
+            "--limit",
+            str(limit),
+            "--max-seconds",
+            "300",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=True,
+        env=clean_env(),
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def migrate(db: BenchDb, workdir: Path, backend: Backend, scenario: Scenario) -> None:
-    config = write_config(workdir / "email-sync.toml", db.url(PG_PORT), backend.port, scenario.concurrency,
-                          scenario.users, 100, "warning")
-    subprocess.run([str(EMAIL_SYNC), "--config", str(config), "migrate"], check=True, capture_output=True,
-                   timeout=120, env=clean_env())
+    config = write_config(
+        workdir / "email-sync.toml", db.url(PG_PORT), backend.port, scenario.concurrency, scenario.users, 100, "warning"
+    )
+    subprocess.run(
+        [str(EMAIL_SYNC), "--config", str(config), "migrate"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        env=clean_env(),
+    )
 
 
 # --------------------------------------------------------------------------------------------- facts & report
@@ -449,8 +506,9 @@ def machine_facts() -> dict[str, Any]:
             break
     email_sync_version = subprocess.run([str(EMAIL_SYNC), "--version"], capture_output=True, text=True).stdout
     git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "emailsync"], capture_output=True,
-                           text=True)
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "emailsync"], capture_output=True, text=True
+    )
     return {
         "nproc": os.cpu_count(),
         "cpu_model": cpu,
@@ -469,22 +527,42 @@ def median(values: list[float]) -> float:
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, float]:
-    keys = ["rate", "rate_wall", "cycle_s", "wall_s", "peak_rss_mb", "cpu_s", "cpu_ms_per_user", "machine_cpu_busy",
-            "pg_cpu_ms_per_user", "backend_cpu_ms_per_user", "pgproxy_cpu_ms_per_user",
-            "background_cpu_busy_before", "peak_threads", "peak_pg_connections", "transactions_per_user",
-            "statements_per_user", "statements_per_user_excl_begin_commit", "round_trips_per_user"]
+    keys = [
+        "rate",
+        "rate_wall",
+        "cycle_s",
+        "wall_s",
+        "peak_rss_mb",
+        "cpu_s",
+        "cpu_ms_per_user",
+        "machine_cpu_busy",
+        "pg_cpu_ms_per_user",
+        "backend_cpu_ms_per_user",
+        "pgproxy_cpu_ms_per_user",
+        "background_cpu_busy_before",
+        "peak_threads",
+        "peak_pg_connections",
+        "transactions_per_user",
+        "statements_per_user",
+        "statements_per_user_excl_begin_commit",
+        "round_trips_per_user",
+    ]
     return {k: median([r[k] for r in runs]) for k in keys}
 
 
 def print_table(report: dict[str, Any]) -> None:
     print()
     cap = report["backend_capacity"]
-    print(f"backend capacity at latency 0: {cap['rate']:,.0f} req/s "
-          f"({cap['connections']} keep-alive connections from {cap['procs']} load-generator processes, "
-          f"{cap['seconds']:.0f} s)")
-    head = (f"{'scen':5} {'N':>7} {'conc':>4} {'lat':>6} {'users/s':>8} {'wall/s':>7} {'bound':>6} {'eff':>5} "
-            f"{'base/s':>7} {'x base':>6} {'RSS MB':>6} {'thr':>4} {'pgc':>3} {'st/u':>5} {'tx/u':>5} "
-            f"{'cpu ms/u':>8} {'pg ms/u':>7} {'goal':>5}")
+    print(
+        f"backend capacity at latency 0: {cap['rate']:,.0f} req/s "
+        f"({cap['connections']} keep-alive connections from {cap['procs']} load-generator processes, "
+        f"{cap['seconds']:.0f} s)"
+    )
+    head = (
+        f"{'scen':5} {'N':>7} {'conc':>4} {'lat':>6} {'users/s':>8} {'wall/s':>7} {'bound':>6} {'eff':>5} "
+        f"{'base/s':>7} {'x base':>6} {'RSS MB':>6} {'thr':>4} {'pgc':>3} {'st/u':>5} {'tx/u':>5} "
+        f"{'cpu ms/u':>8} {'pg ms/u':>7} {'goal':>5}"
+    )
     print(head)
     print("-" * len(head))
     for s in report["scenarios"]:
@@ -502,14 +580,20 @@ def print_table(report: dict[str, Any]) -> None:
             f"{m['pg_cpu_ms_per_user']:>7.2f} "
             f"{s['goal_verdict']:>5}"
         )
-    print("users/s: synced / (finished_at - started_at) of the run row (the cycle, after preflight); wall/s: synced /"
-          " the process's whole life (interpreter start, imports, preflight included).")
-    print("bound = min(concurrency / latency, median users/s of scenario c at latency 0); base/s: the original "
-          "sequential loop on a sample (see baseline_sample), x base = users/s / base/s.")
-    print("st/u: SQL statements per user on the wire (pgproxy; BEGIN/COMMIT included), tx/u: committed "
-          "transactions per user (pg_stat_database); thr/pgc: peak threads of the email-sync process / peak "
-          "PostgreSQL connections with application_name=email-sync; cpu ms/u: CPU of the email-sync process per "
-          "user (wait4 rusage), pg ms/u: CPU of its PostgreSQL backends per user (/proc).")
+    print(
+        "users/s: synced / (finished_at - started_at) of the run row (the cycle, after preflight); wall/s: synced /"
+        " the process's whole life (interpreter start, imports, preflight included)."
+    )
+    print(
+        "bound = min(concurrency / latency, median users/s of scenario c at latency 0); base/s: the original "
+        "sequential loop on a sample (see baseline_sample), x base = users/s / base/s."
+    )
+    print(
+        "st/u: SQL statements per user on the wire (pgproxy; BEGIN/COMMIT included), tx/u: committed "
+        "transactions per user (pg_stat_database); thr/pgc: peak threads of the email-sync process / peak "
+        "PostgreSQL connections with application_name=email-sync; cpu ms/u: CPU of the email-sync process per "
+        "user (wait4 rusage), pg ms/u: CPU of its PostgreSQL backends per user (/proc)."
+    )
     for s in report["scenarios"]:
         for note in s["notes"]:
             print(f"  {s['name']}: {note}")
@@ -520,69 +604,94 @@ def print_table(report: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------- main
 
 
-def run_scenario(sc: Scenario, args: argparse.Namespace, latency0_rate: float | None, capacity: float,
-                 workdir: Path) -> dict[str, Any]:
+def run_scenario(
+    sc: Scenario, args: argparse.Namespace, latency0_rate: float | None, capacity: float, workdir: Path
+) -> dict[str, Any]:
     print(f"\n== {sc.name}: {sc.title}, N={sc.users:,} ==", flush=True)
     db = BenchDb(sc.users)
     backend = Backend(sc.latency)
     notes: list[str] = []
-    out: dict[str, Any] = {"name": sc.name, "title": sc.title, "users": sc.users, "concurrency": sc.concurrency,
-                           "latency": sc.latency, "batch_size": args.batch_size, "database": db.name}
+    out: dict[str, Any] = {
+        "name": sc.name,
+        "title": sc.title,
+        "users": sc.users,
+        "concurrency": sc.concurrency,
+        "latency": sc.latency,
+        "batch_size": args.batch_size,
+        "database": db.name,
+    }
     try:
         migrate(db, workdir, backend, sc)
         if sc.latency > 0:  # can the backend itself hold concurrency/latency? (a loadgen at the same shape)
             check = loadgen(backend.port, sc.concurrency, max(2.0, 4 * sc.latency), 1)
             out["backend_check"] = check
             ideal = sc.concurrency / sc.latency
-            print(f"  backend alone at concurrency {sc.concurrency}, latency {sc.latency * 1000:.0f} ms: "
-                  f"{check['rate']:,.0f} req/s ({check['rate'] / ideal:.0%} of {ideal:,.0f})", flush=True)
+            print(
+                f"  backend alone at concurrency {sc.concurrency}, latency {sc.latency * 1000:.0f} ms: "
+                f"{check['rate']:,.0f} req/s ({check['rate'] / ideal:.0%} of {ideal:,.0f})",
+                flush=True,
+            )
         runs, baselines = [], []
         for repetition in range(args.rss_repeats if sc.rss_only else args.repeats):
             db.reset()
             run = email_sync_run(db, backend, sc, args.batch_size, "warning", workdir)
             runs.append(run)
-            print(f"  run {repetition + 1}: {run['rate']:,.0f} users/s (wall {run['rate_wall']:,.0f}), "
-                  f"{run['cycle_s']:.2f} s cycle, RSS {run['peak_rss_mb']:.1f} MB, threads {run['peak_threads']}, "
-                  f"pg conns {run['peak_pg_connections']}, {run['statements_per_user']:.3f} statements/user, "
-                  f"cpu ms/user: email-sync {run['cpu_ms_per_user']:.2f}, postgres {run['pg_cpu_ms_per_user']:.2f}, "
-                  f"backend {run['backend_cpu_ms_per_user']:.2f}, proxy {run['pgproxy_cpu_ms_per_user']:.2f}; "
-                  f"machine busy {run['machine_cpu_busy']:.0%} "
-                  f"(others' load just before: {run['background_cpu_busy_before']:.0%})"
-                  + (f"  PROBLEMS: {run['problems']}" if run["problems"] else ""), flush=True)
+            print(
+                f"  run {repetition + 1}: {run['rate']:,.0f} users/s (wall {run['rate_wall']:,.0f}), "
+                f"{run['cycle_s']:.2f} s cycle, RSS {run['peak_rss_mb']:.1f} MB, threads {run['peak_threads']}, "
+                f"pg conns {run['peak_pg_connections']}, {run['statements_per_user']:.3f} statements/user, "
+                f"cpu ms/user: email-sync {run['cpu_ms_per_user']:.2f}, postgres {run['pg_cpu_ms_per_user']:.2f}, "
+                f"backend {run['backend_cpu_ms_per_user']:.2f}, proxy {run['pgproxy_cpu_ms_per_user']:.2f}; "
+                f"machine busy {run['machine_cpu_busy']:.0%} "
+                f"(others' load just before: {run['background_cpu_busy_before']:.0%})"
+                + (f"  PROBLEMS: {run['problems']}" if run["problems"] else ""),
+                flush=True,
+            )
             if sc.baseline and not args.no_baseline:
                 db.reset()
                 sample = min(sc.users, max(20, int(args.baseline_seconds / (sc.latency + 0.004))))
                 base = baseline_run(db, backend, sample)
                 base["sample"] = sample
                 baselines.append(base)
-                print(f"  baseline {repetition + 1}: {base['rate']:,.1f} users/s on a sample of {sample} users "
-                      f"({base['seconds']:.1f} s)", flush=True)
+                print(
+                    f"  baseline {repetition + 1}: {base['rate']:,.1f} users/s on a sample of {sample} users "
+                    f"({base['seconds']:.1f} s)",
+                    flush=True,
+                )
         out["runs"] = runs
         out["median"] = summarize(runs)
         if baselines:
             out["baseline_runs"] = baselines
             out["baseline_rate_median"] = median([b["rate"] for b in baselines])
             out["baseline_sample"] = baselines[0]["sample"]
-            notes.append(f"baseline measured on the first {baselines[0]['sample']} of {sc.users:,} due users "
-                         "(a sequential loop's rate does not depend on the count); the ratio uses that rate")
+            notes.append(
+                f"baseline measured on the first {baselines[0]['sample']} of {sc.users:,} due users "
+                "(a sequential loop's rate does not depend on the count); the ratio uses that rate"
+            )
         if sc.info_run and not args.no_info:
             db.reset()
             info = email_sync_run(db, backend, sc, args.batch_size, "info", workdir)
             out["info_run"] = info
             cost = 1 - info["rate"] / out["median"]["rate"]
-            notes.append(f"one run at logging.level=info (JSON lines to a file, {info['log_lines']:,} lines, "
-                         f"{info['log_bytes'] / 1e6:.1f} MB): {info['rate']:,.0f} users/s, "
-                         f"cpu {info['cpu_ms_per_user']:.2f} ms/user: logging costs {cost:.0%} of the rate")
+            notes.append(
+                f"one run at logging.level=info (JSON lines to a file, {info['log_lines']:,} lines, "
+                f"{info['log_bytes'] / 1e6:.1f} MB): {info['rate']:,.0f} users/s, "
+                f"cpu {info['cpu_ms_per_user']:.2f} ms/user: logging costs {cost:.0%} of the rate"
+            )
         noisy = [r["background_cpu_busy_before"] for r in runs if r["background_cpu_busy_before"] > 0.1]
         if noisy:
-            notes.append(f"WARNING: the machine was busy with other work before {len(noisy)} of {len(runs)} runs "
-                         f"(up to {max(noisy):.0%} of its CPUs): these numbers understate email-sync")
+            notes.append(
+                f"WARNING: the machine was busy with other work before {len(noisy)} of {len(runs)} runs "
+                f"(up to {max(noisy):.0%} of its CPUs): these numbers understate email-sync"
+            )
         problems = [p for r in runs for p in r["problems"]]
         if problems:
             notes.append(f"PROBLEMS: {problems}")
         if out["median"]["rate"] * 3 > capacity:
-            notes.append(f"WARNING: the backend's capacity ({capacity:,.0f}/s) is not comfortably above the rate "
-                         f"measured ({out['median']['rate']:,.0f}/s): the backend may be limiting")
+            notes.append(
+                f"WARNING: the backend's capacity ({capacity:,.0f}/s) is not comfortably above the rate "
+                f"measured ({out['median']['rate']:,.0f}/s): the backend may be limiting"
+            )
     finally:
         backend.stop()
         db.drop()
@@ -622,22 +731,37 @@ def profile(args: argparse.Namespace, workdir: Path, outdir: Path) -> dict[str, 
         # --gil: only the thread holding the GIL is sampled (where the CPU goes), blocking for exact stacks;
         # --idle: every thread, waiting ones too (where they wait), non-blocking at a lower rate because stopping
         # 33 threads 200 times a second slows the target several-fold.
-        for label, extra in (("gil", ["--gil", "--rate", "200"]), ("idle", ["--idle", "--rate", "50",
-                                                                             "--nonblocking"])):
+        for label, extra in (
+            ("gil", ["--gil", "--rate", "200"]),
+            ("idle", ["--idle", "--rate", "50", "--nonblocking"]),
+        ):
             db.reset()
             target = outdir / f"pyspy-{label}.txt"
             wrap = [py_spy, "record", "--format", "raw", "--threads", *extra, "--output", str(target), "--"]
             run = email_sync_run(db, backend, sc, args.batch_size, "warning", workdir, wrap=wrap)
             found[f"run_under_record_{label}"] = {k: run[k] for k in ("rate", "cycle_s", "cpu_ms_per_user")}
             found["files"][label] = str(target)
-            print(f"  py-spy record {label}: {target} (the run made {run['rate']:,.0f} users/s under sampling)",
-                  flush=True)
+            print(
+                f"  py-spy record {label}: {target} (the run made {run['rate']:,.0f} users/s under sampling)",
+                flush=True,
+            )
         db.reset()
         dumps = outdir / "pyspy-dumps.txt"
-        config = write_config(workdir / "email-sync.toml", db.url(PG_PORT), backend.port, sc.concurrency, sc.users,
-                              args.batch_size, "warning")
-        process = subprocess.Popen([str(EMAIL_SYNC), "--config", str(config), "run"], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.STDOUT, env=clean_env())
+        config = write_config(
+            workdir / "email-sync.toml",
+            db.url(PG_PORT),
+            backend.port,
+            sc.concurrency,
+            sc.users,
+            args.batch_size,
+            "warning",
+        )
+        process = subprocess.Popen(
+            [str(EMAIL_SYNC), "--config", str(config), "run"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            env=clean_env(),
+        )
         with open(dumps, "w") as f:
             time.sleep(2.0)
             for number in range(3):
@@ -645,8 +769,9 @@ def profile(args: argparse.Namespace, workdir: Path, outdir: Path) -> dict[str, 
                     break
                 f.write(f"===== dump {number + 1} at {time.monotonic():.2f}\n")
                 f.flush()
-                subprocess.run([py_spy, "dump", "--pid", str(process.pid)], stdout=f, stderr=subprocess.STDOUT,
-                               timeout=30)
+                subprocess.run(
+                    [py_spy, "dump", "--pid", str(process.pid)], stdout=f, stderr=subprocess.STDOUT, timeout=30
+                )
                 time.sleep(1.0)
         process.wait(RUN_TIMEOUT)
         found["files"]["dumps"] = str(dumps)
@@ -662,25 +787,55 @@ def profile(args: argparse.Namespace, workdir: Path, outdir: Path) -> dict[str, 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1",
-                        help="N/10 and R=1 (about a minute or two)")
-    parser.add_argument("--repeats", type=int, default=int(os.environ.get("BENCH_REPEATS", "0")) or None,
-                        help="repetitions per scenario, medians reported (default 3; --quick: 1)")
-    parser.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
-                        help="comma-separated scenario names: c,a,b,d10k,d100k (default all; d = both d's)")
-    parser.add_argument("--rss-repeats", type=int, default=int(os.environ.get("BENCH_RSS_REPEATS", "1")),
-                        help="repetitions of the two RSS scenarios d10k/d100k (default 1: RSS barely varies and "
-                        "N=100,000 takes minutes)")
-    parser.add_argument("--batch-size", type=int, default=int(os.environ.get("BENCH_BATCH_SIZE", "100")),
-                        help="sync.batch_size (default 100, email-sync's default)")
-    parser.add_argument("--baseline-seconds", type=float, default=float(os.environ.get("BENCH_BASELINE_SECONDS", "8")),
-                        help="about how long one baseline run may take; its sample size follows from the latency")
-    parser.add_argument("--profile", action="store_true", default=os.environ.get("BENCH_PROFILE") == "1",
-                        help="also run scenario c under py-spy (record --gil, record --idle, dumps)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        default=os.environ.get("BENCH_QUICK") == "1",
+        help="N/10 and R=1 (about a minute or two)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=int(os.environ.get("BENCH_REPEATS", "0")) or None,
+        help="repetitions per scenario, medians reported (default 3; --quick: 1)",
+    )
+    parser.add_argument(
+        "--only",
+        default=os.environ.get("BENCH_ONLY", ""),
+        help="comma-separated scenario names: c,a,b,d10k,d100k (default all; d = both d's)",
+    )
+    parser.add_argument(
+        "--rss-repeats",
+        type=int,
+        default=int(os.environ.get("BENCH_RSS_REPEATS", "1")),
+        help="repetitions of the two RSS scenarios d10k/d100k (default 1: RSS barely varies and "
+        "N=100,000 takes minutes)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=int(os.environ.get("BENCH_BATCH_SIZE", "100")),
+        help="sync.batch_size (default 100, email-sync's default)",
+    )
+    parser.add_argument(
+        "--baseline-seconds",
+        type=float,
+        default=float(os.environ.get("BENCH_BASELINE_SECONDS", "8")),
+        help="about how long one baseline run may take; its sample size follows from the latency",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        default=os.environ.get("BENCH_PROFILE") == "1",
+        help="also run scenario c under py-spy (record --gil, record --idle, dumps)",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip the baseline runs")
     parser.add_argument("--no-info", action="store_true", help="skip the extra logging.level=info run of c")
-    parser.add_argument("--whatif", default=os.environ.get("BENCH_WHATIF", ""),
-                        help="measure email-sync with candidate changes patched in (bench/whatif.py: feed, noping)")
+    parser.add_argument(
+        "--whatif",
+        default=os.environ.get("BENCH_WHATIF", ""),
+        help="measure email-sync with candidate changes patched in (bench/whatif.py: feed, noping)",
+    )
     parser.add_argument("--out", default=os.environ.get("BENCH_OUT", ""), help="JSON path (default bench/results/)")
     args = parser.parse_args()
     if args.repeats is None:
@@ -701,11 +856,13 @@ def main() -> int:
     facts = machine_facts()
     if WHATIF:
         print(f"WHAT-IF run: email-sync with bench/whatif.py patches {WHATIF} (not the code as it is)", flush=True)
-    print(f"machine: {facts['nproc']} CPUs ({facts['cpu_model']}), {facts['python']}, "
-          f"{facts['postgresql'].split(' on ')[0]}; email-sync {facts['git_head']}"
-          + (" (emailsync/ has uncommitted changes)" if facts["emailsync_dirty"] else ""), flush=True)
-    report: dict[str, Any] = {"timestamp": stamp, "machine": facts, "options": vars(args), "scenarios": [],
-                              "notes": []}
+    print(
+        f"machine: {facts['nproc']} CPUs ({facts['cpu_model']}), {facts['python']}, "
+        f"{facts['postgresql'].split(' on ')[0]}; email-sync {facts['git_head']}"
+        + (" (emailsync/ has uncommitted changes)" if facts["emailsync_dirty"] else ""),
+        flush=True,
+    )
+    report: dict[str, Any] = {"timestamp": stamp, "machine": facts, "options": vars(args), "scenarios": [], "notes": []}
     with tempfile.TemporaryDirectory(prefix="email-sync-bench-") as tmp:
         workdir = Path(tmp)
         # The backend's own capacity, before anything else: latency 0, keep-alive clients in other processes.
@@ -715,8 +872,11 @@ def main() -> int:
         finally:
             backend.stop()
         report["backend_capacity"] = capacity
-        print(f"backend capacity (latency 0, {capacity['connections']} connections, {capacity['procs']} load "
-              f"processes): {capacity['rate']:,.0f} req/s", flush=True)
+        print(
+            f"backend capacity (latency 0, {capacity['connections']} connections, {capacity['procs']} load "
+            f"processes): {capacity['rate']:,.0f} req/s",
+            flush=True,
+        )
 
         latency0_rate: float | None = None
         for sc in scenarios(args.quick):
@@ -735,9 +895,11 @@ def main() -> int:
             growth = large / small - 1
             verdict = "met" if large <= 100 and abs(growth) <= 0.15 else "MISS"
             report["rss"] = {"n10k_mb": small, "n100k_mb": large, "growth": growth, "verdict": verdict}
-            report["notes"].append(f"d: peak RSS {small:.1f} MB at N={names['d10k']['users']:,}, {large:.1f} MB at "
-                                   f"N={names['d100k']['users']:,} ({growth:+.0%}); goal <= 100 MB and flat "
-                                   f"+-15%: {verdict}")
+            report["notes"].append(
+                f"d: peak RSS {small:.1f} MB at N={names['d10k']['users']:,}, {large:.1f} MB at "
+                f"N={names['d100k']['users']:,} ({growth:+.0%}); goal <= 100 MB and flat "
+                f"+-15%: {verdict}"
+            )
         if "c" not in names and any(s["latency"] for s in report["scenarios"]):
             report["notes"].append("scenario c was not run: bounds use concurrency/latency only")
         if args.profile:

@@ -33,21 +33,37 @@ def with_requests(port: int, n: int) -> None:
     session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0))
     url = f"http://127.0.0.1:{port}/api/v1/sync/start"
     for i in range(n):
-        response = session.post(url, json=PAYLOAD, headers={"Idempotency-Key": str(uuid.uuid5(NS, f"r/{i}"))},
-                                timeout=(5, 30), allow_redirects=False, stream=True)
+        response = session.post(
+            url,
+            json=PAYLOAD,
+            headers={"Idempotency-Key": str(uuid.uuid5(NS, f"r/{i}"))},
+            timeout=(5, 30),
+            allow_redirects=False,
+            stream=True,
+        )
         body = response.raw.read(65537, decode_content=True)
         response.close()
         json.loads(body)
 
 
 def with_urllib3(port: int, n: int) -> None:
-    pool = urllib3.HTTPConnectionPool("127.0.0.1", port, maxsize=1, retries=False,
-                                      timeout=urllib3.Timeout(connect=5, read=30),
-                                      headers={"User-Agent": "email-sync/0.1.0", "Content-Type": "application/json"})
+    pool = urllib3.HTTPConnectionPool(
+        "127.0.0.1",
+        port,
+        maxsize=1,
+        retries=False,
+        timeout=urllib3.Timeout(connect=5, read=30),
+        headers={"User-Agent": "email-sync/0.1.0", "Content-Type": "application/json"},
+    )
     for i in range(n):
-        response = pool.urlopen("POST", "/api/v1/sync/start", body=json.dumps(PAYLOAD).encode(),
-                                headers={**pool.headers, "Idempotency-Key": str(uuid.uuid5(NS, f"r/{i}"))},
-                                redirect=False, preload_content=False)
+        response = pool.urlopen(
+            "POST",
+            "/api/v1/sync/start",
+            body=json.dumps(PAYLOAD).encode(),
+            headers={**pool.headers, "Idempotency-Key": str(uuid.uuid5(NS, f"r/{i}"))},
+            redirect=False,
+            preload_content=False,
+        )
         body = response.read(65537)
         response.release_conn()
         json.loads(body)
@@ -56,9 +72,16 @@ def with_urllib3(port: int, n: int) -> None:
 def with_http_client(port: int, n: int) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     for i in range(n):
-        connection.request("POST", "/api/v1/sync/start", body=json.dumps(PAYLOAD).encode(),
-                           headers={"User-Agent": "email-sync/0.1.0", "Content-Type": "application/json",
-                                    "Idempotency-Key": str(uuid.uuid5(NS, f"r/{i}"))})
+        connection.request(
+            "POST",
+            "/api/v1/sync/start",
+            body=json.dumps(PAYLOAD).encode(),
+            headers={
+                "User-Agent": "email-sync/0.1.0",
+                "Content-Type": "application/json",
+                "Idempotency-Key": str(uuid.uuid5(NS, f"r/{i}")),
+            },
+        )
         response = connection.getresponse()
         json.loads(response.read(65537))
 
@@ -68,18 +91,30 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     args = parser.parse_args()
     n = max(100, min(args.requests, 100_000))
-    backend = subprocess.Popen([sys.executable, str(HERE / "backend.py"), "--max-seconds", "300"],
-                               stdout=subprocess.PIPE, text=True)
+    backend = subprocess.Popen(
+        [sys.executable, str(HERE / "backend.py"), "--max-seconds", "300"], stdout=subprocess.PIPE, text=True
+    )
     try:
         port = int(backend.stdout.readline())  # type: ignore[union-attr]
-        for name, fn in (("requests.Session.post (today)", with_requests), ("urllib3 urlopen", with_urllib3),
-                         ("http.client", with_http_client)):
+        for name, fn in (
+            ("requests.Session.post (today)", with_requests),
+            ("urllib3 urlopen", with_urllib3),
+            ("http.client", with_http_client),
+        ):
             fn(port, 200)  # warm up
             cpu0, wall0 = time.process_time(), time.perf_counter()
             fn(port, n)
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-            print(json.dumps({"client": name, "requests": n, "cpu_us_per_request": round(1e6 * cpu / n),
-                              "wall_us_per_request": round(1e6 * wall / n)}))
+            print(
+                json.dumps(
+                    {
+                        "client": name,
+                        "requests": n,
+                        "cpu_us_per_request": round(1e6 * cpu / n),
+                        "wall_us_per_request": round(1e6 * wall / n),
+                    }
+                )
+            )
     finally:
         backend.terminate()
         backend.wait(10)

@@ -57,8 +57,13 @@ def measure(port: int, connections: int, duration: float, procs: int = 1, max_re
     with multiprocessing.get_context("spawn").Pool(procs) as pool:
         counts = pool.map(worker, [(port, per, start_at, duration, max_requests)] * procs)
     total = sum(counts)
-    return {"requests": total, "seconds": duration, "rate": total / duration, "connections": per * procs,
-            "procs": procs}
+    return {
+        "requests": total,
+        "seconds": duration,
+        "rate": total / duration,
+        "connections": per * procs,
+        "procs": procs,
+    }
 
 
 def main() -> None:

@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import struct
-import sys
 from collections import Counter
+
+from serving import serve_until_stopped
 
 UNTYPED_CODES = {80877103, 80877104, 80877102}  # SSLRequest, GSSENCRequest, CancelRequest
 
@@ -142,16 +142,7 @@ async def main_async(listen_port: int, target_port: int, out: str, max_seconds: 
         await asyncio.gather(pump_counted(client_r, server_w, counts), pump_raw(server_r, client_w))
 
     server = await asyncio.start_server(handle, "127.0.0.1", listen_port)
-    print(server.sockets[0].getsockname()[1], flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await asyncio.wait_for(stop.wait(), max_seconds)
-    except TimeoutError:
-        print("pgproxy: --max-seconds reached", file=sys.stderr)
-    server.close()
+    await serve_until_stopped(server, max_seconds, "pgproxy")
     with open(out, "w") as f:
         json.dump(counts.as_dict(), f)
 

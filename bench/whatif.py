@@ -77,21 +77,35 @@ def patch_urllib3() -> None:
             if config.token:
                 self.headers["Authorization"] = f"Bearer {config.token}"
             if parts.scheme == "https":
-                self.pool = urllib3.HTTPSConnectionPool(parts.hostname, parts.port, maxsize=1, retries=False,
-                                                        ca_certs=config.ca_file or backend.SYSTEM_CA_BUNDLE)
+                self.pool = urllib3.HTTPSConnectionPool(
+                    parts.hostname,
+                    parts.port,
+                    maxsize=1,
+                    retries=False,
+                    ca_certs=config.ca_file or backend.SYSTEM_CA_BUNDLE,
+                )
             else:
                 self.pool = urllib3.HTTPConnectionPool(parts.hostname, parts.port, maxsize=1, retries=False)
             self.prefix = f"{parts.scheme}://{parts.netloc}"
 
         def _open(self, method, url, body, headers, timeout):  # type: ignore[no-untyped-def]
-            return Response(self.pool.urlopen(
-                method, url[len(self.prefix):], body=body, headers={**self.headers, **headers},
-                timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]), redirect=False,
-                preload_content=False, retries=False))
+            return Response(
+                self.pool.urlopen(
+                    method,
+                    url[len(self.prefix) :],
+                    body=body,
+                    headers={**self.headers, **headers},
+                    timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
+                    redirect=False,
+                    preload_content=False,
+                    retries=False,
+                )
+            )
 
         def post(self, url, json, headers, timeout, allow_redirects, stream):  # type: ignore[no-untyped-def]
-            return self._open("POST", url, jsonlib.dumps(json).encode(),
-                              {"Content-Type": "application/json", **headers}, timeout)
+            return self._open(
+                "POST", url, jsonlib.dumps(json).encode(), {"Content-Type": "application/json", **headers}, timeout
+            )
 
         def get(self, url, timeout, allow_redirects):  # type: ignore[no-untyped-def]
             return self._open("GET", url, None, {}, timeout)
