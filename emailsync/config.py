@@ -153,10 +153,6 @@ def _optional_http_url(value: Any) -> str:
     return _http_url(value) if _text(value) else ""
 
 
-def _optional_file(value: Any) -> str:
-    return _text(value)
-
-
 def _log_level(value: Any) -> str:
     text = _text(value).lower()
     if text not in _LOG_LEVELS:
@@ -195,7 +191,7 @@ KEYS: tuple[Key, ...] = (
         "Prefer url_file or the database-url credential: it holds a password.",
         secret=True,
     ),
-    Key("database", "url_file", _optional_file, "", "File holding the database URL (mode 0600)."),
+    Key("database", "url_file", _text, "", "File holding the database URL (mode 0600)."),
     Key("database", "connect_timeout", parse_duration, 10.0, "Give up connecting to the database after this."),
     Key("database", "statement_timeout", _statement_timeout, 30.0, "PostgreSQL statement_timeout for our statements."),
     Key("users", "table", _identifier, "users", "The app's users table (optionally schema.table)."),
@@ -237,8 +233,8 @@ KEYS: tuple[Key, ...] = (
     Key("backend", "base_url", _http_url, REQUIRED, "The backend, e.g. http://127.0.0.1:8000."),
     Key("backend", "sync_path", _path, "/api/v1/sync/start", "POST endpoint that syncs one user."),
     Key("backend", "health_path", _path, "/health", "GET endpoint checked before a run."),
-    Key("backend", "token_file", _optional_file, "", "File holding the bearer token (mode 0600); none: no header."),
-    Key("backend", "ca_file", _optional_file, "", "CA bundle for a backend with a private CA (default: system CAs)."),
+    Key("backend", "token_file", _text, "", "File holding the bearer token (mode 0600); none: no header."),
+    Key("backend", "ca_file", _text, "", "CA bundle for a backend with a private CA (default: system CAs)."),
     Key("backend", "connect_timeout", parse_duration, 5.0, "Connect timeout of every request."),
     Key("backend", "read_timeout", parse_duration, 30.0, "Read timeout of every request."),
     Key("backend", "concurrency", _integer(1, 1024), 8, "Calls in flight at once."),
