@@ -123,16 +123,8 @@ if want boot; then
     [ -x "$PY" ] || die "no $PY: run make venv first (the test backend and the database setup use it)"
     BOOT=$CACHE/boot-$SUITE
     exec 9>"$CACHE/.lock"; flock 9
-    if [ ! -e "$BOOT.complete" ]; then
-        log "making the bootable rootfs $BOOT (systemd, dbus, python3: a plain Debian 12)"
-        rm -rf "$BOOT" "$BOOT.tmp"
-        cp -a --reflink=auto "$BASE" "$BOOT.tmp"
-        nspawn "$BOOT.tmp" sh -c 'apt-get update -q && apt-get install -y -q systemd systemd-sysv dbus python3 && apt-get clean' \
-            >"$CACHE/boot-rootfs.log" 2>&1 || { tail -20 "$CACHE/boot-rootfs.log" >&2; die "boot rootfs"; }
-        mkdir -p "$BOOT.tmp/dist"
-        mv "$BOOT.tmp" "$BOOT"
-        touch "$BOOT.complete"
-    fi
+    derive_rootfs "$BOOT" boot-rootfs systemd systemd-sysv dbus python3  # a plain booting Debian 12
+    mkdir -p "$BOOT/dist"
     flock -u 9
     cp -a --reflink=auto "$BOOT" "$WORK/root"
     log "booting a copy of $BOOT"

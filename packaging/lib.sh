@@ -95,6 +95,20 @@ print(" ".join(n for n in names if n))
 EOF
 }
 
+# TARGET, made once and cached (TARGET.complete): a copy of the base rootfs with `apt-get install ARGS...` run in it.
+derive_rootfs() {
+    local target=$1 name=$2
+    shift 2
+    [ -e "$target.complete" ] && return 0
+    log "making the $name $target ($*)"
+    rm -rf "$target" "$target.tmp"
+    cp -a --reflink=auto "$(base_rootfs)" "$target.tmp"
+    nspawn "$target.tmp" sh -c "apt-get update -q && apt-get install -y -q $* && apt-get clean" \
+        >"$CACHE/$name.log" 2>&1 || { tail -20 "$CACHE/$name.log" >&2; die "$name"; }
+    mv "$target.tmp" "$target"
+    echo "$*" >"$target.complete"
+}
+
 # $CACHE/build-KEY: the base plus build-essential, the Build-Depends and lintian; keyed by that package list.
 build_chroot() {
     local base pkgs key chroot
@@ -103,16 +117,8 @@ build_chroot() {
     pkgs=${pkgs//debhelper-compat/debhelper}
     key=$(printf '%s %s' "$(cat "$base.complete")" "$pkgs" | sha256sum | cut -c1-12)
     chroot=$CACHE/build-$key
-    if [ ! -e "$chroot.complete" ]; then
-        log "making the build chroot $chroot ($pkgs)"
-        rm -rf "$chroot" "$chroot.tmp"
-        cp -a --reflink=auto "$base" "$chroot.tmp"
-        # shellcheck disable=SC2086
-        nspawn "$chroot.tmp" sh -c "apt-get update -q && apt-get install -y -q --no-install-recommends $pkgs && apt-get clean" \
-            >"$CACHE/build-chroot.log" 2>&1 || { tail -20 "$CACHE/build-chroot.log" >&2; die "build chroot"; }
-        mv "$chroot.tmp" "$chroot"
-        echo "$pkgs" >"$chroot.complete"
-    fi
+    # shellcheck disable=SC2086
+    derive_rootfs "$chroot" build-chroot --no-install-recommends $pkgs
     echo "$chroot"
 }
 
