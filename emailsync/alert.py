@@ -15,8 +15,8 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any
 
-import requests
 import structlog
+import urllib3
 
 from emailsync.config import Config
 from emailsync.errors import TemporaryError
@@ -72,17 +72,19 @@ def send(config: Config, alert: dict[str, Any]) -> bool:
 
 def _post(config: Config, url: str, body: str) -> None:
     try:
-        response = requests.post(
+        response = urllib3.request(
+            "POST",
             url,
-            data=body,
+            body=body.encode(),
             headers={"Content-Type": "application/json"},
-            timeout=(config.backend.connect_timeout, config.backend.read_timeout),
-            allow_redirects=False,
+            timeout=urllib3.Timeout(connect=config.backend.connect_timeout, read=config.backend.read_timeout),
+            retries=False,
+            redirect=False,
         )
-    except requests.RequestException as error:
+    except urllib3.exceptions.HTTPError as error:
         raise TemporaryError(f"alert webhook unreachable: {type(error).__name__}") from None
-    if not 200 <= response.status_code < 300:
-        raise TemporaryError(f"alert webhook answered {response.status_code}")
+    if not 200 <= response.status < 300:
+        raise TemporaryError(f"alert webhook answered {response.status}")
 
 
 def _run(command: str, body: str) -> None:

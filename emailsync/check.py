@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
 from sqlalchemy import Engine, inspect
 
 from emailsync import backend, db
@@ -26,7 +25,7 @@ from emailsync.config import BACKEND_TOKEN_CREDENTIAL, DATABASE_URL_CREDENTIAL, 
 from emailsync.errors import EmailSyncError
 
 PACKAGED_VENV = Path("/usr/lib/email-sync/venv")
-DEPENDENCIES = ("sqlalchemy", "psycopg2", "requests", "structlog", "sdnotify")
+DEPENDENCIES = ("sqlalchemy", "psycopg2", "urllib3", "structlog", "sdnotify")
 _SPAN = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|min|h|d)")
 _SPAN_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -154,22 +153,19 @@ def _backend_health(config: Config) -> Check:
 
 def _sync_endpoint(config: Config) -> Check:
     url = config.backend.sync_url
-    with backend.new_session(config.backend) as session:
+    with backend.Session(config.backend) as session:
         try:
-            response = session.options(
-                url, timeout=(config.backend.connect_timeout, config.backend.read_timeout), allow_redirects=False
-            )
-            response.close()
-        except requests.RequestException as error:
-            return Check("sync endpoint", False, f"{url}: {error}", "check backend.base_url")
-    if response.status_code == 404 or 300 <= response.status_code < 400:
+            status = session.call("OPTIONS", url).status
+        except backend.CallFailed as failure:
+            return Check("sync endpoint", False, f"{url}: {failure.description}", "check backend.base_url")
+    if status == 404 or 300 <= status < 400:
         return Check(
             "sync endpoint",
             False,
-            f"OPTIONS {url} answered {response.status_code}",
+            f"OPTIONS {url} answered {status}",
             "set backend.sync_path to the backend's sync route (e.g. /api/v1/test/sync/start)",
         )
-    return Check("sync endpoint", True, f"{url} exists (OPTIONS answered {response.status_code})")
+    return Check("sync endpoint", True, f"{url} exists (OPTIONS answered {status})")
 
 
 def _watchdog(config: Config) -> Check:

@@ -138,7 +138,7 @@ def sync_one(config: Config, who: str) -> Outcome:
             raise UsageError(f"no single user has the id or email {who!r} in {config.users.table}")
         if not store.claim_user(claim):
             raise TemporaryError(f"user {claim.key} is being synced by a run right now; try again later")
-        with backend.new_session(config.backend) as session:
+        with backend.Session(config.backend) as session:
             client = Client(config.backend, config.sync.max_emails, run_id, threading.Event(), lambda: None)
             outcome = client.sync(session, claim)
         if outcome.kind in (Kind.ENDPOINT, Kind.AUTH):  # the configuration's fault, not the user's

@@ -146,6 +146,21 @@ def test_huge_2xx_body_is_cut_and_still_synced(one_user: AppDb, backend: Backend
     assert one_user.synced_ids() == {1}
 
 
+def test_calls_after_a_cut_answer_get_their_own_answers(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    """The rest of a cut answer is still on the wire: the next call on that thread must not read it as its own."""
+    pg.add_users(3)
+    backend.script(1, Behaviour(status=200, body=b"x" * 10_000_000))
+    backend.set_default(Behaviour(status=200, body=b'{"emails_synced": 7}'))
+    email_sync.configure(pg, backend, backend={"concurrency": "1"})
+
+    result = email_sync("run")
+
+    assert result.code == 0
+    assert pg.synced_ids() == {1, 2, 3}
+    synced = [e for e in result.events if e["event"] == "user_synced"]
+    assert sorted(e["emails_synced"] or 0 for e in synced) == [0, 7, 7]
+
+
 def test_huge_error_body_is_stored_truncated(one_user: AppDb, backend: Backend, email_sync: EmailSync) -> None:
     backend.set_default(Behaviour(status=400, body=b"E" * 100_000))
     email_sync.configure(one_user, backend)
