@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, bindparam, text
 
 from emailsync.config import SyncConfig, UsersConfig
 from emailsync.db import RUNS, STATE, dialect_of, with_retry
@@ -117,7 +117,7 @@ class Store:
         if self.d.postgres:
             # One statement: lock the due rows (skipping those another claimer holds), then take the lease
             # only where no live lease exists; the upsert's WHERE is what makes a double claim impossible.
-            leases = f"SELECT key, :owner, {self.d.shifted('lease')}, 0, now() FROM due"
+            leases = f"SELECT key, :owner, {self.d.shifted(':lease')}, 0, now() FROM due"
             rows = connection.execute(
                 text(f"""
                     WITH due AS ({select} FOR UPDATE OF u SKIP LOCKED),
@@ -130,7 +130,7 @@ class Store:
             # SQLite: the transaction began with BEGIN IMMEDIATE, so nobody else writes until we commit.
             rows = connection.execute(text(select), params).all()
             if rows:
-                values = f"VALUES (:key, :owner, {self.d.shifted('lease')}, 0, {self.d.now})"
+                values = f"VALUES (:key, :owner, {self.d.shifted(':lease')}, 0, {self.d.now})"
                 connection.execute(
                     text(lease.format(rows=values)),
                     [{"key": row.key, "owner": self.owner, "lease": self.sync.lease} for row in rows],
@@ -163,7 +163,7 @@ class Store:
             lambda connection: connection.execute(
                 text(
                     f"INSERT INTO {STATE} AS s (user_id, lease_owner, lease_until, failures, updated_at) "
-                    f"VALUES (:key, :owner, {self.d.shifted('lease')}, 0, {self.d.now}) "
+                    f"VALUES (:key, :owner, {self.d.shifted(':lease')}, 0, {self.d.now}) "
                     "ON CONFLICT (user_id) DO UPDATE SET lease_owner = excluded.lease_owner, "
                     "lease_until = excluded.lease_until, updated_at = excluded.updated_at "
                     f"WHERE s.lease_owner IS NULL OR s.lease_until < {self.d.now} RETURNING user_id"
@@ -197,45 +197,55 @@ class Store:
             with_retry(self.engine, lambda connection: self._record(connection, results))
 
     def _record(self, connection: Connection, results: Sequence[Result]) -> None:
+        """Three statements at most, whatever the batch's size: last_sync of the synced users whose lease we still
+        hold (the app's row first, as a claim locks it), then their state, then the failed users' state."""
         d = self.d
-        held = "user_id = :key AND lease_owner = :owner"
-        synced = [
-            {"id": r.claim.user_id, "key": r.claim.key, "owner": self.owner, "ms": r.duration_ms}
-            for r in results
-            if r.ok
-        ]
-        failed = [
-            {
-                "key": r.claim.key,
-                "owner": self.owner,
-                "ms": r.duration_ms,
-                "error": redact_and_truncate(r.error or "failed", MAX_ERROR_CHARS),
-                "delay": self.backoff(r.claim),
-            }
-            for r in results
-            if not r.ok
-        ]
+        synced = [r for r in results if r.ok]
+        failed = [r for r in results if not r.ok]
         if synced:
+            still_held = f"SELECT user_id FROM {STATE} WHERE user_id IN :keys AND lease_owner = :owner"
             connection.execute(
-                text(f"""UPDATE {self.table} SET {self.set_last_sync} = {d.now}
-                         WHERE {self.id_column} = :id AND EXISTS (SELECT 1 FROM {STATE} WHERE {held})"""),
-                synced,
+                text(f"""UPDATE {self.table} AS u SET {self.set_last_sync} = {d.now}
+                         WHERE {self.id} IN :ids AND CAST({self.id} AS TEXT) IN ({still_held})""").bindparams(
+                    bindparam("ids", expanding=True), bindparam("keys", expanding=True)
+                ),
+                {"ids": [r.claim.user_id for r in synced], "keys": [r.claim.key for r in synced], "owner": self.owner},
             )
-            connection.execute(
-                text(f"""UPDATE {STATE} SET lease_owner = NULL, lease_until = NULL, failures = 0,
-                                next_attempt_at = NULL, last_error = NULL, last_success_at = {d.now},
-                                last_duration_ms = :ms, updated_at = {d.now}
-                         WHERE {held}"""),
-                synced,
+            self._update_held(
+                connection,
+                "ms",
+                [(r.claim.key, r.duration_ms) for r in synced],
+                f"""failures = 0, next_attempt_at = NULL, last_error = NULL, last_success_at = {d.now},
+                    last_duration_ms = batch.ms""",
             )
         if failed:
-            connection.execute(
-                text(f"""UPDATE {STATE} SET lease_owner = NULL, lease_until = NULL, failures = failures + 1,
-                                next_attempt_at = {d.shifted("delay")}, last_error = :error,
-                                last_duration_ms = :ms, updated_at = {d.now}
-                         WHERE {held}"""),
-                failed,
+            self._update_held(
+                connection,
+                "ms, delay, error",
+                [
+                    (
+                        r.claim.key,
+                        r.duration_ms,
+                        self.backoff(r.claim),
+                        redact_and_truncate(r.error or "failed", MAX_ERROR_CHARS),
+                    )
+                    for r in failed
+                ],
+                f"""failures = failures + 1, next_attempt_at = {d.shifted("batch.delay")}, last_error = batch.error,
+                    last_duration_ms = batch.ms""",
             )
+
+    def _update_held(self, connection: Connection, columns: str, rows: Sequence[tuple[Any, ...]], sets: str) -> None:
+        """End the leases we still hold on the batch's users (``rows`` start with the key), setting ``sets`` from
+        the batch's other columns. The batch travels as a VALUES list, which PostgreSQL and SQLite both join."""
+        params = {f"v{i}_{j}": cell for i, row in enumerate(rows) for j, cell in enumerate(row)}
+        values = ", ".join("(" + ", ".join(f":v{i}_{j}" for j in range(len(row))) + ")" for i, row in enumerate(rows))
+        connection.execute(
+            text(f"""WITH batch (key, {columns}) AS (VALUES {values})
+                     UPDATE {STATE} SET lease_owner = NULL, lease_until = NULL, updated_at = {self.d.now}, {sets}
+                     FROM batch WHERE {STATE}.user_id = batch.key AND {STATE}.lease_owner = :owner"""),
+            {**params, "owner": self.owner},
+        )
 
     def backoff(self, claim: Claim) -> float:
         """Seconds until the next attempt: doubling per consecutive failure, capped, with jitter so failed users
@@ -251,9 +261,9 @@ class Store:
                 lambda connection: connection.execute(
                     text(
                         f"UPDATE {STATE} SET lease_owner = NULL, lease_until = NULL "
-                        "WHERE user_id = :key AND lease_owner = :owner"
-                    ),
-                    [{"key": c.key, "owner": self.owner} for c in claims],
+                        "WHERE user_id IN :keys AND lease_owner = :owner"
+                    ).bindparams(bindparam("keys", expanding=True)),
+                    {"keys": [c.key for c in claims], "owner": self.owner},
                 ),
             )
 

@@ -48,11 +48,11 @@ class Dialect:
         """The database's clock, which decides for every host: skewed host clocks do not matter."""
         return "now()" if self.postgres else "strftime('%Y-%m-%d %H:%M:%f', 'now')"
 
-    def shifted(self, seconds_param: str) -> str:
-        """now() moved by a parameter holding seconds (negative for the past)."""
+    def shifted(self, seconds: str) -> str:
+        """now() moved by ``seconds``, an SQL expression (a parameter or a column; negative for the past)."""
         if self.postgres:
-            return f"(now() + make_interval(secs => :{seconds_param}))"
-        return f"strftime('%Y-%m-%d %H:%M:%f', 'now', printf('%+.3f seconds', :{seconds_param}))"
+            return f"(now() + make_interval(secs => {seconds}))"
+        return f"strftime('%Y-%m-%d %H:%M:%f', 'now', printf('%+.3f seconds', {seconds}))"
 
     def older_than(self, column: str, seconds_param: str) -> str:
         """``column`` is NULL or older than now() minus a parameter, for a column in the app's own format."""
@@ -81,13 +81,16 @@ def driver_url(url: str) -> str:
 
 
 def connect(config: DatabaseConfig) -> Engine:
-    """An engine that survives dropped connections (pre-ping) and never waits forever on a statement."""
+    """An engine that never waits forever on a statement.
+
+    No pool pre-ping: a run is one short process, and with_retry already retries a transaction whose connection
+    turns out to be dead; a ping would cost a round trip before every transaction.
+    """
     url = driver_url(config.url)
     if url.startswith("postgresql"):
         timeout_ms = int(config.statement_timeout * 1000)
         return create_engine(
             url,
-            pool_pre_ping=True,
             pool_size=2,
             max_overflow=2,
             executemany_mode="values_plus_batch",

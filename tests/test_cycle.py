@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 
@@ -198,7 +200,8 @@ def test_users_filter_limits_who_is_synced(app_db: AppDb, backend: Backend, emai
     assert app_db.synced_ids() == {2, 4}
 
 
-def test_only_the_lease_holder_can_record_a_result(app_db: AppDb) -> None:
+@pytest.mark.parametrize("ok", [True, False], ids=["synced", "failed"])
+def test_only_the_lease_holder_can_record_a_result(ok: bool, app_db: AppDb) -> None:
     from emailsync import db
     from emailsync.claims import Result, Store
     from emailsync.config import DatabaseConfig, SyncConfig, UsersConfig
@@ -211,8 +214,8 @@ def test_only_the_lease_holder_can_record_a_result(app_db: AppDb) -> None:
     [claim] = mine.claim(10)
     app_db.execute("UPDATE email_sync_user_state SET lease_owner = 'run-b'")  # our lease expired and was taken
 
-    mine.record([Result(claim, ok=True, duration_ms=5)])
+    mine.record([Result(claim, ok=ok, duration_ms=5, error=None if ok else "HTTP 500")])
 
     assert app_db.last_syncs()[1] is None
-    assert app_db.state(1).lease_owner == "run-b"
+    assert (app_db.state(1).lease_owner, app_db.state(1).failures, app_db.state(1).last_error) == ("run-b", 0, None)
     engine.dispose()
