@@ -190,12 +190,14 @@ class BenchDb:
         return admin(sql, *params, dbname=self.name)
 
     def reset(self) -> None:
-        """Everyone due again, email-sync's state empty, tables vacuumed: every run starts from the same data."""
+        """Everyone due again, email-sync's state empty, tables vacuumed, dirty pages flushed: every run starts
+        from the same data, and none pays for the previous run's writes."""
         self.sql("UPDATE users SET last_sync = NULL WHERE last_sync IS NOT NULL")
         if self.sql("SELECT to_regclass('email_sync_user_state')")[0][0]:
             self.sql("TRUNCATE email_sync_user_state, email_sync_runs")
             self.sql("VACUUM ANALYZE email_sync_user_state")
         self.sql("VACUUM ANALYZE users")
+        self.sql("CHECKPOINT")
 
     def xacts(self) -> tuple[int, int]:
         rows = admin("SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = %s", self.name)

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, text
+from sqlalchemy import BindParameter, Connection, Engine, bindparam, text
 
 from emailsync.config import SyncConfig, UsersConfig
 from emailsync.db import RUNS, STATE, dialect_of, with_retry
 from emailsync.logs import redact_and_truncate
 
 MAX_ERROR_CHARS = 500
+PAGE = 1000  # due users read per look at the app's table; each is claimed later, in small batches, by its id
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,14 @@ class Claim:
     key: str  # the id as text: our state table's key
     email: str
     failures: int  # consecutive failures before this attempt
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A due user as a page lists it: the id to look it up by, and the id as text, our state table's key."""
+
+    user_id: Any
+    key: str
 
 
 @dataclass(frozen=True)
@@ -65,14 +74,14 @@ class Store:
         self.email = f"u.{q(users.email_column)}"
         self.last_sync = f"u.{q(users.last_sync_column)}"
         self.set_last_sync = q(users.last_sync_column)
-        self.id_column = q(users.id_column)
         self.filter = f"AND ({users.filter})" if users.filter else ""
 
-    def due_from(self) -> str:
-        """FROM and WHERE of the due users: stale by the database clock, not in backoff, not leased by a live run."""
+    def due_from(self, only: str = "") -> str:
+        """FROM and WHERE of the due users: stale by the database clock, not in backoff, not leased by a live run.
+        ``only`` narrows the join to our state table, so a lookup of a few users can use its primary key."""
         d = self.d
         return f"""
-            FROM {self.table} AS u LEFT JOIN {STATE} AS s ON s.user_id = CAST({self.id} AS TEXT)
+            FROM {self.table} AS u LEFT JOIN {STATE} AS s ON s.user_id = CAST({self.id} AS TEXT) {only}
             WHERE {d.older_than(self.last_sync, "interval")}
               AND (s.user_id IS NULL OR (
                     (s.lease_owner IS NULL OR s.lease_until < {d.now})
@@ -93,19 +102,47 @@ class Store:
         )
         return int(count or 0)
 
-    def claim(self, limit: int) -> list[Claim]:
-        """Lease up to ``limit`` due users, oldest first. A retry after a dropped connection is safe: the failed
-        transaction took no lease."""
-        return with_retry(self.engine, lambda connection: self._claim(connection, limit))
+    @property
+    def page_query(self) -> str:
+        """The next due users, oldest first, unlocked: the candidates the next claims try. Without FOR UPDATE
+        PostgreSQL can keep only the first rows of its sort (a top-N sort) when the app index is missing."""
+        return (
+            f"SELECT {self.id} AS id, CAST({self.id} AS TEXT) AS key {self.due_from()} {self.oldest_first} LIMIT :limit"
+        )
 
-    def _claim(self, connection: Connection, limit: int) -> list[Claim]:
-        params = {"interval": self.sync.interval, "limit": limit, "owner": self.owner, "lease": self.sync.lease}
-        select = f"""
+    def next_page(self, limit: int) -> list[Candidate]:
+        """Up to ``limit`` due users: one look at the whole due set per page rather than per claim."""
+        rows = with_retry(
+            self.engine,
+            lambda connection: connection.execute(
+                text(self.page_query), {"interval": self.sync.interval, "limit": limit}
+            ).all(),
+        )
+        return [Candidate(_json_id(row.id), row.key) for row in rows]
+
+    def claim(self, candidates: Sequence[Candidate]) -> list[Claim]:
+        """Lease those of these users who are still due: a user another run took meanwhile is skipped. A retry
+        after a dropped connection is safe: the failed transaction took no lease."""
+        return with_retry(self.engine, lambda connection: self._claim(connection, candidates)) if candidates else []
+
+    @property
+    def claim_query(self) -> str:
+        """Which of the users ``:ids`` (``:keys`` as text) are still due: looked up by both primary keys."""
+        return f"""
             SELECT {self.id} AS id, {self.email} AS email, CAST({self.id} AS TEXT) AS key,
                    COALESCE(s.failures, 0) AS failures
-            {self.due_from()}
-            {self.oldest_first}
-            LIMIT :limit"""
+            {self.due_from("AND s.user_id IN :keys")} AND {self.id} IN :ids"""
+
+    def _claim(self, connection: Connection, candidates: Sequence[Candidate]) -> list[Claim]:
+        params = {
+            "interval": self.sync.interval,
+            "ids": [c.user_id for c in candidates],
+            "keys": [c.key for c in candidates],
+            "owner": self.owner,
+            "lease": self.sync.lease,
+        }
+        lists: tuple[BindParameter[Any], ...] = (bindparam("ids", expanding=True), bindparam("keys", expanding=True))
+        select = self.claim_query
         lease = f"""
             INSERT INTO {STATE} AS s (user_id, lease_owner, lease_until, failures, updated_at)
             {{rows}}
@@ -123,12 +160,12 @@ class Store:
                     WITH due AS ({select} FOR UPDATE OF u SKIP LOCKED),
                     claimed AS ({lease.format(rows=leases)} RETURNING user_id)
                     SELECT due.id, due.email, due.key, due.failures
-                    FROM due JOIN claimed ON claimed.user_id = due.key"""),
+                    FROM due JOIN claimed ON claimed.user_id = due.key""").bindparams(*lists),
                 params,
             ).all()
         else:
             # SQLite: the transaction began with BEGIN IMMEDIATE, so nobody else writes until we commit.
-            rows = connection.execute(text(select), params).all()
+            rows = connection.execute(text(select).bindparams(*lists), params).all()
             if rows:
                 values = f"VALUES (:key, :owner, {self.d.shifted(':lease')}, 0, {self.d.now})"
                 connection.execute(
@@ -206,7 +243,7 @@ class Store:
             still_held = f"SELECT user_id FROM {STATE} WHERE user_id IN :keys AND lease_owner = :owner"
             connection.execute(
                 text(f"""UPDATE {self.table} AS u SET {self.set_last_sync} = {d.now}
-                         WHERE {self.id} IN :ids AND CAST({self.id} AS TEXT) IN ({still_held})""").bindparams(
+                         WHERE {self.id} IN :ids AND {d.among(f"CAST({self.id} AS TEXT)", still_held)}""").bindparams(
                     bindparam("ids", expanding=True), bindparam("keys", expanding=True)
                 ),
                 {"ids": [r.claim.user_id for r in synced], "keys": [r.claim.key for r in synced], "owner": self.owner},
@@ -296,3 +333,38 @@ class Store:
                 },
             ),
         )
+
+
+@dataclass
+class DuePages:
+    """Claims due users page by page: one look at the whole due set per page, then claims by id, which the primary
+    key serves, so a missing app index costs a scan per thousand users rather than per claim.
+
+    A page is only a list of candidates. Each page is shuffled, so runs on several hosts reading the same page
+    do not all try the same users first; oldest first still holds from page to page. The run is done when a page
+    comes back empty, or when a whole page yielded nobody (other runs took or locked them all).
+    """
+
+    store: Store
+    size: int  # at most max_users_per_run: a run that may take only a few takes the oldest
+    page: list[Candidate] = field(default_factory=list)
+    page_yielded: bool = True  # whether the current page gave us anyone (True before the first page)
+    done: bool = False
+
+    def claim(self, limit: int) -> list[Claim]:
+        while not self.done and limit > 0:
+            if not self.page:
+                self._turn_page()
+                continue
+            candidates, self.page = self.page[:limit], self.page[limit:]
+            claims = self.store.claim(candidates)
+            if claims:
+                self.page_yielded = True
+                return claims
+        return []
+
+    def _turn_page(self) -> None:
+        self.page = self.store.next_page(self.size) if self.page_yielded else []
+        random.shuffle(self.page)
+        self.page_yielded = False
+        self.done = not self.page

@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 
 from emailsync import backend, db, metrics, status
 from emailsync.backend import CallPool, Client, Kind, Outcome
-from emailsync.claims import Claim, Result, RunCounts, Store
+from emailsync.claims import PAGE, Claim, DuePages, Result, RunCounts, Store
 from emailsync.config import Config
 from emailsync.errors import (
     CircuitOpen,
@@ -207,7 +207,7 @@ class Cycle:
         self.to_record: list[Result] = []
         self.to_release: list[Claim] = []
         self.claimed = 0
-        self.no_more_due = False
+        self.due = DuePages(store, min(PAGE, config.sync.max_users_per_run))
         self.failing_in_a_row = 0
         self.verdict = Verdict(config.sync.endpoint_probe, config.backend.sync_url)
         self.client = Client(config.backend, config.sync.max_emails, store.owner, stop, self._attempt_done)
@@ -251,22 +251,20 @@ class Cycle:
         self._flush()
 
     def _done_claiming(self) -> bool:
-        return self.no_more_due or self.stop.is_set() or self.claimed >= self.config.sync.max_users_per_run
+        return self.due.done or self.stop.is_set() or self.claimed >= self.config.sync.max_users_per_run
 
     def _claim_more(self, pool: CallPool) -> None:
-        """Claim when the queue runs low, up to two claims per thread in flight (one running, one queued): enough
-        to stay busy, a claim round trip per `concurrency` users at least, and no lease waiting in the queue
-        longer than one call, which is what sync.lease >= 2 x the longest call covers."""
+        """Keep at least half a call per thread queued, and at most one: claim when the queue falls below half
+        full, before it runs dry, so the threads do not wait out the claim's round trip; and no lease waits in
+        the queue longer than one call, which is what sync.lease >= 2 x the longest call covers."""
         concurrency = self.config.backend.concurrency
-        if len(self.in_flight) > concurrency:
+        if len(self.in_flight) > concurrency + concurrency // 2:
             return
         room = 2 * concurrency - len(self.in_flight)
-        claims = self.store.claim(
+        claims = self.due.claim(
             min(self.config.sync.batch_size, room, self.config.sync.max_users_per_run - self.claimed)
         )
         self.claimed += len(claims)
-        # Fewer than asked is no sign of the end: rows another run holds are skipped. Only nothing is.
-        self.no_more_due = not claims
         for claim in claims:
             self.in_flight[claim.key] = claim
             pool.submit(claim)

@@ -211,7 +211,7 @@ def test_only_the_lease_holder_can_record_a_result(ok: bool, app_db: AppDb) -> N
     users = UsersConfig("users", "id", "email", "last_sync", "")
     sync = SyncConfig(3600, 100, 50, 10, 600, 5, "host", 300, 86400, 20, 3)
     mine = Store(engine, users, sync, "run-a")
-    [claim] = mine.claim(10)
+    [claim] = mine.claim(mine.next_page(10))
     app_db.execute("UPDATE email_sync_user_state SET lease_owner = 'run-b'")  # our lease expired and was taken
 
     mine.record([Result(claim, ok=ok, duration_ms=5, error=None if ok else "HTTP 500")])

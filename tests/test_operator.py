@@ -143,9 +143,10 @@ def test_check_warns_until_the_printed_app_index_exists(pg: AppDb, backend: Back
     assert "✔ app index" in email_sync("check").stdout
 
 
-def test_the_app_index_serves_the_due_query_at_a_million_users(
-    pg: AppDb, backend: Backend, email_sync: EmailSync
-) -> None:
+def test_the_due_queries_use_indexes_at_a_million_users(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    """Reading a page of due users takes the printed app index; claiming them takes the app's primary key."""
+    from sqlalchemy import bindparam, text
+
     from emailsync import config, db
     from emailsync.claims import Store
 
@@ -162,12 +163,16 @@ def test_the_app_index_serves_the_due_query_at_a_million_users(
     pg.execute("ANALYZE users")
     loaded = config.load(str(email_sync.config_path), {})
     store = Store(pg.engine, loaded.users, loaded.sync, "explain")
-    due = f"SELECT {store.id} {store.due_from()} {store.oldest_first} LIMIT 100"
 
-    plan = "\n".join(row[0] for row in pg.rows(f"EXPLAIN {due}", interval=3600.0))
+    page_plan = "\n".join(row[0] for row in pg.rows(f"EXPLAIN {store.page_query}", interval=3600.0, limit=1000))
+    with pg.engine.begin() as connection:
+        lists = (bindparam("ids", expanding=True), bindparam("keys", expanding=True))
+        claim = text(f"EXPLAIN {store.claim_query}").bindparams(*lists)
+        rows = connection.execute(claim, {"interval": 3600.0, "ids": [7, 1000, 2000], "keys": ["7", "1000", "2000"]})
+        claim_plan = "\n".join(row[0] for row in rows)
 
-    assert "users_last_sync_email_sync_idx" in plan, plan
-    assert db.STATE in plan
+    assert "users_last_sync_email_sync_idx" in page_plan and db.STATE in page_plan, page_plan
+    assert "users_pkey" in claim_plan and f"{db.STATE}_pkey" in claim_plan and "Seq Scan" not in claim_plan, claim_plan
 
 
 def test_sync_user_by_id_or_email_ignores_interval_and_backoff(
