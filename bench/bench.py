@@ -349,7 +349,7 @@ def email_sync_run(
     started = time.monotonic()
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [*(wrap or []), *email_sync_command(), "--config", str(config), "run"],
+            [*(wrap or []), str(EMAIL_SYNC), "--config", str(config), "run"],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=clean_env(),
@@ -437,15 +437,6 @@ def email_sync_run(
         problems.append(f"backend got {backend_calls} calls for {synced} synced users")
     result["problems"] = problems
     return result
-
-
-WHATIF: list[str] = []  # --whatif: run email-sync through bench/whatif.py with these patches
-
-
-def email_sync_command() -> list[str]:
-    if WHATIF:
-        return [str(PYTHON), str(HERE / "whatif.py"), "--patches", ",".join(WHATIF), "--"]
-    return [str(EMAIL_SYNC)]
 
 
 def wait_for_grandchild(pid: int, timeout: float = 10.0) -> int:
@@ -833,11 +824,6 @@ def main() -> int:
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the baseline runs")
     parser.add_argument("--no-info", action="store_true", help="skip the extra logging.level=info run of c")
-    parser.add_argument(
-        "--whatif",
-        default=os.environ.get("BENCH_WHATIF", ""),
-        help="measure email-sync with candidate changes patched in (bench/whatif.py: feed, noping)",
-    )
     parser.add_argument("--out", default=os.environ.get("BENCH_OUT", ""), help="JSON path (default bench/results/)")
     args = parser.parse_args()
     if args.repeats is None:
@@ -845,7 +831,6 @@ def main() -> int:
     args.repeats = max(1, min(args.repeats, 20))
     args.rss_repeats = max(1, min(args.rss_repeats, 20))
     wanted = {w.strip() for w in args.only.split(",") if w.strip()}
-    WHATIF[:] = [w.strip() for w in args.whatif.split(",") if w.strip()]
     if "d" in wanted:
         wanted |= {"d10k", "d100k"}
     if not EMAIL_SYNC.exists():
@@ -856,8 +841,6 @@ def main() -> int:
     out_path = Path(args.out) if args.out else HERE / "results" / f"{stamp}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     facts = machine_facts()
-    if WHATIF:
-        print(f"WHAT-IF run: email-sync with bench/whatif.py patches {WHATIF} (not the code as it is)", flush=True)
     print(
         f"machine: {facts['nproc']} CPUs ({facts['cpu_model']}), {facts['python']}, "
         f"{facts['postgresql'].split(' on ')[0]}; email-sync {facts['git_head']}"

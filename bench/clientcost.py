@@ -1,6 +1,6 @@
 """CPU per request of the HTTP client styles email-sync could use, one thread, keep-alive, against bench/backend.py
-at latency 0: what `Client._attempt` costs today (requests.Session.post, stream=True, raw.read) versus urllib3's
-HTTPConnectionPool.urlopen and http.client directly. Answers "how much would leaving requests save" with numbers.
+at latency 0: requests.Session.post (stream=True, raw.read: what `Client._attempt` used until issue 6), urllib3's
+HTTPConnectionPool.urlopen (what backend.Session uses now) and http.client. The numbers behind leaving requests.
 
     .venv/bin/python bench/clientcost.py [--requests 3000]
 """
@@ -97,7 +97,7 @@ def main() -> None:
     try:
         port = int(backend.stdout.readline())  # type: ignore[union-attr]
         for name, fn in (
-            ("requests.Session.post (today)", with_requests),
+            ("requests.Session.post (until issue 6)", with_requests),
             ("urllib3 urlopen", with_urllib3),
             ("http.client", with_http_client),
         ):
