@@ -96,7 +96,7 @@ class Session:
     """One kept-alive connection to the backend, for one thread at a time.
 
     urllib3 itself rather than requests on top of it: requests' per-call machinery (cookies, hooks, environment
-    merging, its response object) was 60 % of the CPU of a call, and we use none of it (issue 6's profile).
+    merging, its response object) was half the CPU of a call or more (bench/clientcost.py), and we use none of it.
     No proxies from the environment, no .netrc, no redirects, no retries of urllib3's own: the Authorization
     header only ever goes to the configured backend, and retries are ours.
     """
@@ -139,13 +139,13 @@ class Session:
             raise CallFailed(None, _describe(failure)) from None
         try:
             answer = response.read(MAX_BODY + 1)
+            if len(answer) > MAX_BODY:  # the rest is still on the wire: this connection cannot carry another call
+                response.close()
         except (urllib3.exceptions.HTTPError, OSError) as failure:
             response.close()
             raise CallFailed(response.status, f"reading the answer: {_describe(failure)}") from None
         finally:
             response.release_conn()
-        if len(answer) > MAX_BODY:  # the rest is still on the wire: this connection cannot carry another call
-            response.close()
         return Reply(response.status, response.headers, answer)
 
 

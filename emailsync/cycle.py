@@ -254,11 +254,11 @@ class Cycle:
         return self.due.done or self.stop.is_set() or self.claimed >= self.config.sync.max_users_per_run
 
     def _claim_more(self, pool: CallPool) -> None:
-        """Keep at least half a call per thread queued, and at most one: claim when the queue falls below half
-        full, before it runs dry, so the threads do not wait out the claim's round trip; and no lease waits in
-        the queue longer than one call, which is what sync.lease >= 2 x the longest call covers."""
+        """Claim when the queue runs low, up to two claims per thread in flight (one running, one queued): enough
+        to stay busy, a claim round trip per `concurrency` users at least, and no lease waiting in the queue
+        longer than one call, which is what sync.lease >= 2 x the longest call covers."""
         concurrency = self.config.backend.concurrency
-        if len(self.in_flight) > concurrency + concurrency // 2:
+        if len(self.in_flight) > concurrency:
             return
         room = 2 * concurrency - len(self.in_flight)
         claims = self.due.claim(

@@ -115,7 +115,7 @@ def test_results_are_written_in_batches_not_a_commit_per_user(
         event.remove(Engine, "commit", count)
 
     assert pg.synced_ids() == set(range(1, 201))
-    assert len(commits) < 200 / 3  # claims of 4 or more (half the concurrency), results in batches of 50
+    assert len(commits) < 200 / 4
 
 
 def test_a_thousand_due_users_are_each_synced_once_and_a_second_run_finds_none(
