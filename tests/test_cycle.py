@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Callable, Iterator
 
+import pytest
+from sqlalchemy import text
+
+from emailsync.claims import DuePages, Result, Store
 from tests.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 
@@ -200,17 +204,32 @@ def test_users_filter_limits_who_is_synced(app_db: AppDb, backend: Backend, emai
     assert app_db.synced_ids() == {2, 4}
 
 
-@pytest.mark.parametrize("ok", [True, False], ids=["synced", "failed"])
-def test_only_the_lease_holder_can_record_a_result(ok: bool, app_db: AppDb) -> None:
+def _stores(url: str) -> Iterator[Callable[[str], Store]]:
+    """The claims store of a run with the given id, on one engine, as `email-sync run` would have it."""
     from emailsync import db
-    from emailsync.claims import Result, Store
     from emailsync.config import DatabaseConfig, SyncConfig, UsersConfig
 
-    app_db.add_users(1)
-    engine = db.connect(DatabaseConfig(url=app_db.url, connect_timeout=5, statement_timeout=30))
+    engine = db.connect(DatabaseConfig(url=url, connect_timeout=5, statement_timeout=30))
     users = UsersConfig("users", "id", "email", "last_sync", "")
     sync = SyncConfig(3600, 100, 50, 10, 600, 5, "host", 300, 86400, 20, 3)
-    mine = Store(engine, users, sync, "run-a")
+    yield lambda run_id: Store(engine, users, sync, run_id)
+    engine.dispose()
+
+
+@pytest.fixture
+def store_of(app_db: AppDb) -> Iterator[Callable[[str], Store]]:
+    yield from _stores(app_db.url)
+
+
+@pytest.fixture
+def pg_store_of(pg: AppDb) -> Iterator[Callable[[str], Store]]:
+    yield from _stores(pg.url)
+
+
+@pytest.mark.parametrize("ok", [True, False], ids=["synced", "failed"])
+def test_only_the_lease_holder_can_record_a_result(ok: bool, app_db: AppDb, store_of: Callable[[str], Store]) -> None:
+    app_db.add_users(1)
+    mine = store_of("run-a")
     [claim] = mine.claim(mine.next_page(10))
     app_db.execute("UPDATE email_sync_user_state SET lease_owner = 'run-b'")  # our lease expired and was taken
 
@@ -218,4 +237,37 @@ def test_only_the_lease_holder_can_record_a_result(ok: bool, app_db: AppDb) -> N
 
     assert app_db.last_syncs()[1] is None
     assert (app_db.state(1).lease_owner, app_db.state(1).failures, app_db.state(1).last_error) == ("run-b", 0, None)
-    engine.dispose()
+
+
+def test_users_another_run_took_from_our_page_are_skipped(app_db: AppDb, store_of: Callable[[str], Store]) -> None:
+    app_db.add_users(10)
+    ours, theirs = DuePages(store_of("run-a"), 1000), store_of("run-b")
+    first = ours.claim(2)  # reads the page of all 10
+    taken = theirs.claim(theirs.next_page(5))
+
+    rest = ours.claim(10)
+
+    assert len(first) == 2 and len(taken) == 5 and len(rest) == 3
+    assert {c.key for c in first + rest}.isdisjoint(c.key for c in taken)
+
+
+def test_a_run_is_done_when_another_run_took_everyone_left(app_db: AppDb, store_of: Callable[[str], Store]) -> None:
+    app_db.add_users(10)
+    ours, theirs = DuePages(store_of("run-a"), 5), store_of("run-b")
+    assert len(ours.claim(1)) == 1  # our page: the 5 oldest
+    theirs.claim(theirs.next_page(1000))  # the other run takes all 9 left, our page's 4 among them
+
+    assert ours.claim(5) == [] and ours.done
+
+
+def test_a_run_ends_when_every_due_user_is_locked_rather_than_spinning(
+    pg: AppDb, pg_store_of: Callable[[str], Store]
+) -> None:
+    """Rows locked by another transaction look due to a page but are skipped by every claim: a page that yields
+    nobody ends the run (the next timer tick tries again) instead of reading the same page forever."""
+    pg.add_users(10)
+    ours = DuePages(pg_store_of("run-a"), 1000)
+    with pg.engine.connect() as app, app.begin():
+        app.execute(text("SELECT id FROM users FOR UPDATE"))
+
+        assert ours.claim(5) == [] and ours.done
