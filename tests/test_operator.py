@@ -308,6 +308,35 @@ def test_alert_posts_the_failed_units_facts_to_the_webhook(
     assert call.json["host"] and isinstance(call.json["log"], list)
 
 
+def test_alert_webhook_goes_through_the_environments_proxy(
+    pg: AppDb, email_sync: EmailSync, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Backend(sync_path="/hooks/email-sync") as hook, Backend(sync_path="/hooks/email-sync") as proxy:
+        monkeypatch.setenv("http_proxy", proxy.base_url)
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        email_sync.configure(pg, hook, alert={"webhook_url": hook.base_url + "/hooks/email-sync"})
+        result = email_sync("alert", "email-sync.service")
+        [call] = proxy.sync_calls()
+
+        assert hook.sync_calls() == []
+    assert result.code == EXIT_OK
+    assert call.path == hook.base_url + "/hooks/email-sync"  # the absolute form a proxy gets
+
+
+def test_alert_webhook_skips_the_proxy_for_no_proxy_hosts(
+    pg: AppDb, email_sync: EmailSync, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Backend(sync_path="/hooks/email-sync") as hook, Backend(sync_path="/hooks/email-sync") as proxy:
+        monkeypatch.setenv("http_proxy", proxy.base_url)
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        email_sync.configure(pg, hook, alert={"webhook_url": hook.base_url + "/hooks/email-sync"})
+        result = email_sync("alert", "email-sync.service")
+
+        assert proxy.requests() == [] and len(hook.sync_calls()) == 1
+    assert result.code == EXIT_OK
+
+
 def test_alert_runs_the_command_with_the_alert_on_stdin(
     pg: AppDb, backend: Backend, email_sync: EmailSync, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
