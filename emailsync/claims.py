@@ -229,13 +229,14 @@ class Store:
         )
 
     def record(self, results: Sequence[Result]) -> None:
-        """Write a batch of results in one transaction, retried once on a fresh connection."""
+        """Write a batch of results in one transaction, retried on a fresh connection while the database is away."""
         if results:
             with_retry(self.engine, lambda connection: self._record(connection, results))
 
     def _record(self, connection: Connection, results: Sequence[Result]) -> None:
-        """Three statements at most, whatever the batch's size: last_sync of the synced users whose lease we still
-        hold (the app's row first, as a claim locks it), then their state, then the failed users' state."""
+        """Three statements at most, whatever the batch's size (Debian's SQLite takes 250,000 parameters; a batch
+        of sync.batch_size's maximum, 10,000 failures, needs 40,000): last_sync of the synced users whose lease we
+        still hold (the app's row first, as a claim locks it), then their state, then the failed users' state."""
         d = self.d
         synced = [r for r in results if r.ok]
         failed = [r for r in results if not r.ok]

@@ -239,6 +239,19 @@ def test_only_the_lease_holder_can_record_a_result(ok: bool, app_db: AppDb, stor
     assert (app_db.state(1).lease_owner, app_db.state(1).failures, app_db.state(1).last_error) == ("run-b", 0, None)
 
 
+def test_a_batch_of_the_largest_configurable_size_is_recorded(
+    app_db: AppDb, store_of: Callable[[str], Store]
+) -> None:
+    app_db.add_users(10_000)  # sync.batch_size's maximum
+    store = store_of("run-a")
+    claims = store.claim(store.next_page(10_000))
+
+    store.record([Result(claim, ok=False, duration_ms=5, error="HTTP 500") for claim in claims])
+
+    assert len(claims) == 10_000
+    assert app_db.rows("SELECT count(*) FROM email_sync_user_state WHERE failures = 1")[0][0] == 10_000
+
+
 def test_users_another_run_took_from_our_page_are_skipped(app_db: AppDb, store_of: Callable[[str], Store]) -> None:
     app_db.add_users(10)
     ours, theirs = DuePages(store_of("run-a"), 1000), store_of("run-b")
