@@ -42,8 +42,9 @@ clean:
 bench: venv
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
-# Debian package: dist/email-sync_<version>_<arch>.deb built in a clean Debian 12 chroot (root; caches under
-# /var/cache/email-sync-build), and its proofs: lintian, piuparts, a booted container, a reproducible rebuild.
+# Debian package: dist/email-sync_<version>_<arch>.deb and its source package (.dsc, orig tarballs with the wheels),
+# built in a clean Debian 12 chroot (root; caches under /var/cache/email-sync-build), and its proofs: lintian,
+# piuparts, a booted container, a rebuild from the source package alone to the same bytes.
 .PHONY: deb deb-test
 deb:
 	packaging/deb-build.sh

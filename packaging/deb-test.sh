@@ -8,7 +8,7 @@
 #   boot      in a booted Debian 12 container: apt install ./*.deb, nothing enabled; configure against the host's
 #             PostgreSQL and a test backend; migrate; enable --now the timer; a run succeeds and syncs everyone;
 #             the system python3 cannot import the venv's packages; dpkg -r, dpkg -P leave nothing behind
-#   repro     a second build of the same tree gives the same .deb bytes
+#   repro     a rebuild from the source package alone (.dsc, tarballs) gives the same .deb bytes
 #
 # Root; caches under /var/cache/email-sync-build (shared with deb-build.sh). Everything started here (containers,
 # the backend, the database, work directories) is stopped and removed on exit, failure or not. Nothing is ever
@@ -269,12 +269,12 @@ if want repro; then
             || { tail -20 "$WORK/repro1.log" >&2; die "first build"; }
         FIRST=$WORK/repro1/$(basename "$DEB")
     fi
-    log "a second build of the same tree, to compare the bytes"
-    "$ROOT/packaging/deb-build.sh" --from "$SNAP" --out "$WORK/repro" >"$WORK/repro.log" 2>&1 \
-        || { tail -20 "$WORK/repro.log" >&2; die "second build"; }
+    log "a second build from that build's source package alone (.dsc and tarballs, offline), to compare the bytes"
+    "$ROOT/packaging/deb-build.sh" --dsc "$(dirname "$FIRST")/email-sync_$DEB_VERSION.dsc" --out "$WORK/repro" \
+        >"$WORK/repro.log" 2>&1 || { tail -20 "$WORK/repro.log" >&2; die "the build from the source package"; }
     SECOND=$WORK/repro/$(basename "$DEB")
     if cmp -s "$FIRST" "$SECOND"; then
-        log "reproducible: both builds are sha256 $(sha256sum <"$FIRST" | cut -c1-64)"
+        log "reproducible from the source package: both builds are sha256 $(sha256sum <"$FIRST" | cut -c1-64)"
     else
         mkdir -p "$WORK/a" "$WORK/b"
         dpkg-deb -R "$FIRST" "$WORK/a"; dpkg-deb -R "$SECOND" "$WORK/b"
