@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make deb: build email-sync_<version>_<arch>.deb (+ .changes, .buildinfo) in a clean Debian 12 chroot.
+# make deb: build email-sync_<version>_<arch>.deb (+ .changes, .buildinfo) and its source package (.dsc, orig
+# tarballs) in a clean Debian 12 chroot.
 #
 #   packaging/deb-build.sh [--version 0.0.9-1] [--out DIR]
 #   packaging/deb-build.sh --dsc dist/email-sync_0.1.0-1.dsc [--out DIR]
