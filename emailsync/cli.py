@@ -1,6 +1,6 @@
 """The ``email-sync`` command, and the one place where failures become exit codes.
 
-Heavy modules (SQLAlchemy, requests, structlog) are imported inside the commands, so ``--version`` and ``--help``
+Heavy modules (SQLAlchemy, urllib3, structlog) are imported inside the commands, so ``--version`` and ``--help``
 answer at once.
 """
 
