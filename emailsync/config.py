@@ -28,6 +28,7 @@ CREDSTORE = "/etc/credstore"  # where email-sync.service's LoadCredential= finds
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
+_TIMEZONE = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 # Longer is a typo, and past it the waits and timeouts built from a duration overflow (int(inf), Event.wait).
 MAX_DURATION = 365 * 86400.0
@@ -127,6 +128,14 @@ def _identifier(value: Any) -> str:
     return text
 
 
+def _timezone(value: Any) -> str:
+    """An IANA zone name like UTC or Europe/Berlin; whether the database knows it is checked on connecting."""
+    text = _text(value).strip()
+    if not _TIMEZONE.fullmatch(text):
+        raise _Invalid(f"must be a time zone name like UTC or America/New_York, got {text!r}")
+    return text
+
+
 def _path(value: Any) -> str:
     text = _text(value)
     if not text.startswith("/") or any(c in text for c in "?# "):
@@ -200,6 +209,13 @@ KEYS: tuple[Key, ...] = (
     Key(
         "users", "last_sync_column", _identifier, "last_sync", "Its last-sync timestamp column (the only one we write)."
     ),
+    Key(
+        "users",
+        "last_sync_timezone",
+        _timezone,
+        "UTC",
+        "The zone the app writes a timestamp-without-time-zone last_sync in (timestamptz needs nothing).",
+    ),
     Key("users", "filter", _text, "", 'Optional SQL condition selecting active users, e.g. "active AND NOT deleted".'),
     Key(
         "sync", "interval", parse_duration, 3600.0, "A user is due when last_sync is older than this (database clock)."
@@ -265,6 +281,8 @@ class DatabaseConfig:
     url: str
     connect_timeout: float
     statement_timeout: float
+    timezone: str = "UTC"  # users.last_sync_timezone: every transaction runs in it, whatever the server's default
+    url_from: str = "database.url"  # where the URL came from, for an error that must name it but not show it
 
 
 @dataclass(frozen=True)
@@ -273,6 +291,7 @@ class UsersConfig:
     id_column: str
     email_column: str
     last_sync_column: str
+    last_sync_timezone: str
     filter: str
 
 
@@ -446,7 +465,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _build(path: str, v: dict[str, Any], env: Mapping[str, str], need_database: bool) -> Config:
     warnings: list[str] = []
-    database_url = _secret(
+    database_url, database_url_from = _secret(
         path,
         env,
         DATABASE_URL_CREDENTIAL,
@@ -457,11 +476,15 @@ def _build(path: str, v: dict[str, Any], env: Mapping[str, str], need_database: 
     )
     if database_url:
         _check_database_url(path, database_url)
+        if database_url.startswith("sqlite") and v["users.last_sync_timezone"].upper() != "UTC":
+            raise ConfigError(
+                f"{path}: users.last_sync_timezone must be UTC on SQLite, whose text timestamps carry no zone"
+            )
     elif need_database:
         raise ConfigError(
             f"{path}: database.url is required (or database.url_file, or the {DATABASE_URL_CREDENTIAL} credential)"
         )
-    token = _secret(path, env, BACKEND_TOKEN_CREDENTIAL, v["backend.token_file"], "backend.token_file", "", warnings)
+    token, _ = _secret(path, env, BACKEND_TOKEN_CREDENTIAL, v["backend.token_file"], "backend.token_file", "", warnings)
     ca_file = v["backend.ca_file"] or None
     if ca_file is not None and not os.access(ca_file, os.R_OK):
         raise ConfigError(f"{path}: backend.ca_file: cannot read {ca_file}")
@@ -474,7 +497,14 @@ def _build(path: str, v: dict[str, Any], env: Mapping[str, str], need_database: 
         )
     return Config(
         source=path,
-        database=_section(DatabaseConfig, "database", v, url=database_url),
+        database=_section(
+            DatabaseConfig,
+            "database",
+            v,
+            url=database_url,
+            timezone=v["users.last_sync_timezone"],
+            url_from=database_url_from,
+        ),
         users=_section(UsersConfig, "users", v, filter=v["users.filter"].strip()),
         sync=sync,
         backend=backend,
@@ -500,23 +530,27 @@ def _section(cls: type[T], section: str, v: dict[str, Any], **derived: Any) -> T
 
 def _secret(
     path: str, env: Mapping[str, str], credential: str, file: str, file_key: str, inline: str, warnings: list[str]
-) -> str:
-    """A secret from the systemd credential, else the *_file key, else the inline value.
+) -> tuple[str, str]:
+    """A secret from the systemd credential, else the *_file key, else the inline value; and where it came from,
+    for an error that must name its source without showing it.
 
     Outside the unit (root running `email-sync migrate` or `check`), the credential's source file in the
     credstore stands in for it, so the operator's commands see the same secrets as the service.
     """
     credentials = env.get("CREDENTIALS_DIRECTORY")
     if credentials and Path(credentials, credential).exists():
-        return _read_secret(Path(credentials, credential), f"{path}: credential {credential}", warnings)
+        where = f"credential {credential}"
+        return _read_secret(Path(credentials, credential), f"{path}: {where}", warnings), where
     stored = Path(CREDSTORE, f"email-sync.{credential}")
     if not credentials and not file and not inline and os.access(stored, os.R_OK):
-        return _read_secret(stored, f"{path}: credential {credential} ({stored})", warnings)
+        where = f"credential {credential} ({stored})"
+        return _read_secret(stored, f"{path}: {where}", warnings), where
+    inline_key = file_key.removesuffix("_file")
     if file:
         if inline:
-            raise ConfigError(f"{path}: set either {file_key} or {file_key.removesuffix('_file')}, not both")
-        return _read_secret(Path(file), f"{path}: {file_key}", warnings)
-    return inline
+            raise ConfigError(f"{path}: set either {file_key} or {inline_key}, not both")
+        return _read_secret(Path(file), f"{path}: {file_key}", warnings), f"{file_key} ({file})"
+    return inline, inline_key
 
 
 def _read_secret(file: Path, what: str, warnings: list[str]) -> str:

@@ -14,17 +14,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from emailsync.config import DatabaseConfig, UsersConfig
+from emailsync.db_failures import classify, describe
 from emailsync.errors import ConfigError, DatabaseUnavailable, SchemaError
-from emailsync.logs import redact
 
 SCHEMA_VERSION = 1
 STATE = "email_sync_user_state"
 RUNS = "email_sync_runs"
 VERSION_TABLE = "email_sync_schema"
+URL_FROM = "email_sync_url_from"  # an execution option: where the URL came from, for errors that name it
 
 T = TypeVar("T")
 
@@ -94,21 +95,30 @@ def connect(config: DatabaseConfig) -> Engine:
     No pool pre-ping: a run is one short process, and with_retry already retries a transaction whose connection
     turns out to be dead; a ping would cost a round trip before every transaction.
     """
-    url = driver_url(config.url)
-    if url.startswith("postgresql"):
-        timeout_ms = int(config.statement_timeout * 1000)
-        return create_engine(
+    try:
+        url = make_url(driver_url(config.url))
+    except (ArgumentError, ValueError):  # their messages quote the URL, password included
+        raise ConfigError(
+            f"{config.url_from}: not a valid database URL (not shown here); "
+            "percent-encode @ : / % in the user name and password"
+        ) from None
+    options = {URL_FROM: config.url_from}
+    if url.drivername.startswith("postgresql"):
+        engine = create_engine(
             url,
             pool_size=2,
             max_overflow=2,
             executemany_mode="values_plus_batch",
+            # Nothing in the startup packet but what every pooler passes on: PgBouncer refuses `options`.
             connect_args={
                 "connect_timeout": max(1, math.ceil(config.connect_timeout)),
                 "application_name": "email-sync",
-                "options": f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms} -c timezone=UTC",
             },
+            execution_options=options,
         )
-    engine = create_engine(url, connect_args={"timeout": config.statement_timeout})
+        _settings_in_every_transaction(engine, config)
+        return engine
+    engine = create_engine(url, connect_args={"timeout": config.statement_timeout}, execution_options=options)
 
     # pysqlite opens transactions lazily and only for writes; a claim must read and write in one write
     # transaction, so take the write lock at BEGIN.
@@ -123,25 +133,37 @@ def connect(config: DatabaseConfig) -> Engine:
     return engine
 
 
+def _settings_in_every_transaction(engine: Engine, config: DatabaseConfig) -> None:
+    """Timeouts and the time zone, set for each transaction rather than the session: a transaction pooler
+    (PgBouncer) hands every transaction a server connection of its own, whose session settings are someone
+    else's. The time zone decides how a naive last_sync column is read and written; timestamptz needs none."""
+    settings = {"timeout": str(int(config.statement_timeout * 1000)), "zone": config.timezone}
+
+    @event.listens_for(engine, "begin")
+    def _set_local(connection: Connection) -> None:
+        connection.exec_driver_sql(
+            "SELECT set_config('statement_timeout', %(timeout)s, true), set_config('lock_timeout', %(timeout)s, true),"
+            " set_config('TimeZone', %(zone)s, true)",
+            settings,
+        )
+
+
 def dialect_of(engine: Engine) -> Dialect:
     return Dialect(engine.dialect.name)
 
 
-def describe(error: SQLAlchemyError) -> str:
-    """The driver's message, first line, redacted: never the statement or its parameters (emails)."""
-    original = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
-    message = str(original).strip().splitlines()
-    return redact(message[0] if message else type(original).__name__)
-
-
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Connection]:
-    """A transaction whose connection-level failures become DatabaseUnavailable (exit 75)."""
+    """A transaction whose database failures become the error they mean: ConfigError (exit 78) for what the
+    operator must fix, DatabaseUnavailable (75) for what the next tick may not meet. See db_failures."""
     try:
         with engine.begin() as connection:
             yield connection
-    except OperationalError as error:
-        raise DatabaseUnavailable(f"database unavailable: {describe(error)}") from None
+    except DBAPIError as error:
+        failure = classify(error, engine.get_execution_options().get(URL_FROM, "database.url"))
+        if failure is None:
+            raise
+        raise failure from None
 
 
 RETRY_DELAYS = (0.0, 0.5, 1.5, 3.0)  # seconds before each try: rides out a dropped connection or a quick restart

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +71,19 @@ class Status:
         return {**asdict(self), "healthy": self.healthy}
 
 
+def _utc(moment: datetime | str) -> str:
+    """PostgreSQL hands timestamptz over in the transaction's zone (the app's last_sync zone): show UTC, as the
+    log does. SQLite's are UTC text already."""
+    return str(moment.astimezone(UTC) if isinstance(moment, datetime) else moment)
+
+
 def gather(engine: Engine, config: Config) -> Status:
     d = dialect_of(engine)
     with transaction(engine) as connection:
         version = schema_version(connection)
         runs = [
             RunRow(
-                str(row.started_at),
+                _utc(row.started_at),
                 row.host,
                 row.due,
                 row.synced,

@@ -21,6 +21,7 @@ from sqlalchemy.pool import NullPool
 from emailsync import cli, db
 from emailsync.config import DatabaseConfig
 from tests.backend import Backend
+from tests.pgbouncer import PgBouncer
 
 ADMIN_URL = db.driver_url(
     os.environ.get("EMAIL_SYNC_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -296,3 +297,16 @@ class EmailSync:
 @pytest.fixture
 def email_sync(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> EmailSync:
     return EmailSync(tmp_path, capsys)
+
+
+@pytest.fixture(scope="session", params=["transaction", "session"])
+def pgbouncer(request: pytest.FixtureRequest, pg_server_url: str) -> Iterator[PgBouncer]:
+    """Debian's PgBouncer with its default settings in front of the test PostgreSQL, in each pool mode."""
+    with PgBouncer(pg_server_url, pool_mode=request.param) as bouncer:
+        yield bouncer
+
+
+@pytest.fixture
+def pooled(pg: AppDb, pgbouncer: PgBouncer) -> AppDb:
+    """The app's PostgreSQL database as email-sync reaches it through PgBouncer; the test itself goes direct."""
+    return AppDb(pgbouncer.url(pg.engine.url.database or ""), pg.engine)

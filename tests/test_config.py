@@ -322,6 +322,7 @@ ENV_SAMPLES = {
     "users.id_column": ("pk", "pk"),
     "users.email_column": ("mail", "mail"),
     "users.last_sync_column": ("synced_at", "synced_at"),
+    "users.last_sync_timezone": ("Asia/Kolkata", "Asia/Kolkata"),
     "users.filter": ("active", "active"),
     "sync.interval": ("2h", 7200.0),
     "sync.max_users_per_run": ("5", 5),

@@ -210,7 +210,7 @@ def _stores(url: str) -> Iterator[Callable[[str], Store]]:
     from emailsync.config import DatabaseConfig, SyncConfig, UsersConfig
 
     engine = db.connect(DatabaseConfig(url=url, connect_timeout=5, statement_timeout=30))
-    users = UsersConfig("users", "id", "email", "last_sync", "")
+    users = UsersConfig("users", "id", "email", "last_sync", "UTC", "")
     sync = SyncConfig(3600, 100, 50, 10, 600, 5, "host", 300, 86400, 20, 3)
     yield lambda run_id: Store(engine, users, sync, run_id)
     engine.dispose()

@@ -1,0 +1,245 @@
+"""Who is due, and what last_sync becomes, whatever the database's time zone: a timestamptz column needs nothing,
+a naive timestamp column holds the app's convention (users.last_sync_timezone, UTC by default). Proven directly and
+through a transaction-pooling PgBouncer, which drops every setting a client could send at connect time."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.pool import NullPool
+
+from emailsync import db
+from emailsync.config import DatabaseConfig
+from emailsync.errors import EXIT_CONFIG, EXIT_OK
+from tests.backend import Backend
+from tests.conftest import ADMIN_URL, AppDb, EmailSync, _fresh_app_db
+from tests.pgbouncer import PgBouncer
+
+ZONES = ("UTC", "America/New_York", "Asia/Kolkata")
+HOUR = 3600
+
+
+@pytest.fixture(scope="module")
+def zone_databases(pg_server_url: str) -> Iterator[dict[str, str]]:
+    """A database per server time zone (ALTER DATABASE ... SET timezone), as an app's DBA may have set it."""
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    names = {zone: f"email_sync_tz_{uuid.uuid4().hex[:10]}" for zone in ZONES}
+    with admin.connect() as connection:
+        for zone, name in names.items():
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+            connection.execute(text(f"ALTER DATABASE \"{name}\" SET timezone TO '{zone}'"))
+    yield names
+    with admin.connect() as connection:
+        for name in names.values():
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def transaction_pooler(pg_server_url: str) -> Iterator[PgBouncer]:
+    with PgBouncer(pg_server_url, pool_mode="transaction") as bouncer:
+        yield bouncer
+
+
+def app_in_zone(
+    zone_databases: dict[str, str], transaction_pooler: PgBouncer, zone: str, column: str, route: str
+) -> AppDb:
+    """The app's users table with a ``column``-typed last_sync in the database whose time zone is ``zone``;
+    email-sync reaches it by ``route`` (direct or through PgBouncer), the test always directly."""
+    name = zone_databases[zone]
+    direct = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    engine = create_engine(direct, poolclass=NullPool)
+    with engine.begin() as connection:
+        for table in ("users", db.STATE, db.RUNS, db.VERSION_TABLE):
+            connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+        connection.execute(text(f"CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, last_sync {column})"))
+    db.migrate(db.connect(DatabaseConfig(url=direct, connect_timeout=5, statement_timeout=30)))
+    url = direct if route == "direct" else transaction_pooler.url(name)
+    return AppDb(url, engine)
+
+
+def database_now(app: AppDb) -> datetime:
+    return app.scalar("SELECT now()").astimezone(UTC)
+
+
+def as_written_by_the_app(moment: datetime, column: str, convention: str) -> datetime:
+    """What an app stores for ``moment``: itself in a timestamptz column; its wall-clock time in the convention's
+    zone, without a zone, in a timestamp column (an app on datetime.utcnow() writes UTC)."""
+    return moment if column == "timestamptz" else moment.astimezone(ZoneInfo(convention)).replace(tzinfo=None)
+
+
+def add_users_synced_at(app: AppDb, moments: dict[int, datetime | None], column: str, convention: str) -> None:
+    with app.engine.begin() as connection:
+        connection.execute(
+            text("INSERT INTO users (id, email, last_sync) VALUES (:id, :email, :last_sync)"),
+            [
+                {
+                    "id": user,
+                    "email": f"user{user}@example.com",
+                    "last_sync": None if moment is None else as_written_by_the_app(moment, column, convention),
+                }
+                for user, moment in moments.items()
+            ],
+        )
+
+
+def called(backend: Backend) -> set[Any]:
+    return {call.user_id for call in backend.sync_calls()}
+
+
+def assert_written_in_the_convention(
+    app: AppDb, users: set[int], column: str, convention: str, before: datetime, after: datetime
+) -> None:
+    """Each synced user's last_sync is the sync's moment, to the second, in the app's convention."""
+    low = as_written_by_the_app(before, column, convention) - timedelta(seconds=1)
+    high = as_written_by_the_app(after, column, convention) + timedelta(seconds=1)
+    written = {user: moment for user, moment in app.last_syncs().items() if user in users}
+    assert written and all(low <= moment <= high for moment in written.values()), (low, written, high)
+
+
+@pytest.mark.parametrize("route", ["direct", "pgbouncer"])
+@pytest.mark.parametrize("zone", ZONES)
+@pytest.mark.parametrize("column", ["timestamp", "timestamptz"])
+def test_due_users_are_picked_exactly_and_last_sync_is_written_in_the_apps_convention(
+    column: str,
+    zone: str,
+    route: str,
+    zone_databases: dict[str, str],
+    transaction_pooler: PgBouncer,
+    backend: Backend,
+    email_sync: EmailSync,
+) -> None:
+    app = app_in_zone(zone_databases, transaction_pooler, zone, column, route)
+    now = database_now(app)
+    ages = {1: None, 2: 2 * HOUR, 3: HOUR + 60, 4: HOUR - 60, 5: HOUR // 2, 6: 60}
+    add_users_synced_at(
+        app, {user: None if age is None else now - timedelta(seconds=age) for user, age in ages.items()}, column, "UTC"
+    )
+    email_sync.configure(app, backend)
+
+    before = database_now(app)
+    result = email_sync("run")
+    after = database_now(app)
+
+    assert result.code == EXIT_OK, result.stdout
+    assert called(backend) == {1, 2, 3}
+    assert_written_in_the_convention(app, {1, 2, 3}, column, "UTC", before, after)
+    app.engine.dispose()
+
+
+@pytest.mark.parametrize("route", ["direct", "pgbouncer"])
+def test_a_naive_column_in_the_apps_own_zone_is_read_and_written_in_that_zone(
+    route: str, zone_databases: dict[str, str], transaction_pooler: PgBouncer, backend: Backend, email_sync: EmailSync
+) -> None:
+    app = app_in_zone(zone_databases, transaction_pooler, "Asia/Kolkata", "timestamp", route)
+    now = database_now(app)
+    convention = "America/New_York"
+    add_users_synced_at(
+        app, {1: now - timedelta(seconds=HOUR + 60), 2: now - timedelta(seconds=HOUR - 60)}, "timestamp", convention
+    )
+    email_sync.configure(app, backend, users={"last_sync_timezone": convention})
+
+    before = database_now(app)
+    result = email_sync("run")
+    after = database_now(app)
+
+    assert result.code == EXIT_OK, result.stdout
+    assert called(backend) == {1}
+    assert_written_in_the_convention(app, {1}, "timestamp", convention, before, after)
+    app.engine.dispose()
+
+
+@pytest.mark.parametrize("route", ["direct", "pgbouncer"])
+def test_a_window_across_a_daylight_saving_change_is_measured_in_real_time(
+    route: str, zone_databases: dict[str, str], transaction_pooler: PgBouncer, backend: Backend, email_sync: EmailSync
+) -> None:
+    """New York left daylight saving time on 2026-11-01: a naive local time from before it is four hours behind
+    UTC, one from after it five. An interval reaching back across the change must use each moment's own offset."""
+    app = app_in_zone(zone_databases, transaction_pooler, "UTC", "timestamp", route)
+    convention = "America/New_York"
+    boundary = datetime(2026, 10, 31, 12, 0, tzinfo=UTC)
+    now = database_now(app)
+    assert now > datetime(2026, 11, 2, tzinfo=UTC), "this test needs today's date to be past the change"
+    minutes = timedelta(minutes=20)
+    add_users_synced_at(
+        app,
+        {1: boundary - minutes, 2: boundary + minutes, 3: datetime(2026, 11, 1, 6, 30, tzinfo=UTC)},
+        "timestamp",
+        convention,
+    )
+    interval = int((now - boundary).total_seconds())
+    email_sync.configure(app, backend, users={"last_sync_timezone": convention}, sync={"interval": interval})
+
+    result = email_sync("run")
+
+    assert result.code == EXIT_OK, result.stdout
+    assert called(backend) == {1}
+    app.engine.dispose()
+
+
+@pytest.fixture
+def sqlite_app(tmp_path: Path) -> Iterator[AppDb]:
+    app = _fresh_app_db(f"sqlite:///{tmp_path / 'app.db'}", "sqlite")
+    yield app
+    app.engine.dispose()
+
+
+def test_sqlite_text_timestamps_in_any_iso_form_are_read_as_utc_and_written_in_utc(
+    sqlite_app: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    app = sqlite_app
+    now = datetime.now(UTC)
+    due, fresh = now - timedelta(seconds=HOUR + 120), now - timedelta(seconds=HOUR - 120)
+    spellings = {
+        1: due.strftime("%Y-%m-%d %H:%M:%S"),
+        2: due.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        3: due.astimezone(ZoneInfo("Asia/Kolkata")).isoformat(),
+        4: fresh.strftime("%Y-%m-%d %H:%M:%S"),
+        5: fresh.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        6: fresh.astimezone(ZoneInfo("America/New_York")).isoformat(),
+    }
+    with app.engine.begin() as connection:
+        connection.execute(
+            text("INSERT INTO users (id, email, last_sync) VALUES (:id, :email, :at)"),
+            [{"id": user, "email": f"user{user}@example.com", "at": at} for user, at in spellings.items()],
+        )
+    email_sync.configure(app, backend)
+
+    before = datetime.now(UTC).replace(tzinfo=None)
+    result = email_sync("run")
+    after = datetime.now(UTC).replace(tzinfo=None)
+
+    assert result.code == EXIT_OK, result.stdout
+    assert called(backend) == {1, 2, 3}
+    for user in (1, 2, 3):
+        written = datetime.fromisoformat(app.last_syncs()[user])
+        assert before - timedelta(seconds=1) <= written <= after + timedelta(seconds=1), written
+
+
+def test_a_zone_other_than_utc_on_sqlite_is_a_configuration_error(
+    sqlite_app: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    email_sync.configure(sqlite_app, backend, users={"last_sync_timezone": "Europe/Berlin"})
+
+    result = email_sync("run")
+
+    result.assert_one_clear_error(EXIT_CONFIG, "users.last_sync_timezone", "SQLite")
+
+
+def test_a_zone_postgresql_does_not_know_is_a_configuration_error(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    pg.add_users(3)
+    email_sync.configure(pg, backend, users={"last_sync_timezone": "Mars/Olympus_Mons"})
+
+    result = email_sync("run")
+
+    result.assert_one_clear_error(EXIT_CONFIG, "users.last_sync_timezone", "time zone")
+    assert not backend.sync_calls()
