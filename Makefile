@@ -17,10 +17,11 @@ lint: venv
 	$(BIN)/ruff check emailsync tests demo
 	$(BIN)/mypy --strict emailsync
 
-# Tools the tests run besides Python: faketime (hosts with skewed clocks), openssl (a self-signed backend).
+# Tools the tests run besides Python: faketime (hosts with skewed clocks), openssl (a self-signed backend),
+# pgbouncer (email-sync behind a connection pooler; the tests start their own, Debian's service stays off).
 system-deps:
-	@command -v faketime >/dev/null && command -v openssl >/dev/null || \
-		{ apt-get update -qq && apt-get install -y -qq faketime openssl >/dev/null; }
+	@command -v faketime >/dev/null && command -v openssl >/dev/null && test -x /usr/sbin/pgbouncer || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime openssl pgbouncer >/dev/null; }
 
 test: lint system-deps
 	$(BIN)/pytest

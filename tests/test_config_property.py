@@ -477,6 +477,8 @@ def test_cli_run_exits_78_or_75_with_one_error_line_and_no_traceback(document: b
     out, err = io.StringIO(), io.StringIO()
     with (
         config_at(document) as path,
+        tempfile.TemporaryDirectory() as scratch,
+        contextlib.chdir(scratch),  # a generated relative metrics.textfile lands here, not in the work tree
         process_env({**env, "EMAIL_SYNC_DATABASE_URL": UNREACHABLE_DB}),
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
