@@ -67,9 +67,7 @@ RULES: tuple[Rule, ...] = (
         False,
         "the host, port or a connection option is wrong",
     ),
-    Rule(
-        "", r"certificate verify failed|does not support SSL|root certificate file", False, "TLS (sslmode) is wrong"
-    ),
+    Rule("", r"certificate verify failed|does not support SSL|root certificate file", False, "TLS (sslmode) is wrong"),
     Rule("", r"unable to open database file", False, "the SQLite file cannot be opened (missing directory?)"),
     Rule("", r"attempt to write a readonly database", False, "the SQLite file is read-only"),
     # Temporary (75): the next timer tick may succeed.

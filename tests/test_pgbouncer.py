@@ -28,6 +28,21 @@ def test_migrate_through_pgbouncer_creates_the_schema(pooled: AppDb, email_sync:
     assert pooled.scalar(f"SELECT max(version) FROM {db.VERSION_TABLE}") == db.SCHEMA_VERSION
 
 
+def test_three_hosts_migrating_at_once_through_pgbouncer_create_the_schema_once(
+    pooled: AppDb, email_sync: EmailSync
+) -> None:
+    """migrate serialises on a transaction-scoped advisory lock, which transaction pooling keeps intact."""
+    for table in (db.STATE, db.RUNS, db.VERSION_TABLE):
+        pooled.execute(f"DROP TABLE {table}")
+    email_sync.configure(pooled, None)
+
+    processes = [email_sync.popen("migrate") for _ in range(3)]
+    outputs = [process.communicate(timeout=120) for process in processes]
+
+    assert [process.returncode for process in processes] == [EXIT_OK] * 3, outputs
+    assert pooled.scalar(f"SELECT count(*) FROM {db.VERSION_TABLE}") == 1
+
+
 def test_a_run_through_pgbouncer_syncs_every_due_user(pooled: AppDb, backend: Backend, email_sync: EmailSync) -> None:
     pooled.add_users(50, age=7200)
     email_sync.configure(pooled, backend)

@@ -1,6 +1,6 @@
 """Who is due, and what last_sync becomes, whatever the database's time zone: a timestamptz column needs nothing,
 a naive timestamp column holds the app's convention (users.last_sync_timezone, UTC by default). Proven directly and
-through a transaction-pooling PgBouncer, which drops every setting a client could send at connect time."""
+through PgBouncer in both pool modes, which hands a transaction whichever server connection is free."""
 
 from __future__ import annotations
 
@@ -42,14 +42,20 @@ def zone_databases(pg_server_url: str) -> Iterator[dict[str, str]]:
     admin.dispose()
 
 
+ROUTES = ("direct", "transaction", "session")  # straight to PostgreSQL, or through PgBouncer in that pool mode
+
+
 @pytest.fixture(scope="module")
-def transaction_pooler(pg_server_url: str) -> Iterator[PgBouncer]:
-    with PgBouncer(pg_server_url, pool_mode="transaction") as bouncer:
-        yield bouncer
+def poolers(pg_server_url: str) -> Iterator[dict[str, PgBouncer]]:
+    with (
+        PgBouncer(pg_server_url, pool_mode="transaction") as transaction,
+        PgBouncer(pg_server_url, pool_mode="session") as session,
+    ):
+        yield {"transaction": transaction, "session": session}
 
 
 def app_in_zone(
-    zone_databases: dict[str, str], transaction_pooler: PgBouncer, zone: str, column: str, route: str
+    zone_databases: dict[str, str], poolers: dict[str, PgBouncer], zone: str, column: str, route: str
 ) -> AppDb:
     """The app's users table with a ``column``-typed last_sync in the database whose time zone is ``zone``;
     email-sync reaches it by ``route`` (direct or through PgBouncer), the test always directly."""
@@ -61,7 +67,7 @@ def app_in_zone(
             connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
         connection.execute(text(f"CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, last_sync {column})"))
     db.migrate(db.connect(DatabaseConfig(url=direct, connect_timeout=5, statement_timeout=30)))
-    url = direct if route == "direct" else transaction_pooler.url(name)
+    url = direct if route == "direct" else poolers[route].url(name)
     return AppDb(url, engine)
 
 
@@ -104,7 +110,7 @@ def assert_written_in_the_convention(
     assert written and all(low <= moment <= high for moment in written.values()), (low, written, high)
 
 
-@pytest.mark.parametrize("route", ["direct", "pgbouncer"])
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("zone", ZONES)
 @pytest.mark.parametrize("column", ["timestamp", "timestamptz"])
 def test_due_users_are_picked_exactly_and_last_sync_is_written_in_the_apps_convention(
@@ -112,11 +118,11 @@ def test_due_users_are_picked_exactly_and_last_sync_is_written_in_the_apps_conve
     zone: str,
     route: str,
     zone_databases: dict[str, str],
-    transaction_pooler: PgBouncer,
+    poolers: dict[str, PgBouncer],
     backend: Backend,
     email_sync: EmailSync,
 ) -> None:
-    app = app_in_zone(zone_databases, transaction_pooler, zone, column, route)
+    app = app_in_zone(zone_databases, poolers, zone, column, route)
     now = database_now(app)
     ages = {1: None, 2: 2 * HOUR, 3: HOUR + 60, 4: HOUR - 60, 5: HOUR // 2, 6: 60}
     add_users_synced_at(
@@ -134,11 +140,11 @@ def test_due_users_are_picked_exactly_and_last_sync_is_written_in_the_apps_conve
     app.engine.dispose()
 
 
-@pytest.mark.parametrize("route", ["direct", "pgbouncer"])
+@pytest.mark.parametrize("route", ROUTES)
 def test_a_naive_column_in_the_apps_own_zone_is_read_and_written_in_that_zone(
-    route: str, zone_databases: dict[str, str], transaction_pooler: PgBouncer, backend: Backend, email_sync: EmailSync
+    route: str, zone_databases: dict[str, str], poolers: dict[str, PgBouncer], backend: Backend, email_sync: EmailSync
 ) -> None:
-    app = app_in_zone(zone_databases, transaction_pooler, "Asia/Kolkata", "timestamp", route)
+    app = app_in_zone(zone_databases, poolers, "Asia/Kolkata", "timestamp", route)
     now = database_now(app)
     convention = "America/New_York"
     add_users_synced_at(
@@ -156,13 +162,13 @@ def test_a_naive_column_in_the_apps_own_zone_is_read_and_written_in_that_zone(
     app.engine.dispose()
 
 
-@pytest.mark.parametrize("route", ["direct", "pgbouncer"])
+@pytest.mark.parametrize("route", ROUTES)
 def test_a_window_across_a_daylight_saving_change_is_measured_in_real_time(
-    route: str, zone_databases: dict[str, str], transaction_pooler: PgBouncer, backend: Backend, email_sync: EmailSync
+    route: str, zone_databases: dict[str, str], poolers: dict[str, PgBouncer], backend: Backend, email_sync: EmailSync
 ) -> None:
     """New York left daylight saving time on 2026-11-01: a naive local time from before it is four hours behind
     UTC, one from after it five. An interval reaching back across the change must use each moment's own offset."""
-    app = app_in_zone(zone_databases, transaction_pooler, "UTC", "timestamp", route)
+    app = app_in_zone(zone_databases, poolers, "UTC", "timestamp", route)
     convention = "America/New_York"
     boundary = datetime(2026, 10, 31, 12, 0, tzinfo=UTC)
     now = database_now(app)
