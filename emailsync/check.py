@@ -22,7 +22,7 @@ from sqlalchemy import Engine, inspect
 
 from emailsync import backend, db
 from emailsync.config import BACKEND_TOKEN_CREDENTIAL, DATABASE_URL_CREDENTIAL, Config
-from emailsync.errors import EmailSyncError
+from emailsync.errors import EmailSyncError, TemporaryError
 
 PACKAGED_VENV = Path("/usr/lib/email-sync/venv")
 DEPENDENCIES = ("sqlalchemy", "psycopg2", "urllib3", "structlog", "sdnotify")
@@ -116,12 +116,14 @@ def _dependencies() -> Check:
 
 
 def _database(config: Config) -> list[Check]:
-    engine = db.connect(config.database)
+    try:
+        engine = db.connect(config.database)
+    except EmailSyncError as error:  # a URL that does not parse
+        return [_database_failed(error)]
     try:
         db.check_ready(engine, config.users)
     except EmailSyncError as error:
-        fix = "run `email-sync migrate`" if "migrate" in str(error) else "see the message"
-        return [Check("database", False, str(error), fix)]
+        return [_database_failed(error)]
     else:
         return [
             Check("database", True, f"reachable, schema v{db.SCHEMA_VERSION}, {config.users.table} ok"),
@@ -129,6 +131,16 @@ def _database(config: Config) -> list[Check]:
         ]
     finally:
         engine.dispose()
+
+
+def _database_failed(error: EmailSyncError) -> Check:
+    if "migrate" in str(error):
+        fix = "run `email-sync migrate`"
+    elif isinstance(error, TemporaryError):
+        fix = "see the message; `email-sync run` would exit 75 and the next timer tick retry"
+    else:
+        fix = "fix what the message names; `email-sync run` would exit 78"
+    return Check("database", False, str(error), fix)
 
 
 def _app_index(engine: Engine, config: Config) -> Check:

@@ -132,6 +132,25 @@ def test_check_says_to_migrate_when_the_schema_is_missing(pg: AppDb, backend: Ba
     assert "✘ database" in result.stdout and "fix: run `email-sync migrate`" in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql://app:s3cret@127.0.0.1:notaport/app", "would exit 78"),
+        ("postgresql://postgres@127.0.0.1:5432/no_such_db", "would exit 78"),
+        ("postgresql://app:s3cret@127.0.0.1:1/app", "would exit 75"),
+    ],
+)
+def test_check_says_whether_a_database_failure_is_configuration_or_temporary(
+    url: str, says: str, pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    email_sync.configure(pg, backend, database={"url": url})
+
+    result = email_sync("check")
+
+    assert result.code == EXIT_NO
+    assert "✘ database" in result.stdout and says in result.stdout and "s3cret" not in result.stdout
+
+
 def test_check_warns_until_the_printed_app_index_exists(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
     email_sync.configure(pg, backend)
     assert "! app index" in email_sync("check").stdout
