@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, inspect
 
-from emailsync import backend, db
+from emailsync import backend, db, schema
 from emailsync.config import BACKEND_TOKEN_CREDENTIAL, DATABASE_URL_CREDENTIAL, Config
 from emailsync.errors import EmailSyncError, TemporaryError
 
@@ -117,20 +117,14 @@ def _dependencies() -> Check:
 
 def _database(config: Config) -> list[Check]:
     try:
-        engine = db.connect(config.database)
-    except EmailSyncError as error:  # a URL that does not parse
-        return [_database_failed(error)]
-    try:
-        db.check_ready(engine, config.users)
+        with db.connected(config.database) as engine:
+            schema.check_ready(engine, config.users)
+            return [
+                Check("database", True, f"reachable, schema v{schema.SCHEMA_VERSION}, {config.users.table} ok"),
+                _app_index(engine, config),
+            ]
     except EmailSyncError as error:
         return [_database_failed(error)]
-    else:
-        return [
-            Check("database", True, f"reachable, schema v{db.SCHEMA_VERSION}, {config.users.table} ok"),
-            _app_index(engine, config),
-        ]
-    finally:
-        engine.dispose()
 
 
 def _database_failed(error: EmailSyncError) -> Check:

@@ -137,16 +137,13 @@ def _run(config: Config, _: argparse.Namespace) -> int:
 def _migrate(config: Config, args: argparse.Namespace) -> int:
     import structlog
 
-    from emailsync import db
+    from emailsync import db, schema
 
-    engine = db.connect(config.database)
-    try:
+    with db.connected(config.database) as engine:
         if args.print_app_indexes:
-            print(db.app_index_ddl(db.dialect_of(engine), config.users))
+            print(schema.app_index_ddl(db.dialect_of(engine), config.users))
             return EXIT_OK
-        before, after = db.migrate(engine)
-    finally:
-        engine.dispose()
+        before, after = schema.migrate(engine)
     structlog.get_logger().info("schema_migrated", from_version=before, to_version=after)
     return EXIT_OK
 
@@ -154,11 +151,8 @@ def _migrate(config: Config, args: argparse.Namespace) -> int:
 def _status(config: Config, args: argparse.Namespace) -> int:
     from emailsync import db, status
 
-    engine = db.connect(config.database)
-    try:
+    with db.connected(config.database) as engine:
         report = status.gather(engine, config)
-    finally:
-        engine.dispose()
     print(json.dumps(report.as_json(), indent=2, default=str) if args.json else status.render(report))
     return EXIT_OK if report.healthy else EXIT_NO
 
@@ -183,8 +177,7 @@ def _sync(config: Config, args: argparse.Namespace) -> int:
 def _users(config: Config, args: argparse.Namespace) -> int:
     from emailsync import db, status
 
-    engine = db.connect(config.database)
-    try:
+    with db.connected(config.database) as engine:
         if args.which in (None, "due"):
             rows = [
                 f"{user:<24} {'never synced' if age is None else 'last synced ' + status.duration(age) + ' ago'}"
@@ -192,8 +185,6 @@ def _users(config: Config, args: argparse.Namespace) -> int:
             ]
         else:
             rows = [status.render_user(user) for user in status.list_users(engine, config, args.which, args.limit)]
-    finally:
-        engine.dispose()
     print("\n".join(rows) if rows else "(none)")
     return EXIT_OK
 
@@ -201,13 +192,12 @@ def _users(config: Config, args: argparse.Namespace) -> int:
 def _reset(config: Config, args: argparse.Namespace) -> int:
     import structlog
 
-    from emailsync import db
+    from emailsync import db, schema
     from emailsync.claims import Store
     from emailsync.errors import UsageError
 
-    engine = db.connect(config.database)
-    try:
-        db.check_ready(engine, config.users)
+    with db.connected(config.database) as engine:
+        schema.check_ready(engine, config.users)
         store = Store(engine, config.users, config.sync, "reset")
         if args.all_failing:
             keys = None
@@ -217,8 +207,6 @@ def _reset(config: Config, args: argparse.Namespace) -> int:
                 raise UsageError(f"no single user has the id or email {args.user!r} in {config.users.table}")
             keys = [claim.key]
         count = store.reset(keys)
-    finally:
-        engine.dispose()
     structlog.get_logger().info("backoff_reset", users=count)
     return EXIT_OK
 

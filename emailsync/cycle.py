@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import structlog
 from sqlalchemy import Engine
 
-from emailsync import backend, db, metrics, status
+from emailsync import backend, db, metrics, schema, status
 from emailsync.backend import CallPool, Client, Kind, Outcome
 from emailsync.claims import PAGE, Claim, DuePages, Result, RunCounts, Store
 from emailsync.config import Config
@@ -67,7 +67,7 @@ def run(config: Config, notifier: Notifier, stop: threading.Event) -> RunReport:
     outcome, error, store = "crashed", None, None
     engine = db.connect(config.database)
     try:
-        db.check_ready(engine, config.users)
+        schema.check_ready(engine, config.users)
         store = Store(engine, config.users, config.sync, run_id)
         store.start_run(config.sync.host_id, os.getpid())
         backend.check_health(config.backend)
@@ -129,9 +129,8 @@ def sync_one(config: Config, who: str) -> Outcome:
     """`email-sync sync USER`: one user now, whatever its interval or backoff, but never under a live lease."""
     run_id = str(uuid.uuid4())
     structlog.contextvars.bind_contextvars(run_id=run_id)
-    engine = db.connect(config.database)
-    try:
-        db.check_ready(engine, config.users)
+    with db.connected(config.database) as engine:
+        schema.check_ready(engine, config.users)
         store = Store(engine, config.users, config.sync, run_id)
         claim = store.find(who)
         if claim is None:
@@ -146,8 +145,6 @@ def sync_one(config: Config, who: str) -> Outcome:
             raise Verdict(1, config.backend.sync_url, [outcome]).error()
         store.record([result_of(outcome)])
         return outcome
-    finally:
-        engine.dispose()
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The database: connecting, email-sync's own schema, and the checks a run makes before touching anyone.
+"""The database: connecting, transactions that say what a failure means, and the SQL that differs by dialect.
 
 email-sync keeps its state in its own tables (``email_sync_*``) beside the app's users table, and writes nothing to
 the app's tables but the last-sync column. PostgreSQL is primary; SQLite is the embedded single-host variant. The
@@ -14,14 +14,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
-from emailsync.config import DatabaseConfig, UsersConfig
-from emailsync.db_failures import classify, describe
-from emailsync.errors import ConfigError, DatabaseUnavailable, SchemaError
+from emailsync.config import DatabaseConfig
+from emailsync.db_failures import classify
+from emailsync.errors import ConfigError, DatabaseUnavailable
 
-SCHEMA_VERSION = 1
 STATE = "email_sync_user_state"
 RUNS = "email_sync_runs"
 VERSION_TABLE = "email_sync_schema"
@@ -148,6 +147,16 @@ def _settings_in_every_transaction(engine: Engine, config: DatabaseConfig) -> No
         )
 
 
+@contextmanager
+def connected(config: DatabaseConfig) -> Iterator[Engine]:
+    """An engine for one command, its connections closed when the command is done."""
+    engine = connect(config)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
 def dialect_of(engine: Engine) -> Dialect:
     return Dialect(engine.dialect.name)
 
@@ -187,121 +196,3 @@ def with_retry(engine: Engine, work: Callable[[Connection], T]) -> T:
     time.sleep(RETRY_DELAYS[-1])
     with transaction(engine) as connection:
         return work(connection)
-
-
-def _schema_statements(d: Dialect) -> list[str]:
-    ts = d.timestamp
-    return [
-        f"""CREATE TABLE IF NOT EXISTS {STATE} (
-            user_id text PRIMARY KEY,
-            lease_owner text,
-            lease_until {ts},
-            failures integer NOT NULL DEFAULT 0,
-            next_attempt_at {ts},
-            last_error text,
-            last_success_at {ts},
-            last_duration_ms integer,
-            updated_at {ts}
-        )""",
-        f"CREATE INDEX IF NOT EXISTS {STATE}_leased ON {STATE} (lease_until) WHERE lease_owner IS NOT NULL",
-        f"CREATE INDEX IF NOT EXISTS {STATE}_failing ON {STATE} (next_attempt_at) WHERE failures > 0",
-        f"""CREATE TABLE IF NOT EXISTS {RUNS} (
-            id text PRIMARY KEY,
-            host text NOT NULL,
-            pid integer NOT NULL,
-            started_at {ts} NOT NULL,
-            finished_at {ts},
-            due integer,
-            synced integer NOT NULL DEFAULT 0,
-            failed integer NOT NULL DEFAULT 0,
-            skipped integer NOT NULL DEFAULT 0,
-            outcome text NOT NULL,
-            error text
-        )""",
-        f"CREATE INDEX IF NOT EXISTS {RUNS}_started ON {RUNS} (started_at)",
-    ]
-
-
-def schema_version(connection: Connection) -> int | None:
-    """Our schema's version, or None when our tables do not exist."""
-    if not inspect(connection).has_table(VERSION_TABLE):
-        return None
-    version = connection.execute(text(f"SELECT max(version) FROM {VERSION_TABLE}")).scalar()
-    return int(version) if version is not None else None
-
-
-def migrate(engine: Engine) -> tuple[int | None, int]:
-    """Create or upgrade email-sync's own tables; safe to run again and from several hosts at once."""
-    d = dialect_of(engine)
-    with transaction(engine) as connection:
-        if d.postgres:
-            # Two hosts migrating at once must not both create tables.
-            connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('email-sync migrate'))"))
-        before = schema_version(connection)
-        if before is not None and before > SCHEMA_VERSION:
-            raise SchemaError(_newer_schema(before))
-        if before != SCHEMA_VERSION:
-            connection.execute(
-                text(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version integer NOT NULL, applied_at {d.timestamp})")
-            )
-            for statement in _schema_statements(d):
-                connection.execute(text(statement))
-            connection.execute(
-                text(f"INSERT INTO {VERSION_TABLE} (version, applied_at) VALUES (:v, {d.now})"), {"v": SCHEMA_VERSION}
-            )
-    return before, SCHEMA_VERSION
-
-
-def _newer_schema(version: int) -> str:
-    return f"the database has email-sync schema v{version}, newer than this email-sync (v{SCHEMA_VERSION}): upgrade"
-
-
-def app_index_ddl(dialect: Dialect, users: UsersConfig) -> str:
-    """The index that lets a run find due users without scanning the app's table. email-sync never creates it
-    itself: the app's schema is the app's."""
-    table = users.table.rpartition(".")[2]
-    name = dialect.quote(f"{table}_{users.last_sync_column}_email_sync_idx")
-    on = f"{dialect.quote(users.table)} ({dialect.quote(users.last_sync_column)}"
-    if dialect.postgres:
-        return f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {on} ASC NULLS FIRST);"
-    return f"CREATE INDEX IF NOT EXISTS {name} ON {on});"
-
-
-def check_ready(engine: Engine, users: UsersConfig) -> None:
-    """Preflight: reachable, writable, our schema current, the app's table and columns where configured."""
-    d = dialect_of(engine)
-    with transaction(engine) as connection:
-        version = schema_version(connection)
-        if version is None:
-            raise SchemaError("email-sync's tables do not exist in this database: run `email-sync migrate`")
-        if version < SCHEMA_VERSION:
-            raise SchemaError(f"email-sync schema v{version} is older than v{SCHEMA_VERSION}: run `email-sync migrate`")
-        if version > SCHEMA_VERSION:
-            raise SchemaError(_newer_schema(version))
-        if d.postgres and connection.execute(text("SHOW transaction_read_only")).scalar() == "on":
-            raise ConfigError("database.url points at a read-only database (a replica?): it must be the primary")
-        _check_users_table(connection, users)
-        if users.filter:
-            try:
-                with connection.begin_nested():
-                    connection.execute(
-                        text(f"SELECT 1 FROM {d.quote(users.table)} AS u WHERE ({users.filter}) LIMIT 0")
-                    )
-            except (OperationalError, DBAPIError) as error:
-                if isinstance(error, OperationalError) and error.connection_invalidated:
-                    raise
-                raise ConfigError(
-                    f"users.filter is not a valid condition on {users.table}: {describe(error)}"
-                ) from None
-
-
-def _check_users_table(connection: Connection, users: UsersConfig) -> None:
-    schema, _, table = users.table.rpartition(".")
-    inspector = inspect(connection)
-    if not inspector.has_table(table, schema=schema or None):
-        raise SchemaError(f"users.table: table {users.table} does not exist in the database")
-    columns = {column["name"] for column in inspector.get_columns(table, schema=schema or None)}
-    for key in ("id_column", "email_column", "last_sync_column"):
-        column = getattr(users, key)
-        if column not in columns:
-            raise SchemaError(f"users.{key}: column {column} does not exist in table {users.table}")

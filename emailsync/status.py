@@ -17,7 +17,8 @@ from sqlalchemy import Engine, bindparam, text
 
 from emailsync.claims import Store
 from emailsync.config import Config
-from emailsync.db import RUNS, STATE, dialect_of, schema_version, transaction
+from emailsync.db import RUNS, STATE, dialect_of, transaction
+from emailsync.schema import schema_version
 
 RECENT_RUNS = 5
 LISTED = 10

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from emailsync import cli, db
+from emailsync import cli, db, schema
 from emailsync.config import DatabaseConfig
 from tests.backend import Backend
 from tests.pgbouncer import PgBouncer
@@ -130,7 +130,7 @@ def _fresh_app_db(url: str, dialect: str) -> AppDb:
         for table in ("users", db.STATE, db.RUNS, db.VERSION_TABLE):
             connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
         connection.execute(text(USERS_DDL[dialect]))
-    db.migrate(db.connect(DatabaseConfig(url=url, connect_timeout=5, statement_timeout=30)))
+    schema.migrate(db.connect(DatabaseConfig(url=url, connect_timeout=5, statement_timeout=30)))
     return AppDb(url, engine)
 
 

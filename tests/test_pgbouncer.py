@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import create_engine, text
 
-from emailsync import db
+from emailsync import db, schema
 from emailsync.errors import EXIT_CONFIG, EXIT_OK, EXIT_TEMPFAIL
 from tests.backend import Backend
 from tests.conftest import AppDb, EmailSync
@@ -25,7 +25,7 @@ def test_migrate_through_pgbouncer_creates_the_schema(pooled: AppDb, email_sync:
     result = email_sync("migrate")
 
     assert result.code == EXIT_OK, result.stdout
-    assert pooled.scalar(f"SELECT max(version) FROM {db.VERSION_TABLE}") == db.SCHEMA_VERSION
+    assert pooled.scalar(f"SELECT max(version) FROM {db.VERSION_TABLE}") == schema.SCHEMA_VERSION
 
 
 def test_three_hosts_migrating_at_once_through_pgbouncer_create_the_schema_once(

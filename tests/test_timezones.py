@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
-from emailsync import db
+from emailsync import db, schema
 from emailsync.config import DatabaseConfig
 from emailsync.errors import EXIT_CONFIG, EXIT_OK
 from tests.backend import Backend
@@ -66,7 +66,7 @@ def app_in_zone(
         for table in ("users", db.STATE, db.RUNS, db.VERSION_TABLE):
             connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
         connection.execute(text(f"CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, last_sync {column})"))
-    db.migrate(db.connect(DatabaseConfig(url=direct, connect_timeout=5, statement_timeout=30)))
+    schema.migrate(db.connect(DatabaseConfig(url=direct, connect_timeout=5, statement_timeout=30)))
     url = direct if route == "direct" else poolers[route].url(name)
     return AppDb(url, engine)
 

@@ -1,0 +1,150 @@
+"""email-sync's own tables as ordered migration steps, and what a run needs of the app's schema.
+
+Each step takes the schema from the version before it to its own; `migrate` applies the steps a database lacks,
+in one transaction, so a host upgrading from any earlier version ends where a fresh install starts. A new version
+is a new step at the end: never an edit of an old one, which databases out there have already run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from emailsync.config import UsersConfig
+from emailsync.db import RUNS, STATE, VERSION_TABLE, Dialect, dialect_of, transaction
+from emailsync.db_failures import describe
+from emailsync.errors import ConfigError, SchemaError
+
+
+@dataclass(frozen=True)
+class Step:
+    version: int
+    statements: Callable[[Dialect], list[str]]
+
+
+def _v1_state_and_runs(d: Dialect) -> list[str]:
+    """Leases, backoff and the last error per user; one row per run."""
+    ts = d.timestamp
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {STATE} (
+            user_id text PRIMARY KEY,
+            lease_owner text,
+            lease_until {ts},
+            failures integer NOT NULL DEFAULT 0,
+            next_attempt_at {ts},
+            last_error text,
+            last_success_at {ts},
+            last_duration_ms integer,
+            updated_at {ts}
+        )""",
+        f"CREATE INDEX IF NOT EXISTS {STATE}_leased ON {STATE} (lease_until) WHERE lease_owner IS NOT NULL",
+        f"CREATE INDEX IF NOT EXISTS {STATE}_failing ON {STATE} (next_attempt_at) WHERE failures > 0",
+        f"""CREATE TABLE IF NOT EXISTS {RUNS} (
+            id text PRIMARY KEY,
+            host text NOT NULL,
+            pid integer NOT NULL,
+            started_at {ts} NOT NULL,
+            finished_at {ts},
+            due integer,
+            synced integer NOT NULL DEFAULT 0,
+            failed integer NOT NULL DEFAULT 0,
+            skipped integer NOT NULL DEFAULT 0,
+            outcome text NOT NULL,
+            error text
+        )""",
+        f"CREATE INDEX IF NOT EXISTS {RUNS}_started ON {RUNS} (started_at)",
+    ]
+
+
+STEPS: tuple[Step, ...] = (Step(1, _v1_state_and_runs),)
+SCHEMA_VERSION = STEPS[-1].version
+
+
+def schema_version(connection: Connection) -> int | None:
+    """Our schema's version, or None when our tables do not exist."""
+    if not inspect(connection).has_table(VERSION_TABLE):
+        return None
+    version = connection.execute(text(f"SELECT max(version) FROM {VERSION_TABLE}")).scalar()
+    return int(version) if version is not None else None
+
+
+def migrate(engine: Engine, target: int = SCHEMA_VERSION) -> tuple[int | None, int]:
+    """Apply the steps the database lacks, up to ``target`` (only tests stop short of the latest); safe to run
+    again and from several hosts at once. Returns the versions before and after."""
+    d = dialect_of(engine)
+    with transaction(engine) as connection:
+        if d.postgres:
+            # Two hosts migrating at once must not both apply a step. Transaction-scoped: fine behind PgBouncer.
+            connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('email-sync migrate'))"))
+        before = schema_version(connection)
+        if before is not None and before > SCHEMA_VERSION:
+            raise SchemaError(_newer_schema(before))
+        connection.execute(
+            text(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version integer NOT NULL, applied_at {d.timestamp})")
+        )
+        for step in STEPS:
+            if (before or 0) < step.version <= target:
+                for statement in step.statements(d):
+                    connection.execute(text(statement))
+                connection.execute(
+                    text(f"INSERT INTO {VERSION_TABLE} (version, applied_at) VALUES (:v, {d.now})"), {"v": step.version}
+                )
+    return before, max(before or 0, target)
+
+
+def _newer_schema(version: int) -> str:
+    return f"the database has email-sync schema v{version}, newer than this email-sync (v{SCHEMA_VERSION}): upgrade"
+
+
+def app_index_ddl(dialect: Dialect, users: UsersConfig) -> str:
+    """The index that lets a run find due users without scanning the app's table. email-sync never creates it
+    itself: the app's schema is the app's."""
+    table = users.table.rpartition(".")[2]
+    name = dialect.quote(f"{table}_{users.last_sync_column}_email_sync_idx")
+    on = f"{dialect.quote(users.table)} ({dialect.quote(users.last_sync_column)}"
+    if dialect.postgres:
+        return f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {on} ASC NULLS FIRST);"
+    return f"CREATE INDEX IF NOT EXISTS {name} ON {on});"
+
+
+def check_ready(engine: Engine, users: UsersConfig) -> None:
+    """Preflight: reachable, writable, our schema current, the app's table and columns where configured."""
+    d = dialect_of(engine)
+    with transaction(engine) as connection:
+        version = schema_version(connection)
+        if version is None:
+            raise SchemaError("email-sync's tables do not exist in this database: run `email-sync migrate`")
+        if version < SCHEMA_VERSION:
+            raise SchemaError(f"email-sync schema v{version} is older than v{SCHEMA_VERSION}: run `email-sync migrate`")
+        if version > SCHEMA_VERSION:
+            raise SchemaError(_newer_schema(version))
+        if d.postgres and connection.execute(text("SHOW transaction_read_only")).scalar() == "on":
+            raise ConfigError("database.url points at a read-only database (a replica?): it must be the primary")
+        _check_users_table(connection, users)
+        if users.filter:
+            try:
+                with connection.begin_nested():
+                    connection.execute(
+                        text(f"SELECT 1 FROM {d.quote(users.table)} AS u WHERE ({users.filter}) LIMIT 0")
+                    )
+            except (OperationalError, DBAPIError) as error:
+                if isinstance(error, OperationalError) and error.connection_invalidated:
+                    raise
+                raise ConfigError(
+                    f"users.filter is not a valid condition on {users.table}: {describe(error)}"
+                ) from None
+
+
+def _check_users_table(connection: Connection, users: UsersConfig) -> None:
+    schema, _, table = users.table.rpartition(".")
+    inspector = inspect(connection)
+    if not inspector.has_table(table, schema=schema or None):
+        raise SchemaError(f"users.table: table {users.table} does not exist in the database")
+    columns = {column["name"] for column in inspector.get_columns(table, schema=schema or None)}
+    for key in ("id_column", "email_column", "last_sync_column"):
+        column = getattr(users, key)
+        if column not in columns:
+            raise SchemaError(f"users.{key}: column {column} does not exist in table {users.table}")
