@@ -22,8 +22,8 @@ AREAS = {
     "  idempotency_key (uuid5)": "idempotency_key (emailsync/backend.py",
     "main thread loop (_call_until_done)": "_call_until_done (emailsync/cycle.py",
     "  waiting for outcomes (next_outcome)": "next_outcome (emailsync/backend.py",
-    "  claims (Store.claim)": "claim (emailsync/claims.py",
-    "  result writes (Store.record)": "record (emailsync/claims.py",
+    "  claims (Leases.claim)": "claim (emailsync/leases.py",
+    "  result writes (Leases.record)": "record (emailsync/leases.py",
     "  accounting + logging (_account)": "_account (emailsync/cycle.py",
     "  watchdog/status (notifier.progress)": "progress (emailsync/notify.py",
     "structlog (any thread)": "structlog",
@@ -35,7 +35,7 @@ AREAS = {
     "  typing Protocol isinstance checks (_ProtocolMeta)": "_ProtocolMeta.__instancecheck__",
     "startup: imports": "_find_and_load",
     "startup: preflight (check_ready)": "check_ready (emailsync/db.py",
-    "startup: count_due": "count_due (emailsync/claims.py",
+    "startup: count_due": "count_due (emailsync/leases.py",
 }
 
 

@@ -25,9 +25,9 @@ from urllib.parse import urlsplit
 import urllib3
 
 from emailsync import __version__
-from emailsync.claims import Claim
 from emailsync.config import BackendConfig
 from emailsync.errors import BackendUnavailable, ConfigError
+from emailsync.model import Claim
 
 TRANSIENT = frozenset({429, 502, 503, 504})
 MAX_BODY = 64 * 1024  # we only need a count from the body; a 10 MB answer is cut here

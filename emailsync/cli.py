@@ -193,20 +193,20 @@ def _reset(config: Config, args: argparse.Namespace) -> int:
     import structlog
 
     from emailsync import db, schema
-    from emailsync.claims import Store
     from emailsync.errors import UsageError
+    from emailsync.leases import Leases
 
     with db.connected(config.database) as engine:
         schema.check_ready(engine, config.users)
-        store = Store(engine, config.users, config.sync, "reset")
+        leases = Leases(engine, config.users, config.sync, "reset")
         if args.all_failing:
             keys = None
         else:
-            claim = store.find(args.user)
+            claim = leases.find(args.user)
             if claim is None:
                 raise UsageError(f"no single user has the id or email {args.user!r} in {config.users.table}")
             keys = [claim.key]
-        count = store.reset(keys)
+        count = leases.reset(keys)
     structlog.get_logger().info("backoff_reset", users=count)
     return EXIT_OK
 

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 import structlog
 from sqlalchemy import Engine
 
-from emailsync import backend, db, metrics, schema, status
+from emailsync import backend, db, metrics, runs, schema, status
 from emailsync.backend import CallPool, Client, Kind, Outcome
-from emailsync.claims import PAGE, Claim, DuePages, Result, RunCounts, Store
 from emailsync.config import Config
 from emailsync.errors import (
     CircuitOpen,
@@ -31,6 +30,8 @@ from emailsync.errors import (
     TemporaryError,
     UsageError,
 )
+from emailsync.leases import PAGE, DuePages, Leases
+from emailsync.model import Claim, Result, RunCounts
 from emailsync.notify import Notifier
 
 log = structlog.get_logger()
@@ -64,31 +65,31 @@ def run(config: Config, notifier: Notifier, stop: threading.Event) -> RunReport:
     structlog.contextvars.bind_contextvars(run_id=run_id)
     started = time.monotonic()
     counts = RunCounts()
-    outcome, error, store = "crashed", None, None
+    outcome, error, recorded = "crashed", None, False
     engine = db.connect(config.database)
     try:
         schema.check_ready(engine, config.users)
-        store = Store(engine, config.users, config.sync, run_id)
-        store.start_run(config.sync.host_id, os.getpid())
+        runs.start(engine, run_id, config.sync.host_id, os.getpid())
+        recorded = True
+        leases = Leases(engine, config.users, config.sync, run_id)
         backend.check_health(config.backend)
-        counts.due = store.count_due()
+        counts.due = leases.count_due()
         log.info("cycle_started", host=config.sync.host_id, due=counts.due, sync_url=config.backend.sync_url)
-        Cycle(config, store, notifier, stop, counts).sync_due_users()
+        Cycle(config, leases, notifier, stop, counts).sync_due_users()
         outcome = "interrupted" if stop.is_set() else "ok"
     except EmailSyncError as failure:
         outcome, error = failure.event, failure
         raise
     finally:
         report = RunReport(run_id, counts, outcome, int((time.monotonic() - started) * 1000))
-        _report(report, error, store, engine, config)
+        _report(report, error, engine if recorded else None, config)
         engine.dispose()
     return report
 
 
-def _report(
-    report: RunReport, error: EmailSyncError | None, store: Store | None, engine: Engine, config: Config
-) -> None:
-    """What every run leaves behind, however it ended: the log line, its row, the metrics."""
+def _report(report: RunReport, error: EmailSyncError | None, engine: Engine | None, config: Config) -> None:
+    """What every run leaves behind, however it ended: the log line, its row (``engine``: where the run's row
+    was started), the metrics."""
     counts = report.counts
     log.info(
         "cycle_finished",
@@ -101,8 +102,8 @@ def _report(
     )
     textfile = config.operator.metrics_textfile
     backlog = None
-    if store is not None and not isinstance(error, DatabaseUnavailable):  # the database is there to write to
-        store.finish_run(counts, report.outcome, str(error) if error else None)
+    if engine is not None and not isinstance(error, DatabaseUnavailable):  # the database is there to write to
+        runs.finish(engine, report.run_id, counts, report.outcome, str(error) if error else None)
         backlog = status.backlog(engine, config) if textfile else None
     if textfile:
         users = {"due": counts.due, "synced": counts.synced, "failed": counts.failed, "skipped": counts.skipped}
@@ -131,19 +132,19 @@ def sync_one(config: Config, who: str) -> Outcome:
     structlog.contextvars.bind_contextvars(run_id=run_id)
     with db.connected(config.database) as engine:
         schema.check_ready(engine, config.users)
-        store = Store(engine, config.users, config.sync, run_id)
-        claim = store.find(who)
+        leases = Leases(engine, config.users, config.sync, run_id)
+        claim = leases.find(who)
         if claim is None:
             raise UsageError(f"no single user has the id or email {who!r} in {config.users.table}")
-        if not store.claim_user(claim):
+        if not leases.claim_user(claim):
             raise TemporaryError(f"user {claim.key} is being synced by a run right now; try again later")
         with backend.Session(config.backend) as session:
             client = Client(config.backend, config.sync.max_emails, run_id, threading.Event(), lambda: None)
             outcome = client.sync(session, claim)
         if outcome.kind in (Kind.ENDPOINT, Kind.AUTH):  # the configuration's fault, not the user's
-            store.release([claim])
+            leases.release([claim])
             raise Verdict(1, config.backend.sync_url, [outcome]).error()
-        store.record([result_of(outcome)])
+        leases.record([result_of(outcome)])
         return outcome
 
 
@@ -191,10 +192,10 @@ class Verdict:
 
 class Cycle:
     def __init__(
-        self, config: Config, store: Store, notifier: Notifier, stop: threading.Event, counts: RunCounts
+        self, config: Config, leases: Leases, notifier: Notifier, stop: threading.Event, counts: RunCounts
     ) -> None:
         self.config = config
-        self.store = store
+        self.leases = leases
         self.notifier = notifier
         self.stop = stop
         self.counts = counts
@@ -204,10 +205,10 @@ class Cycle:
         self.to_record: list[Result] = []
         self.to_release: list[Claim] = []
         self.claimed = 0
-        self.due = DuePages(store, min(PAGE, config.sync.max_users_per_run))
+        self.due = DuePages(leases, min(PAGE, config.sync.max_users_per_run))
         self.failing_in_a_row = 0
         self.verdict = Verdict(config.sync.endpoint_probe, config.backend.sync_url)
-        self.client = Client(config.backend, config.sync.max_emails, store.owner, stop, self._attempt_done)
+        self.client = Client(config.backend, config.sync.max_emails, leases.owner, stop, self._attempt_done)
 
     def _attempt_done(self) -> None:
         with self.attempts_lock:
@@ -297,9 +298,9 @@ class Cycle:
 
     def _flush(self) -> None:
         batch, self.to_record = self.to_record, []
-        self.store.record(batch)
+        self.leases.record(batch)
         unused, self.to_release = self.to_release, []
-        self.store.release(unused)
+        self.leases.release(unused)
 
     def _wind_down(self, pool: CallPool) -> None:
         """Start nothing new; wait up to shutdown_grace for calls in flight, recording them; release the rest.

@@ -10,7 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from emailsync.status import HEALTHY_OUTCOMES, Backlog
+from emailsync.runs import HEALTHY_OUTCOMES
+from emailsync.status import Backlog
 
 
 def render(outcome: str, duration_s: float, users: dict[str, int], backlog: Backlog | None, finished: float) -> str:

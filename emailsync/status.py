@@ -13,16 +13,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, text
+from sqlalchemy import Engine, text
 
-from emailsync.claims import Store
+from emailsync import runs as runs_table
 from emailsync.config import Config
 from emailsync.db import RUNS, STATE, dialect_of, transaction
 from emailsync.schema import schema_version
+from emailsync.users import UsersTable
 
 RECENT_RUNS = 5
 LISTED = 10
-HEALTHY_OUTCOMES = ("ok", "interrupted")  # a stopped run is a healthy one: systemd asked it to stop
 
 
 @dataclass(frozen=True)
@@ -94,20 +94,9 @@ def gather(engine: Engine, config: Config) -> Status:
                 None if row.duration is None else round(float(row.duration), 1),
                 row.error,
             )
-            for row in connection.execute(
-                text(
-                    f"SELECT started_at, host, due, synced, failed, skipped, outcome, error, "
-                    f"{d.age('started_at')} - {d.age('finished_at')} AS duration "
-                    f"FROM {RUNS} ORDER BY started_at DESC LIMIT {RECENT_RUNS}"
-                )
-            )
+            for row in runs_table.recent(connection, d, RECENT_RUNS)
         ]
-        last_success = connection.execute(
-            text(f"SELECT min({d.age('finished_at')}) FROM {RUNS} WHERE outcome IN :healthy").bindparams(
-                bindparam("healthy", expanding=True)
-            ),
-            {"healthy": list(HEALTHY_OUTCOMES)},
-        ).scalar()
+        last_success = runs_table.last_success_age(connection, d)
         leased = connection.execute(
             text(f"SELECT count(*) FROM {STATE} WHERE lease_owner IS NOT NULL AND lease_until > {d.now}")
         ).scalar()
@@ -122,7 +111,7 @@ def gather(engine: Engine, config: Config) -> Status:
         backoff=list_users(engine, config, "failing", LISTED),
         leased=int(leased or 0),
         leases=list_users(engine, config, "leased", LISTED),
-        last_success_age_s=None if last_success is None else round(float(last_success)),
+        last_success_age_s=None if last_success is None else round(last_success),
         timer=timer_state(),
     )
     status.problems = _problems(status, config)
@@ -140,12 +129,12 @@ class Backlog:
 def backlog(engine: Engine, config: Config) -> Backlog:
     """Who is waiting right now: the numbers `status` shows and the metrics export."""
     d = dialect_of(engine)
-    store = Store(engine, config.users, config.sync, "status")
+    users = UsersTable(config.users, d)
     with transaction(engine) as connection:
         due = connection.execute(
             text(
-                f"SELECT count(*), count(*) - count({store.last_sync}), max({d.age(store.last_sync)}) "
-                f"{store.due_from()}"
+                f"SELECT count(*), count(*) - count({users.last_sync}), max({d.age(users.last_sync)}) "
+                f"{users.due_from()}"
             ),
             {"interval": config.sync.interval},
         ).one()
@@ -158,7 +147,7 @@ def backlog(engine: Engine, config: Config) -> Backlog:
 def _problems(status: Status, config: Config) -> list[str]:
     problems = []
     finished = [run for run in status.runs if run.outcome != "running"]
-    if finished and finished[0].outcome not in HEALTHY_OUTCOMES:
+    if finished and finished[0].outcome not in runs_table.HEALTHY_OUTCOMES:
         problems.append(f"the last run failed: {finished[0].outcome}: {finished[0].error or ''}".rstrip(": "))
     stale = config.operator.stale_after
     if status.last_success_age_s is None or status.last_success_age_s > stale:
@@ -201,13 +190,10 @@ def list_users(engine: Engine, config: Config, which: str, limit: int) -> list[U
 def list_due(engine: Engine, config: Config, limit: int) -> list[tuple[str, float | None]]:
     """(user id, seconds since last sync or None for never) of the users a run would take now, oldest first."""
     d = dialect_of(engine)
-    store = Store(engine, config.users, config.sync, "status")
+    users = UsersTable(config.users, d)
     with transaction(engine) as connection:
         rows = connection.execute(
-            text(
-                f"SELECT CAST({store.id} AS TEXT), {d.age(store.last_sync)} {store.due_from()} "
-                f"{store.oldest_first} LIMIT :limit"
-            ),
+            text(f"SELECT {users.key}, {d.age(users.last_sync)} {users.due_from()} {users.oldest_first} LIMIT :limit"),
             {"interval": config.sync.interval, "limit": limit},
         ).all()
     return [(row[0], _rounded(row[1])) for row in rows]

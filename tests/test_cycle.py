@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from sqlalchemy import text
 
-from emailsync.claims import DuePages, Result, Store
+from emailsync.leases import DuePages, Leases
+from emailsync.model import Result
 from tests.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 
@@ -204,30 +205,30 @@ def test_users_filter_limits_who_is_synced(app_db: AppDb, backend: Backend, emai
     assert app_db.synced_ids() == {2, 4}
 
 
-def _stores(url: str) -> Iterator[Callable[[str], Store]]:
-    """The claims store of a run with the given id, on one engine, as `email-sync run` would have it."""
+def _stores(url: str) -> Iterator[Callable[[str], Leases]]:
+    """The leases of a run with the given id, on one engine, as `email-sync run` would have it."""
     from emailsync import db
     from emailsync.config import DatabaseConfig, SyncConfig, UsersConfig
 
     engine = db.connect(DatabaseConfig(url=url, connect_timeout=5, statement_timeout=30))
     users = UsersConfig("users", "id", "email", "last_sync", "UTC", "")
     sync = SyncConfig(3600, 100, 50, 10, 600, 5, "host", 300, 86400, 20, 3)
-    yield lambda run_id: Store(engine, users, sync, run_id)
+    yield lambda run_id: Leases(engine, users, sync, run_id)
     engine.dispose()
 
 
 @pytest.fixture
-def store_of(app_db: AppDb) -> Iterator[Callable[[str], Store]]:
+def store_of(app_db: AppDb) -> Iterator[Callable[[str], Leases]]:
     yield from _stores(app_db.url)
 
 
 @pytest.fixture
-def pg_store_of(pg: AppDb) -> Iterator[Callable[[str], Store]]:
+def pg_store_of(pg: AppDb) -> Iterator[Callable[[str], Leases]]:
     yield from _stores(pg.url)
 
 
 @pytest.mark.parametrize("ok", [True, False], ids=["synced", "failed"])
-def test_only_the_lease_holder_can_record_a_result(ok: bool, app_db: AppDb, store_of: Callable[[str], Store]) -> None:
+def test_only_the_lease_holder_can_record_a_result(ok: bool, app_db: AppDb, store_of: Callable[[str], Leases]) -> None:
     app_db.add_users(1)
     mine = store_of("run-a")
     [claim] = mine.claim(mine.next_page(10))
@@ -240,7 +241,7 @@ def test_only_the_lease_holder_can_record_a_result(ok: bool, app_db: AppDb, stor
 
 
 def test_a_batch_of_the_largest_configurable_size_is_recorded(
-    app_db: AppDb, store_of: Callable[[str], Store]
+    app_db: AppDb, store_of: Callable[[str], Leases]
 ) -> None:
     app_db.add_users(10_000)  # sync.batch_size's maximum
     store = store_of("run-a")
@@ -252,7 +253,7 @@ def test_a_batch_of_the_largest_configurable_size_is_recorded(
     assert app_db.rows("SELECT count(*) FROM email_sync_user_state WHERE failures = 1")[0][0] == 10_000
 
 
-def test_users_another_run_took_from_our_page_are_skipped(app_db: AppDb, store_of: Callable[[str], Store]) -> None:
+def test_users_another_run_took_from_our_page_are_skipped(app_db: AppDb, store_of: Callable[[str], Leases]) -> None:
     app_db.add_users(10)
     ours, theirs = DuePages(store_of("run-a"), 1000), store_of("run-b")
     first = ours.claim(2)  # reads the page of all 10
@@ -264,7 +265,7 @@ def test_users_another_run_took_from_our_page_are_skipped(app_db: AppDb, store_o
     assert {c.key for c in first + rest}.isdisjoint(c.key for c in taken)
 
 
-def test_a_run_is_done_when_another_run_took_everyone_left(app_db: AppDb, store_of: Callable[[str], Store]) -> None:
+def test_a_run_is_done_when_another_run_took_everyone_left(app_db: AppDb, store_of: Callable[[str], Leases]) -> None:
     app_db.add_users(10)
     ours, theirs = DuePages(store_of("run-a"), 5), store_of("run-b")
     assert len(ours.claim(1)) == 1  # our page: the 5 oldest
@@ -274,7 +275,7 @@ def test_a_run_is_done_when_another_run_took_everyone_left(app_db: AppDb, store_
 
 
 def test_a_run_ends_when_every_due_user_is_locked_rather_than_spinning(
-    pg: AppDb, pg_store_of: Callable[[str], Store]
+    pg: AppDb, pg_store_of: Callable[[str], Leases]
 ) -> None:
     """Rows locked by another transaction look due to a page but are skipped by every claim: a page that yields
     nobody ends the run (the next timer tick tries again) instead of reading the same page forever."""

@@ -167,7 +167,7 @@ def test_the_due_queries_use_indexes_at_a_million_users(pg: AppDb, backend: Back
     from sqlalchemy import bindparam, text
 
     from emailsync import config, db
-    from emailsync.claims import Store
+    from emailsync.users import UsersTable
 
     pg.execute(
         "INSERT INTO users SELECT g, 'u' || g || '@example.com', now() - interval '10 minutes' "
@@ -181,12 +181,12 @@ def test_the_due_queries_use_indexes_at_a_million_users(pg: AppDb, backend: Back
         )
     pg.execute("ANALYZE users")
     loaded = config.load(str(email_sync.config_path), {})
-    store = Store(pg.engine, loaded.users, loaded.sync, "explain")
+    users = UsersTable(loaded.users, db.dialect_of(pg.engine))
 
-    page_plan = "\n".join(row[0] for row in pg.rows(f"EXPLAIN {store.page_query}", interval=3600.0, limit=1000))
+    page_plan = "\n".join(row[0] for row in pg.rows(f"EXPLAIN {users.page_query}", interval=3600.0, limit=1000))
     with pg.engine.begin() as connection:
         lists = (bindparam("ids", expanding=True), bindparam("keys", expanding=True))
-        claim = text(f"EXPLAIN {store.claim_query}").bindparams(*lists)
+        claim = text(f"EXPLAIN {users.claim_query}").bindparams(*lists)
         rows = connection.execute(claim, {"interval": 3600.0, "ids": [7, 1000, 2000], "keys": ["7", "1000", "2000"]})
         claim_plan = "\n".join(row[0] for row in rows)
 

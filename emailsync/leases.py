@@ -1,4 +1,4 @@
-"""Claims, results and runs: the only SQL that touches users during a cycle.
+"""Leases on users, and what became of them: the only SQL that writes our state table during a cycle.
 
 A run claims due users in batches by taking a lease on each (``lease_owner`` = the run id, ``lease_until`` on the
 database clock). Two runs, on one host or many, never hold the same user: PostgreSQL skips rows another claimer has
@@ -16,51 +16,15 @@ from typing import Any
 from sqlalchemy import BindParameter, Connection, Engine, bindparam, text
 
 from emailsync.config import SyncConfig, UsersConfig
-from emailsync.db import RUNS, STATE, dialect_of, with_retry
+from emailsync.db import MAX_ERROR_CHARS, STATE, dialect_of, with_retry
 from emailsync.logs import redact_and_truncate
+from emailsync.model import Candidate, Claim, Result, json_id
+from emailsync.users import UsersTable
 
-MAX_ERROR_CHARS = 500
 PAGE = 1000  # due users read per look at the app's table; each is claimed later, in small batches, by its id
 
 
-@dataclass(frozen=True)
-class Claim:
-    user_id: Any  # the app's id as JSON sends it: an int or a str (a UUID as its text)
-    key: str  # the id as text: our state table's key
-    email: str
-    failures: int  # consecutive failures before this attempt
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A due user as a page lists it: the id to look it up by, and the id as text, our state table's key."""
-
-    user_id: Any
-    key: str
-
-
-@dataclass(frozen=True)
-class Result:
-    claim: Claim
-    ok: bool
-    duration_ms: int
-    error: str | None = None
-
-
-@dataclass
-class RunCounts:
-    due: int = 0
-    synced: int = 0
-    failed: int = 0
-    skipped: int = 0
-
-
-def _json_id(value: Any) -> Any:
-    """The id as the backend gets it in JSON: integers and strings as they are, anything else (UUID) as text."""
-    return value if isinstance(value, int | str) and not isinstance(value, bool) else str(value)
-
-
-class Store:
+class Leases:
     """Claims users for one run and records what happened to them."""
 
     def __init__(self, engine: Engine, users: UsersConfig, sync: SyncConfig, run_id: str) -> None:
@@ -68,70 +32,31 @@ class Store:
         self.sync = sync
         self.owner = run_id
         self.d = dialect_of(engine)
-        q = self.d.quote
-        self.table = q(users.table)
-        self.id = f"u.{q(users.id_column)}"
-        self.email = f"u.{q(users.email_column)}"
-        self.last_sync = f"u.{q(users.last_sync_column)}"
-        self.set_last_sync = q(users.last_sync_column)
-        self.filter = f"AND ({users.filter})" if users.filter else ""
-
-    def due_from(self, only: str = "") -> str:
-        """FROM and WHERE of the due users: stale by the database clock, not in backoff, not leased by a live run.
-        ``only`` narrows the join to our state table, so a lookup of a few users can use its primary key."""
-        d = self.d
-        return f"""
-            FROM {self.table} AS u LEFT JOIN {STATE} AS s ON s.user_id = CAST({self.id} AS TEXT) {only}
-            WHERE {d.older_than(self.last_sync, "interval")}
-              AND (s.user_id IS NULL OR (
-                    (s.lease_owner IS NULL OR s.lease_until < {d.now})
-                AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= {d.now})))
-              {self.filter}"""
-
-    @property
-    def oldest_first(self) -> str:
-        """The order runs take due users in; the app index `migrate --print-app-indexes` prints serves it."""
-        return f"ORDER BY {self.last_sync} ASC NULLS FIRST"
+        self.users = UsersTable(users, self.d)
 
     def count_due(self) -> int:
         count = with_retry(
             self.engine,
             lambda connection: connection.execute(
-                text(f"SELECT count(*) {self.due_from()}"), {"interval": self.sync.interval}
+                text(f"SELECT count(*) {self.users.due_from()}"), {"interval": self.sync.interval}
             ).scalar(),
         )
         return int(count or 0)
-
-    @property
-    def page_query(self) -> str:
-        """The next due users, oldest first, unlocked: the candidates the next claims try. Without FOR UPDATE
-        PostgreSQL can keep only the first rows of its sort (a top-N sort) when the app index is missing."""
-        return (
-            f"SELECT {self.id} AS id, CAST({self.id} AS TEXT) AS key {self.due_from()} {self.oldest_first} LIMIT :limit"
-        )
 
     def next_page(self, limit: int) -> list[Candidate]:
         """Up to ``limit`` due users: one look at the whole due set per page rather than per claim."""
         rows = with_retry(
             self.engine,
             lambda connection: connection.execute(
-                text(self.page_query), {"interval": self.sync.interval, "limit": limit}
+                text(self.users.page_query), {"interval": self.sync.interval, "limit": limit}
             ).all(),
         )
-        return [Candidate(_json_id(row.id), row.key) for row in rows]
+        return [Candidate(json_id(row.id), row.key) for row in rows]
 
     def claim(self, candidates: Sequence[Candidate]) -> list[Claim]:
         """Lease those of these users who are still due: a user another run took meanwhile is skipped. A retry
         after a dropped connection is safe: the failed transaction took no lease."""
         return with_retry(self.engine, lambda connection: self._claim(connection, candidates)) if candidates else []
-
-    @property
-    def claim_query(self) -> str:
-        """Which of the users ``:ids`` (``:keys`` as text) are still due: looked up by both primary keys."""
-        return f"""
-            SELECT {self.id} AS id, {self.email} AS email, CAST({self.id} AS TEXT) AS key,
-                   COALESCE(s.failures, 0) AS failures
-            {self.due_from("AND s.user_id IN :keys")} AND {self.id} IN :ids"""
 
     def _claim(self, connection: Connection, candidates: Sequence[Candidate]) -> list[Claim]:
         params = {
@@ -142,15 +67,7 @@ class Store:
             "lease": self.sync.lease,
         }
         lists: tuple[BindParameter[Any], ...] = (bindparam("ids", expanding=True), bindparam("keys", expanding=True))
-        select = self.claim_query
-        lease = f"""
-            INSERT INTO {STATE} AS s (user_id, lease_owner, lease_until, failures, updated_at)
-            {{rows}}
-            ON CONFLICT (user_id) DO UPDATE
-               SET lease_owner = excluded.lease_owner, lease_until = excluded.lease_until,
-                   updated_at = excluded.updated_at
-             WHERE (s.lease_owner IS NULL OR s.lease_until < {self.d.now})
-               AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= {self.d.now})"""
+        select = self.users.claim_query
         if self.d.postgres:
             # One statement: lock the due rows (skipping those another claimer holds), then take the lease
             # only where no live lease exists; the upsert's WHERE is what makes a double claim impossible.
@@ -158,7 +75,7 @@ class Store:
             rows = connection.execute(
                 text(f"""
                     WITH due AS ({select} FOR UPDATE OF u SKIP LOCKED),
-                    claimed AS ({lease.format(rows=leases)} RETURNING user_id)
+                    claimed AS ({self._lease(leases, respect_backoff=True)} RETURNING user_id)
                     SELECT due.id, due.email, due.key, due.failures
                     FROM due JOIN claimed ON claimed.user_id = due.key""").bindparams(*lists),
                 params,
@@ -167,44 +84,42 @@ class Store:
             # SQLite: the transaction began with BEGIN IMMEDIATE, so nobody else writes until we commit.
             rows = connection.execute(text(select).bindparams(*lists), params).all()
             if rows:
-                values = f"VALUES (:key, :owner, {self.d.shifted(':lease')}, 0, {self.d.now})"
                 connection.execute(
-                    text(lease.format(rows=values)),
+                    text(self._lease(self._one_lease, respect_backoff=True)),
                     [{"key": row.key, "owner": self.owner, "lease": self.sync.lease} for row in rows],
                 )
-        return [Claim(user_id=_json_id(row.id), key=row.key, email=row.email, failures=row.failures) for row in rows]
+        return [_claim_of(row) for row in rows]
+
+    @property
+    def _one_lease(self) -> str:
+        return f"VALUES (:key, :owner, {self.d.shifted(':lease')}, 0, {self.d.now})"
+
+    def _lease(self, rows: str, respect_backoff: bool) -> str:
+        """The guarded upsert that takes a lease on ``rows`` (key, owner, until, 0, now): never over a live lease
+        of another run, and, unless an operator asked for this user, never over a backoff."""
+        now = self.d.now
+        backoff = f"AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= {now})" if respect_backoff else ""
+        return f"""
+            INSERT INTO {STATE} AS s (user_id, lease_owner, lease_until, failures, updated_at)
+            {rows}
+            ON CONFLICT (user_id) DO UPDATE
+               SET lease_owner = excluded.lease_owner, lease_until = excluded.lease_until,
+                   updated_at = excluded.updated_at
+             WHERE (s.lease_owner IS NULL OR s.lease_until < {now}) {backoff}"""
 
     def find(self, who: str) -> Claim | None:
         """The user whose id (as text) or email is ``who``: what an operator types."""
         rows = with_retry(
-            self.engine,
-            lambda connection: connection.execute(
-                text(
-                    f"SELECT {self.id} AS id, {self.email} AS email, CAST({self.id} AS TEXT) AS key, "
-                    f"COALESCE(s.failures, 0) AS failures FROM {self.table} AS u "
-                    f"LEFT JOIN {STATE} AS s ON s.user_id = CAST({self.id} AS TEXT) "
-                    f"WHERE CAST({self.id} AS TEXT) = :who OR {self.email} = :who LIMIT 2"
-                ),
-                {"who": who},
-            ).all(),
+            self.engine, lambda connection: connection.execute(text(self.users.find_query), {"who": who}).all()
         )
-        if len(rows) != 1:
-            return None
-        row = rows[0]
-        return Claim(user_id=_json_id(row.id), key=row.key, email=row.email, failures=row.failures)
+        return _claim_of(rows[0]) if len(rows) == 1 else None
 
     def claim_user(self, claim: Claim) -> bool:
         """Lease one user whatever its interval and backoff, unless a live run holds it."""
         claimed = with_retry(
             self.engine,
             lambda connection: connection.execute(
-                text(
-                    f"INSERT INTO {STATE} AS s (user_id, lease_owner, lease_until, failures, updated_at) "
-                    f"VALUES (:key, :owner, {self.d.shifted(':lease')}, 0, {self.d.now}) "
-                    "ON CONFLICT (user_id) DO UPDATE SET lease_owner = excluded.lease_owner, "
-                    "lease_until = excluded.lease_until, updated_at = excluded.updated_at "
-                    f"WHERE s.lease_owner IS NULL OR s.lease_until < {self.d.now} RETURNING user_id"
-                ),
+                text(f"{self._lease(self._one_lease, respect_backoff=False)} RETURNING user_id"),
                 {"key": claim.key, "owner": self.owner, "lease": self.sync.lease},
             ).all(),
         )
@@ -243,8 +158,8 @@ class Store:
         if synced:
             still_held = f"SELECT user_id FROM {STATE} WHERE user_id IN :keys AND lease_owner = :owner"
             connection.execute(
-                text(f"""UPDATE {self.table} AS u SET {self.set_last_sync} = {d.now}
-                         WHERE {self.id} IN :ids AND {d.among(f"CAST({self.id} AS TEXT)", still_held)}""").bindparams(
+                text(f"""UPDATE {self.users.table} AS u SET {self.users.last_sync_target} = {d.now}
+                         WHERE {self.users.id} IN :ids AND {d.among(self.users.key, still_held)}""").bindparams(
                     bindparam("ids", expanding=True), bindparam("keys", expanding=True)
                 ),
                 {"ids": [r.claim.user_id for r in synced], "keys": [r.claim.key for r in synced], "owner": self.owner},
@@ -305,36 +220,6 @@ class Store:
                 ),
             )
 
-    def start_run(self, host: str, pid: int) -> None:
-        with_retry(
-            self.engine,
-            lambda connection: connection.execute(
-                text(
-                    f"INSERT INTO {RUNS} (id, host, pid, started_at, outcome) "
-                    f"VALUES (:id, :host, :pid, {self.d.now}, 'running') ON CONFLICT (id) DO NOTHING"
-                ),
-                {"id": self.owner, "host": host, "pid": pid},
-            ),
-        )
-
-    def finish_run(self, counts: RunCounts, outcome: str, error: str | None) -> None:
-        with_retry(
-            self.engine,
-            lambda connection: connection.execute(
-                text(f"""UPDATE {RUNS} SET finished_at = {self.d.now}, due = :due, synced = :synced, failed = :failed,
-                            skipped = :skipped, outcome = :outcome, error = :error WHERE id = :id"""),
-                {
-                    "id": self.owner,
-                    "due": counts.due,
-                    "synced": counts.synced,
-                    "failed": counts.failed,
-                    "skipped": counts.skipped,
-                    "outcome": outcome,
-                    "error": redact_and_truncate(error, MAX_ERROR_CHARS) if error else None,
-                },
-            ),
-        )
-
 
 @dataclass
 class DuePages:
@@ -346,7 +231,7 @@ class DuePages:
     comes back empty, or when a whole page yielded nobody (other runs took or locked them all).
     """
 
-    store: Store
+    leases: Leases
     size: int  # at most max_users_per_run: a run that may take only a few takes the oldest
     page: list[Candidate] = field(default_factory=list)
     page_yielded: bool = True  # whether the current page gave us anyone (True before the first page)
@@ -358,14 +243,18 @@ class DuePages:
                 self._turn_page()
                 continue
             candidates, self.page = self.page[:limit], self.page[limit:]
-            claims = self.store.claim(candidates)
+            claims = self.leases.claim(candidates)
             if claims:
                 self.page_yielded = True
                 return claims
         return []
 
     def _turn_page(self) -> None:
-        self.page = self.store.next_page(self.size) if self.page_yielded else []
+        self.page = self.leases.next_page(self.size) if self.page_yielded else []
         random.shuffle(self.page)
         self.page_yielded = False
         self.done = not self.page
+
+
+def _claim_of(row: Any) -> Claim:
+    return Claim(user_id=json_id(row.id), key=row.key, email=row.email, failures=row.failures)

@@ -1,0 +1,72 @@
+"""The runs table: one row per run, written at its start and its end, and what `status` and the metrics read
+back from it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, text
+
+from emailsync.db import MAX_ERROR_CHARS, RUNS, Dialect, dialect_of, with_retry
+from emailsync.logs import redact_and_truncate
+from emailsync.model import RunCounts
+
+HEALTHY_OUTCOMES = ("ok", "interrupted")  # a stopped run is a healthy one: systemd asked it to stop
+
+
+def start(engine: Engine, run_id: str, host: str, pid: int) -> None:
+    d = dialect_of(engine)
+    with_retry(
+        engine,
+        lambda connection: connection.execute(
+            text(
+                f"INSERT INTO {RUNS} (id, host, pid, started_at, outcome) "
+                f"VALUES (:id, :host, :pid, {d.now}, 'running') ON CONFLICT (id) DO NOTHING"
+            ),
+            {"id": run_id, "host": host, "pid": pid},
+        ),
+    )
+
+
+def finish(engine: Engine, run_id: str, counts: RunCounts, outcome: str, error: str | None) -> None:
+    d = dialect_of(engine)
+    with_retry(
+        engine,
+        lambda connection: connection.execute(
+            text(f"""UPDATE {RUNS} SET finished_at = {d.now}, due = :due, synced = :synced, failed = :failed,
+                        skipped = :skipped, outcome = :outcome, error = :error WHERE id = :id"""),
+            {
+                "id": run_id,
+                "due": counts.due,
+                "synced": counts.synced,
+                "failed": counts.failed,
+                "skipped": counts.skipped,
+                "outcome": outcome,
+                "error": redact_and_truncate(error, MAX_ERROR_CHARS) if error else None,
+            },
+        ),
+    )
+
+
+def recent(connection: Connection, d: Dialect, limit: int) -> list[Any]:
+    """The last ``limit`` runs, newest first, with their duration in seconds."""
+    return list(
+        connection.execute(
+            text(
+                f"SELECT started_at, host, due, synced, failed, skipped, outcome, error, "
+                f"{d.age('started_at')} - {d.age('finished_at')} AS duration "
+                f"FROM {RUNS} ORDER BY started_at DESC LIMIT {int(limit)}"
+            )
+        )
+    )
+
+
+def last_success_age(connection: Connection, d: Dialect) -> float | None:
+    """Seconds since the last healthy run finished, by the database clock; None when none ever did."""
+    age = connection.execute(
+        text(f"SELECT min({d.age('finished_at')}) FROM {RUNS} WHERE outcome IN :healthy").bindparams(
+            bindparam("healthy", expanding=True)
+        ),
+        {"healthy": list(HEALTHY_OUTCOMES)},
+    ).scalar()
+    return None if age is None else float(age)
