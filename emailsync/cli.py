@@ -167,24 +167,17 @@ def _check(config: Config, _: argparse.Namespace) -> int:
 
 
 def _sync(config: Config, args: argparse.Namespace) -> int:
-    from emailsync import cycle
+    from emailsync import operations
     from emailsync.backend import Kind
 
-    outcome = cycle.sync_one(config, args.user)
+    outcome = operations.sync_user(config, args.user)
     return EXIT_OK if outcome.kind is Kind.SYNCED else EXIT_NO
 
 
 def _users(config: Config, args: argparse.Namespace) -> int:
-    from emailsync import db, status
+    from emailsync import operations
 
-    with db.connected(config.database) as engine:
-        if args.which in (None, "due"):
-            rows = [
-                f"{user:<24} {'never synced' if age is None else 'last synced ' + status.duration(age) + ' ago'}"
-                for user, age in status.list_due(engine, config, args.limit)
-            ]
-        else:
-            rows = [status.render_user(user) for user in status.list_users(engine, config, args.which, args.limit)]
+    rows = operations.list_users(config, args.which, args.limit)
     print("\n".join(rows) if rows else "(none)")
     return EXIT_OK
 
@@ -192,21 +185,9 @@ def _users(config: Config, args: argparse.Namespace) -> int:
 def _reset(config: Config, args: argparse.Namespace) -> int:
     import structlog
 
-    from emailsync import db, schema
-    from emailsync.errors import UsageError
-    from emailsync.leases import Leases
+    from emailsync import operations
 
-    with db.connected(config.database) as engine:
-        schema.check_ready(engine, config.users)
-        leases = Leases(engine, config.users, config.sync, "reset")
-        if args.all_failing:
-            keys = None
-        else:
-            claim = leases.find(args.user)
-            if claim is None:
-                raise UsageError(f"no single user has the id or email {args.user!r} in {config.users.table}")
-            keys = [claim.key]
-        count = leases.reset(keys)
+    count = operations.reset(config, None if args.all_failing else args.user)
     structlog.get_logger().info("backoff_reset", users=count)
     return EXIT_OK
 

@@ -27,8 +27,6 @@ from emailsync.errors import (
     DatabaseUnavailable,
     EmailSyncError,
     EndpointError,
-    TemporaryError,
-    UsageError,
 )
 from emailsync.leases import PAGE, DuePages, Leases
 from emailsync.model import Claim, Result, RunCounts
@@ -124,28 +122,6 @@ def result_of(outcome: Outcome) -> Result:
     else:
         log.warning("user_failed", **fields, kind=outcome.kind.value, error=outcome.error)
     return Result(outcome.claim, ok, outcome.duration_ms, outcome.error)
-
-
-def sync_one(config: Config, who: str) -> Outcome:
-    """`email-sync sync USER`: one user now, whatever its interval or backoff, but never under a live lease."""
-    run_id = str(uuid.uuid4())
-    structlog.contextvars.bind_contextvars(run_id=run_id)
-    with db.connected(config.database) as engine:
-        schema.check_ready(engine, config.users)
-        leases = Leases(engine, config.users, config.sync, run_id)
-        claim = leases.find(who)
-        if claim is None:
-            raise UsageError(f"no single user has the id or email {who!r} in {config.users.table}")
-        if not leases.claim_user(claim):
-            raise TemporaryError(f"user {claim.key} is being synced by a run right now; try again later")
-        with backend.Session(config.backend) as session:
-            client = Client(config.backend, config.sync.max_emails, run_id, threading.Event(), lambda: None)
-            outcome = client.sync(session, claim)
-        if outcome.kind in (Kind.ENDPOINT, Kind.AUTH):  # the configuration's fault, not the user's
-            leases.release([claim])
-            raise Verdict(1, config.backend.sync_url, [outcome]).error()
-        leases.record([result_of(outcome)])
-        return outcome
 
 
 @dataclass
