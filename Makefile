@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv system-deps test lint demo clean e2e
+.PHONY: venv system-deps test unit lint demo clean e2e
 
 $(VENV)/.installed: requirements.lock requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ system-deps:
 
 test: lint system-deps
 	$(BIN)/pytest
+
+# The pure logic alone (due SQL on an in-memory SQLite, rules, renderers): seconds, no PostgreSQL needed.
+unit: venv
+	$(BIN)/pytest tests/unit
 
 # End-to-end: email-sync under a real systemd in a Debian 12 container (root; caches under /var/cache/email-sync-e2e).
 e2e: venv

@@ -179,7 +179,7 @@ class Leases:
                     (
                         r.claim.key,
                         r.duration_ms,
-                        self.backoff(r.claim),
+                        failure_backoff(self.sync, r.claim.failures),
                         redact_and_truncate(r.error or "failed", MAX_ERROR_CHARS),
                     )
                     for r in failed
@@ -199,12 +199,6 @@ class Leases:
                      FROM batch WHERE {STATE}.user_id = batch.key AND {STATE}.lease_owner = :owner"""),
             {**params, "owner": self.owner},
         )
-
-    def backoff(self, claim: Claim) -> float:
-        """Seconds until the next attempt: doubling per consecutive failure, capped, with jitter so failed users
-        do not all come back in the same cycle."""
-        ceiling = min(self.sync.failure_backoff_max, self.sync.failure_backoff * 2.0 ** min(claim.failures, 32))
-        return ceiling * random.uniform(0.5, 1.0)
 
     def release(self, claims: Sequence[Claim]) -> None:
         """Give back leases of users we did not call, so the next run can take them at once."""
@@ -254,6 +248,13 @@ class DuePages:
         random.shuffle(self.page)
         self.page_yielded = False
         self.done = not self.page
+
+
+def failure_backoff(sync: SyncConfig, failures: int) -> float:
+    """Seconds until the next attempt of a user that has failed ``failures`` times in a row before this failure:
+    doubling each time, capped, with jitter so failed users do not all come back in the same cycle."""
+    ceiling = min(sync.failure_backoff_max, sync.failure_backoff * 2.0 ** min(failures, 32))
+    return ceiling * random.uniform(0.5, 1.0)
 
 
 def _claim_of(row: Any) -> Claim:

@@ -56,10 +56,8 @@ class AppDb:
         return self.engine.dialect.name == "postgresql"
 
     def at(self, seconds: float) -> str:
-        """SQL for the database clock's now, moved by ``seconds`` (negative: the past)."""
-        if self.postgres:
-            return f"(now() + make_interval(secs => {seconds}))"
-        return f"strftime('%Y-%m-%d %H:%M:%f', 'now', '{seconds:+} seconds')"
+        """SQL for the database clock's now, moved by ``seconds`` (negative: the past), as email-sync writes it."""
+        return db.Dialect(self.engine.dialect.name).shifted(repr(float(seconds)))
 
     def seconds_until(self, column: str, user_id: Any) -> float:
         """How far in the future (by the database clock) a timestamp column of a user's state is."""
@@ -219,7 +217,7 @@ def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
 
 
 @dataclass
-class Outcome:
+class CommandResult:
     """What one email-sync command did: exit code and its log, one parsed JSON object per line."""
 
     code: int
@@ -271,11 +269,11 @@ class EmailSync:
     def config_path(self) -> Path:
         return self.tmp_path / "email-sync.toml"
 
-    def __call__(self, *args: str) -> Outcome:
+    def __call__(self, *args: str) -> CommandResult:
         self.capsys.readouterr()
         code = cli.main(["--config", str(self.config_path), *args])
         captured = self.capsys.readouterr()
-        return Outcome(code, captured.out, captured.err)
+        return CommandResult(code, captured.out, captured.err)
 
     def popen(
         self, *args: str, env: dict[str, str] | None = None, prefix: list[str] | None = None
@@ -288,10 +286,10 @@ class EmailSync:
             env={**os.environ, **(env or {})},
         )
 
-    def subprocess(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> Outcome:
+    def subprocess(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> CommandResult:
         process = self.popen(*args, env=env)
         stdout, stderr = process.communicate(timeout=timeout)
-        return Outcome(process.returncode, stdout, stderr)
+        return CommandResult(process.returncode, stdout, stderr)
 
 
 @pytest.fixture

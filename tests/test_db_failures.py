@@ -14,7 +14,7 @@ from sqlalchemy import make_url
 
 from emailsync.errors import EXIT_CONFIG, EXIT_TEMPFAIL
 from tests.backend import Backend
-from tests.conftest import AppDb, EmailSync, Outcome, _fresh_app_db, write_config
+from tests.conftest import AppDb, CommandResult, EmailSync, _fresh_app_db, write_config
 from tests.pgbouncer import PgBouncer
 from tests.pgrefuser import RefusingServer
 
@@ -26,7 +26,7 @@ def url_of(app: AppDb, **parts: object) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def run_with_url(email_sync: EmailSync, app: AppDb, backend: Backend, url: str, **database: object) -> Outcome:
+def run_with_url(email_sync: EmailSync, app: AppDb, backend: Backend, url: str, **database: object) -> CommandResult:
     email_sync.configure(AppDb(url, app.engine), backend, database={"connect_timeout": "2s", **database})
     result = email_sync("run")
     assert SECRET not in result.stdout + result.stderr

@@ -69,7 +69,3 @@ def test_each_step_is_recorded_once_in_order(app_db: AppDb) -> None:
     versions = [row[0] for row in app_db.rows(f"SELECT version FROM {db.VERSION_TABLE} ORDER BY applied_at, version")]
     assert versions == [step.version for step in schema.STEPS]
     engine.dispose()
-
-
-def test_the_steps_are_numbered_one_to_the_latest() -> None:
-    assert [step.version for step in schema.STEPS] == list(range(1, schema.SCHEMA_VERSION + 1))

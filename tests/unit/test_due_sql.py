@@ -1,0 +1,90 @@
+"""Who is due, decided by the SQL that UsersTable builds: run here on an in-memory SQLite database with email-sync's
+own schema, in milliseconds, without PostgreSQL (the integration suite runs the same SQL on both)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+
+import pytest
+
+from emailsync.config import UsersConfig
+from emailsync.db import STATE, Dialect
+from emailsync.schema import STEPS
+from emailsync.users import UsersTable
+
+SQLITE = Dialect("sqlite")
+HOUR = 3600.0
+
+
+def users_table(filter: str = "", table: str = "users") -> UsersTable:
+    return UsersTable(UsersConfig(table, "id", "email", "last_sync", "UTC", filter), SQLITE)
+
+
+@pytest.fixture
+def database() -> Iterator[sqlite3.Connection]:
+    connection = sqlite3.connect(":memory:")
+    connection.execute("CREATE TABLE users (id integer PRIMARY KEY, email text, last_sync text, active integer)")
+    for step in STEPS:
+        for statement in step.statements(SQLITE):
+            connection.execute(statement)
+    yield connection
+    connection.close()
+
+
+def add(database: sqlite3.Connection, user: int, synced_ago: float | None, active: int = 1) -> None:
+    at = None if synced_ago is None else database.execute(f"SELECT {SQLITE.shifted(str(-synced_ago))}").fetchone()[0]
+    database.execute("INSERT INTO users VALUES (?, ?, ?, ?)", (user, f"u{user}@example.com", at, active))
+
+
+def state(database: sqlite3.Connection, user: int, **columns: object) -> None:
+    names = ", ".join(columns)
+    values = ", ".join(str(value) for value in columns.values())
+    database.execute(f"INSERT INTO {STATE} (user_id, {names}) VALUES ('{user}', {values})")
+
+
+def due(database: sqlite3.Connection, users: UsersTable) -> list[int]:
+    sql = users.page_query.replace(":interval", str(HOUR)).replace(":limit", "100")
+    return [row[0] for row in database.execute(sql)]
+
+
+def test_never_synced_and_stale_users_are_due_oldest_first(database: sqlite3.Connection) -> None:
+    add(database, 1, 2 * HOUR)
+    add(database, 2, None)
+    add(database, 3, HOUR + 60)
+    add(database, 4, HOUR - 60)
+
+    assert due(database, users_table()) == [2, 1, 3]
+
+
+def test_a_user_in_backoff_is_not_due(database: sqlite3.Connection) -> None:
+    add(database, 1, None)
+    add(database, 2, None)
+    state(database, 1, failures=1, next_attempt_at=SQLITE.shifted("600"))
+    state(database, 2, failures=1, next_attempt_at=SQLITE.shifted("-1"))
+
+    assert due(database, users_table()) == [2]
+
+
+def test_a_live_lease_hides_a_user_and_an_expired_one_does_not(database: sqlite3.Connection) -> None:
+    add(database, 1, None)
+    add(database, 2, None)
+    state(database, 1, lease_owner="'run-a'", lease_until=SQLITE.shifted("600"))
+    state(database, 2, lease_owner="'run-b'", lease_until=SQLITE.shifted("-1"))
+
+    assert due(database, users_table()) == [2]
+
+
+def test_the_filter_narrows_the_due_users(database: sqlite3.Connection) -> None:
+    add(database, 1, None, active=1)
+    add(database, 2, None, active=0)
+
+    assert due(database, users_table(filter="u.active = 1")) == [1]
+
+
+def test_configured_names_are_quoted_schema_and_table_apart() -> None:
+    users = UsersTable(UsersConfig("app.Users", "Id", "Email", "LastSync", "UTC", ""), Dialect("postgresql"))
+
+    assert users.table == '"app"."Users"'
+    assert users.last_sync == 'u."LastSync"' and users.last_sync_target == '"LastSync"'
+    assert 'ORDER BY u."LastSync" ASC NULLS FIRST' in users.page_query

@@ -1,0 +1,36 @@
+"""What `status` prints: short durations and one line per user, within the widths a terminal and a mail show."""
+
+from __future__ import annotations
+
+import pytest
+
+from emailsync.status import UserRow, duration, render_user
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (None, "-"),
+        (0, "0s"),
+        (119, "119s"),
+        (120, "2m"),
+        (7199, "119m"),
+        (7200, "2h00m"),
+        (3 * 86400 + 3600, "3d01h"),
+        (-90, "-90s"),
+    ],
+)
+def test_duration_is_short_and_keeps_its_sign(seconds: float | None, shown: str) -> None:
+    assert duration(seconds) == shown
+
+
+def test_a_failing_user_line_shows_failures_retry_and_error_within_78_columns() -> None:
+    line = render_user(UserRow("42", 3, 600.0, "HTTP 500: " + "x" * 200, None, None, None))
+
+    assert line.startswith("42") and "x3" in line and "retry in 10m" in line and len(line) == 78
+
+
+def test_a_leased_user_line_names_the_host_and_time_left() -> None:
+    line = render_user(UserRow("7", 0, None, None, "0123456789abcdef", "host-a", 90.0))
+
+    assert "leased by host-a run 01234567, 90s left" in line

@@ -1,0 +1,104 @@
+"""The pure rules of a run: how long a failed user waits, when the first answers condemn the configuration, and
+what a refused database connection means. No database, no backend: milliseconds."""
+
+from __future__ import annotations
+
+import psycopg2
+import pytest
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from emailsync import schema
+from emailsync.backend import Kind, Outcome
+from emailsync.config import SyncConfig
+from emailsync.cycle import Verdict
+from emailsync.db_failures import classify
+from emailsync.errors import ConfigError, DatabaseUnavailable, EndpointError
+from emailsync.leases import failure_backoff
+from emailsync.model import Claim
+
+SYNC = SyncConfig(3600, 100, 50, 10, 600, 5, "host", 300, 86400, 20, 3)
+
+
+@pytest.mark.parametrize(("failures", "ceiling"), [(0, 300), (1, 600), (3, 2400), (9, 86400), (500, 86400)])
+def test_failure_backoff_doubles_up_to_its_cap_with_jitter_below_the_ceiling(failures: int, ceiling: float) -> None:
+    waits = [failure_backoff(SYNC, failures) for _ in range(200)]
+
+    assert all(ceiling / 2 <= wait <= ceiling for wait in waits)
+    assert max(waits) - min(waits) > 0
+
+
+def outcome(user: int, kind: Kind, status: int | None) -> Outcome:
+    return Outcome(Claim(user, str(user), f"u{user}@example.com", 0), kind, status, 1, 5)
+
+
+def test_three_404s_in_a_row_condemn_the_endpoint_naming_the_key() -> None:
+    verdict = Verdict(3, "http://backend/sync")
+    verdict.observe(outcome(1, Kind.ENDPOINT, 404))
+    verdict.observe(outcome(2, Kind.ENDPOINT, 404))
+
+    with pytest.raises(EndpointError, match=r"backend\.sync_path"):
+        verdict.observe(outcome(3, Kind.ENDPOINT, 404))
+
+
+def test_one_success_releases_the_held_answers_as_those_users_failures() -> None:
+    verdict = Verdict(3, "http://backend/sync")
+
+    assert verdict.observe(outcome(1, Kind.ENDPOINT, 404)) == []
+    released = verdict.observe(outcome(2, Kind.SYNCED, 200))
+
+    assert [o.claim.user_id for o in released] == [1, 2]
+    assert verdict.observe(outcome(3, Kind.ENDPOINT, 404))[0].claim.user_id == 3
+
+
+def test_401s_for_everyone_blame_the_token() -> None:
+    verdict = Verdict(2, "http://backend/sync")
+    verdict.observe(outcome(1, Kind.AUTH, 401))
+
+    with pytest.raises(EndpointError, match=r"backend\.token_file"):
+        verdict.observe(outcome(2, Kind.AUTH, 403))
+
+
+def refused(message: str) -> OperationalError:
+    return OperationalError("connect", {}, psycopg2.OperationalError(message))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        'connection to server at "db", port 5432 failed: FATAL:  password authentication failed for user "app"',
+        'connection to server at "db", port 6432 failed: FATAL:  SASL authentication failed',
+        'connection to server at "db", port 5432 failed: FATAL:  database "app" does not exist',
+        'connection to server at "db", port 5432 failed: FATAL:  role "app" does not exist',
+        'connection to server at "db", port 6432 failed: FATAL:  unsupported startup parameter: options',
+        'connection to server at "db", port 5432 failed: FATAL:  no pg_hba.conf entry for host "10.0.0.1"',
+        'could not translate host name "dbb" to address: Name or service not known',
+    ],
+)
+def test_a_refusal_the_operator_must_fix_is_a_configuration_error_naming_the_source(message: str) -> None:
+    failure = classify(refused(message), "database.url_file (/etc/email-sync/db)")
+
+    assert isinstance(failure, ConfigError) and str(failure).startswith("database.url_file (/etc/email-sync/db): ")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        'connection to server at "db", port 5432 failed: FATAL:  the database system is starting up',
+        'connection to server at "db", port 5432 failed: FATAL:  sorry, too many clients already',
+        'connection to server at "db", port 5432 failed: Connection refused',
+        'connection to server at "db", port 5432 failed: timeout expired',
+        "server closed the connection unexpectedly",
+    ],
+)
+def test_a_refusal_that_may_pass_is_temporary(message: str) -> None:
+    assert isinstance(classify(refused(message), "database.url"), DatabaseUnavailable)
+
+
+def test_an_error_in_our_own_statement_is_a_bug_not_a_database_failure() -> None:
+    error = ProgrammingError("SELECT", {}, psycopg2.ProgrammingError('syntax error at or near "FORM"'))
+
+    assert classify(error, "database.url") is None
+
+
+def test_the_migration_steps_are_numbered_one_to_the_latest() -> None:
+    assert [step.version for step in schema.STEPS] == list(range(1, schema.SCHEMA_VERSION + 1))
