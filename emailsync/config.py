@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from emailsync import timespan
 from emailsync.errors import ConfigError
 
 DEFAULT_PATH = "/etc/email-sync/email-sync.toml"
@@ -25,8 +26,6 @@ DATABASE_URL_CREDENTIAL = "database-url"
 BACKEND_TOKEN_CREDENTIAL = "backend-token"
 CREDSTORE = "/etc/credstore"  # where email-sync.service's LoadCredential= finds email-sync.<credential>
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 # Longer is a typo, and past it the waits and timeouts built from a duration overflow (int(inf), Event.wait).
@@ -48,24 +47,23 @@ def _shown(value: Any) -> str:
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from 90, 1.5, "90s", "5m", "1h30m" or "250ms": operators write durations the way systemd does."""
+    """Seconds from a number of seconds or a systemd time span ("90s", "5min", "2h 30min", "1.5h", "1w"):
+    operators write durations the way systemd.time(7) does, and copy them between unit files and this config."""
+    usage = "must be a duration like 30s, 5min or 2h 30min (systemd.time(7))"
     if isinstance(value, bool):
-        raise _Invalid("must be a duration like 30s, 5m or 1h")
+        raise _Invalid(usage)
     if isinstance(value, int | float):
         try:
             seconds = float(value)
         except OverflowError:  # an int past float's range
             seconds = float("inf")
     elif isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        if re.fullmatch(r"\d+(\.\d+)?", text):
-            seconds = float(text)
-        elif text and re.fullmatch(f"(?:{_DURATION_PART.pattern})+", text):
-            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
-        else:
-            raise _Invalid(f"must be a duration like 30s, 5m or 1h, got {_shown(value)}")
+        try:
+            seconds = timespan.parse(value) / timespan.USEC_PER_SEC
+        except ValueError:
+            raise _Invalid(f"{usage}, got {_shown(value)}") from None
     else:
-        raise _Invalid("must be a duration like 30s, 5m or 1h")
+        raise _Invalid(usage)
     if not 0 < seconds <= MAX_DURATION:
         raise _Invalid(f"must be a positive duration of at most 365d, got {_shown(value)}")
     return seconds

@@ -630,6 +630,14 @@ def test_base_url_with_a_bad_port_is_refused(tmp_path: Path) -> None:
         (" 5m ", 300.0),
         ("1h 30m", 5400.0),
         ("365d", 365 * 86400.0),
+        ("5min", 300.0),
+        ("30sec", 30.0),
+        ("5 minutes", 300.0),
+        ("1w", 7 * 86400.0),
+        ("2h 30min", 9000.0),
+        ("1 hour 30 minutes", 5400.0),
+        ("1M", 365.25 / 12 * 86400),  # systemd: 30.44 days
+        ("500us", 0.0005),
     ],
 )
 def test_parse_duration_accepts_systemd_style_durations(value: Any, seconds: float) -> None:
@@ -648,7 +656,11 @@ def test_parse_duration_accepts_systemd_style_durations(value: Any, seconds: flo
         "soon",
         "5x",
         "m",
-        "5 minutes",
+        "5mins",
+        "5S",
+        "5.s",
+        "1y",
+        "infinity",
         "1e3",
         "inf",
         "nan",
