@@ -410,7 +410,7 @@ def _read_toml(path: str) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config file: {error.strerror}") from None
     try:
-        return tomllib.loads(data.decode("utf-8"))
+        return tomllib.loads(data.decode("utf-8-sig"))  # a byte order mark (Notepad writes one) is not TOML
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not valid UTF-8 at byte {error.start}") from None
     except ValueError as error:  # TOMLDecodeError, or int()'s 4300-digit limit that tomllib lets through

@@ -153,6 +153,12 @@ def test_invalid_utf8_names_the_file(tmp_path: Path) -> None:
     assert message.startswith(f"{path}: not valid UTF-8")
 
 
+def test_a_file_starting_with_a_utf8_byte_order_mark_loads(tmp_path: Path) -> None:
+    path = raw_file(tmp_path, "\ufeff[backend]\nbase_url = 'http://127.0.0.1:9'\nretries = 5\n".encode())
+
+    assert load(path, {"EMAIL_SYNC_DATABASE_URL": "sqlite:///x.db"}).backend.retries == 5
+
+
 def test_duplicate_key_is_invalid_toml(tmp_path: Path) -> None:
     path = raw_file(tmp_path, '[backend]\nbase_url = "http://a"\nbase_url = "http://b"\n')
     assert error_of(path).startswith(f"{path}: invalid TOML")
