@@ -106,7 +106,10 @@ def _report(
         backlog = status.backlog(engine, config) if textfile else None
     if textfile:
         users = {"due": counts.due, "synced": counts.synced, "failed": counts.failed, "skipped": counts.skipped}
-        metrics.write(textfile, report.outcome, report.duration_ms / 1000, users, backlog)
+        try:
+            metrics.write(textfile, report.outcome, report.duration_ms / 1000, users, backlog)
+        except OSError as error:  # the run's own outcome decides the exit code, not its report's file
+            log.warning("metrics_not_written", textfile=textfile, error=f"{error.strerror}: {error.filename}")
 
 
 def result_of(outcome: Outcome) -> Result:
