@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from emailsync import timespan
 from emailsync.errors import ConfigError
@@ -360,11 +360,25 @@ class Config:
 
 
 def _url_secrets(url: str) -> list[str]:
-    try:
-        password = urlsplit(url).password
-    except ValueError:
+    """The database password as written in the URL, as SQLAlchemy reads it (to the first "@"), and decoded: any of
+    them can reach a message."""
+    password = url_password(url)
+    if not password:
         return []
-    return [password] if password else []
+    read = {password, password.partition("@")[0]}
+    return sorted(read | {unquote(p) for p in read})
+
+
+def url_password(url: str) -> str | None:
+    """The password of a database URL as written: everything between "scheme://user:" and the last "@".
+
+    Reading to the last "@" finds the whole of a password whose "@" was not percent-encoded, where SQLAlchemy
+    would cut it at its first "@" and take the rest for the host (and the port, from a ":" after it).
+    """
+    _, separator, rest = url.partition("://")
+    userinfo, at, _ = rest.rpartition("@")
+    _, colon, password = userinfo.partition(":")
+    return password if separator and at and colon and password else None
 
 
 def config_path(cli_path: str | None, env: Mapping[str, str]) -> str:
@@ -444,7 +458,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _build(path: str, v: dict[str, Any], env: Mapping[str, str], need_database: bool) -> Config:
     warnings: list[str] = []
-    database_url = _secret(
+    database_url, origin = _secret(
         path,
         env,
         DATABASE_URL_CREDENTIAL,
@@ -454,12 +468,16 @@ def _build(path: str, v: dict[str, Any], env: Mapping[str, str], need_database: 
         warnings,
     )
     if database_url:
-        _check_database_url(path, database_url)
+        _check_database_url(path, origin, database_url)
     elif need_database:
         raise ConfigError(
             f"{path}: database.url is required (or database.url_file, or the {DATABASE_URL_CREDENTIAL} credential)"
         )
-    token = _secret(path, env, BACKEND_TOKEN_CREDENTIAL, v["backend.token_file"], "backend.token_file", "", warnings)
+    token, origin = _secret(
+        path, env, BACKEND_TOKEN_CREDENTIAL, v["backend.token_file"], "backend.token_file", "", warnings
+    )
+    if not token.isascii():
+        raise ConfigError(f"{origin}: the token must be ASCII: it is sent in an HTTP header")
     ca_file = v["backend.ca_file"] or None
     if ca_file is not None and not os.access(ca_file, os.R_OK):
         raise ConfigError(f"{path}: backend.ca_file: cannot read {ca_file}")
@@ -498,23 +516,28 @@ def _section(cls: type[T], section: str, v: dict[str, Any], **derived: Any) -> T
 
 def _secret(
     path: str, env: Mapping[str, str], credential: str, file: str, file_key: str, inline: str, warnings: list[str]
-) -> str:
-    """A secret from the systemd credential, else the *_file key, else the inline value.
+) -> tuple[str, str]:
+    """A secret from the systemd credential, else the *_file key, else the inline value; and where it came from,
+    for a message about it.
 
     Outside the unit (root running `email-sync migrate` or `check`), the credential's source file in the
     credstore stands in for it, so the operator's commands see the same secrets as the service.
     """
     credentials = env.get("CREDENTIALS_DIRECTORY")
+    inline_key = file_key.removesuffix("_file")
     if credentials and Path(credentials, credential).exists():
-        return _read_secret(Path(credentials, credential), f"{path}: credential {credential}", warnings)
+        what = f"{path}: credential {credential}"
+        return _read_secret(Path(credentials, credential), what, warnings), what
     stored = Path(CREDSTORE, f"email-sync.{credential}")
     if not credentials and not file and not inline and os.access(stored, os.R_OK):
-        return _read_secret(stored, f"{path}: credential {credential} ({stored})", warnings)
+        what = f"{path}: credential {credential} ({stored})"
+        return _read_secret(stored, what, warnings), what
     if file:
         if inline:
-            raise ConfigError(f"{path}: set either {file_key} or {file_key.removesuffix('_file')}, not both")
-        return _read_secret(Path(file), f"{path}: {file_key}", warnings)
-    return inline
+            raise ConfigError(f"{path}: set either {file_key} or {inline_key}, not both")
+        return _read_secret(Path(file), f"{path}: {file_key}", warnings), f"{path}: {file_key} {file}"
+    variable = f"{ENV_PREFIX}{inline_key.replace('.', '_').upper()}"
+    return inline, f"{path}: {inline_key}" + (f" (environment {variable})" if variable in env else "")
 
 
 def _read_secret(file: Path, what: str, warnings: list[str]) -> str:
@@ -538,7 +561,12 @@ def _read_secret(file: Path, what: str, warnings: list[str]) -> str:
     return value
 
 
-def _check_database_url(path: str, url: str) -> None:
+def _check_database_url(path: str, origin: str, url: str) -> None:
     scheme = url.partition("://")[0].split("+")[0]
     if scheme not in ("postgresql", "postgres", "sqlite") or "://" not in url:
         raise ConfigError(f"{path}: database.url must start with postgresql:// or sqlite:/// (the value is not shown)")
+    if scheme != "sqlite" and "@" in (url_password(url) or ""):  # a file's path may hold both, as it likes
+        raise ConfigError(
+            f"{origin}: the password in the database URL must be percent-encoded (@ as %40, : as %3A, / as %2F); "
+            "the URL is not shown"
+        )

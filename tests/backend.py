@@ -14,8 +14,10 @@ As a program it serves until SIGTERM/SIGINT::
 """
 
 import argparse
+import base64
 import contextlib
 import json
+import re
 import signal
 import socket
 import socketserver
@@ -28,10 +30,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 # Content-Length announced by a trickling response: far more than will ever be sent.
 _TRICKLE_LENGTH = 1_000_000_000
+# The ways a careless backend writes the bearer token it got back into an error body.
+ECHOES = {
+    "raw": lambda token: token,
+    "percent": lambda token: quote(token, safe=""),
+    "percent-lower": lambda token: re.sub("%[0-9A-F]{2}", lambda m: m[0].lower(), quote(token, safe="")),
+    "percent-path": lambda token: quote(token),  # urllib's default: "/" left as is
+    "form": lambda token: quote_plus(token, safe=""),
+    "json": lambda token: json.dumps(token)[1:-1],
+    "basic": lambda token: "Basic " + base64.b64encode(f"user:{token}".encode()).decode(),
+    "base64": lambda token: base64.b64encode(token.encode()).decode(),
+    "cut": lambda token: token[: max(8, len(token) // 2)] + "...",
+}
 
 
 @dataclass
@@ -46,6 +60,7 @@ class Behaviour:
     retry_after: str | None = None  # Retry-After header value
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers
     close: bool = False  # close the connection without any response
+    echo: str = ""  # a key of ECHOES: the body is an error quoting the request's bearer token spelled that way
 
 
 @dataclass
@@ -363,6 +378,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._trickle(behaviour.status, behaviour.trickle, headers)
             return
         body = behaviour.body
+        if behaviour.echo:
+            token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            body = f"token {ECHOES[behaviour.echo](token)} rejected".encode()
         if body is None:
             if 200 <= behaviour.status < 300:
                 email = payload.get("email") if isinstance(payload, dict) else None

@@ -24,6 +24,7 @@ from emailsync.config import (
     config_path,
     load,
     parse_duration,
+    url_password,
 )
 from emailsync.errors import EXIT_CONFIG, EXIT_TEMPFAIL, ConfigError
 from tests.conftest import write_config
@@ -548,6 +549,73 @@ def test_password_in_database_url_never_in_error(tmp_path: Path) -> None:
         assert PASSWORD not in message
 
 
+UNENCODED_PASSWORD = "p@ss:w0rd/Zq@9"  # SQLAlchemy would take "ss:w0rd/Zq@9@db:5432" for the host and port
+UNENCODED_URL = f"postgresql://app:{UNENCODED_PASSWORD}@db:5432/app"
+
+
+@pytest.mark.parametrize(
+    ("url", "password"),
+    [
+        (UNENCODED_URL, UNENCODED_PASSWORD),
+        ("postgresql://app:pw%40x@db/app", "pw%40x"),
+        ("postgresql://user@tenant:pw@db/app", "pw"),  # an unencoded "@" in the user name
+        ("postgresql://app@db/app", None),
+        ("postgresql:///app?host=/run/postgresql", None),
+    ],
+)
+def test_the_url_password_is_everything_between_user_colon_and_the_last_at_sign(url: str, password: str) -> None:
+    assert url_password(url) == password
+
+
+def test_both_the_written_and_the_decoded_password_are_secrets(tmp_path: Path) -> None:
+    config = load(config_file(tmp_path, database={"url": "postgresql://app:pw%2Fsecret@db/app"}), {})
+
+    assert {"pw%2Fsecret", "pw/secret"} <= set(config.secrets)
+
+
+@pytest.mark.parametrize("place", ["inline", "env", "url_file", "credential"])
+def test_a_password_with_an_unencoded_at_sign_is_refused_naming_where_the_url_came_from(
+    tmp_path: Path, place: str
+) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    env = {"CREDENTIALS_DIRECTORY": str(credentials)}
+    database: dict[str, Any] = {"url": None}
+    if place == "inline":
+        database["url"] = UNENCODED_URL
+    elif place == "env":
+        env["EMAIL_SYNC_DATABASE_URL"] = UNENCODED_URL
+    elif place == "url_file":
+        database["url_file"] = secret_file(tmp_path, "db-url", UNENCODED_URL)
+    else:
+        secret_file(credentials, "database-url", UNENCODED_URL)
+
+    message = error_of(config_file(tmp_path, database=database), env)
+
+    where = {
+        "inline": "database.url",
+        "env": "EMAIL_SYNC_DATABASE_URL",
+        "url_file": f"database.url_file {tmp_path / 'db-url'}",
+        "credential": "credential database-url",
+    }
+    assert where[place] in message and "must be percent-encoded" in message
+    assert not any(part in message for part in ("p@ss", "ss:w0rd", "w0rd", "Zq@9"))
+
+
+def test_a_sqlite_path_may_hold_at_signs_and_colons(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/a:b@c/app.db"
+    assert load(config_file(tmp_path, database={"url": url}), {}).database.url == url
+
+
+def test_a_token_that_is_not_ascii_is_refused_naming_its_file(tmp_path: Path) -> None:
+    token_file = secret_file(tmp_path, "token", "tok-€-Secret")
+
+    message = error_of(config_file(tmp_path, backend={"token_file": token_file}))
+
+    assert f"backend.token_file {token_file}" in message and "ASCII" in message
+    assert "tok-" not in message
+
+
 def test_secret_file_readable_by_others_warns(tmp_path: Path) -> None:
     token_file = secret_file(tmp_path, "token", TOKEN, mode=0o644)
     config = load(config_file(tmp_path, backend={"token_file": token_file}), {})
@@ -777,6 +845,16 @@ def test_cli_never_prints_the_database_password(tmp_path: Path, capsys: pytest.C
     code, lines, output = run_cli(capsys, "--config", path, "run")
     assert_one_config_error(code, lines, "database.url", path)
     assert PASSWORD not in output
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cli_a_database_password_with_an_unencoded_at_sign_exits_78_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config_file(tmp_path, database={"url": UNENCODED_URL})
+    code, lines, output = run_cli(capsys, "--config", path, "run")
+    assert_one_config_error(code, lines, "database.url", "percent-encoded", path)
+    assert "ss:w0rd" not in output and "Zq@9" not in output
 
 
 @pytest.mark.usefixtures("clean_env")
