@@ -175,7 +175,7 @@ def _watchdog(config: Config) -> Check:
         "watchdog",
         fits,
         f"longest silence {silence:g}s vs WatchdogSec={watchdog:g}s",
-        "lower backend.connect_timeout + read_timeout + retry_backoff_max below WatchdogSec/2",
+        "lower backend.call_timeout + retry_backoff_max below WatchdogSec/2",
     )
 
 

@@ -235,6 +235,13 @@ KEYS: tuple[Key, ...] = (
     Key("backend", "ca_file", _text, "", "CA bundle for a backend with a private CA (default: system CAs)."),
     Key("backend", "connect_timeout", parse_duration, 5.0, "Connect timeout of every request."),
     Key("backend", "read_timeout", parse_duration, 30.0, "Read timeout of every request."),
+    Key(
+        "backend",
+        "call_timeout",
+        parse_duration,
+        35.0,
+        "The most one request may take, from connecting to its answer's last byte (a trickle cannot stretch it).",
+    ),
     Key("backend", "concurrency", _integer(1, 1024), 8, "Calls in flight at once."),
     Key("backend", "max_rate", _rate, 0.0, "At most this many requests per second (0 = unlimited)."),
     Key("backend", "retries", _integer(0, 20), 3, "Retries of a transient failure (429, 502-504, connection errors)."),
@@ -298,6 +305,7 @@ class BackendConfig:
     ca_file: str | None
     connect_timeout: float
     read_timeout: float
+    call_timeout: float
     concurrency: int
     max_rate: float
     retries: int
@@ -314,8 +322,9 @@ class BackendConfig:
 
     @property
     def longest_silence(self) -> float:
-        """Longest stretch in which one worker shows no progress: a retry wait, then one attempt timing out."""
-        return self.retry_backoff_max + self.connect_timeout + self.read_timeout
+        """Longest stretch in which one worker shows no progress: a retry wait, then one attempt cut off at its
+        deadline (connect and read timeouts end it earlier, never later)."""
+        return self.retry_backoff_max + self.call_timeout
 
     @property
     def longest_call(self) -> float:
@@ -486,7 +495,7 @@ def _build(path: str, v: dict[str, Any], env: Mapping[str, str], need_database: 
     if sync.lease < 2 * backend.longest_call:
         raise ConfigError(
             f"{path}: sync.lease ({sync.lease:g}s) must be at least twice the longest call with its retries "
-            f"({backend.longest_call:g}s, from backend.retries, timeouts and retry_backoff_max)"
+            f"({backend.longest_call:g}s, from backend.retries, call_timeout and retry_backoff_max)"
         )
     return Config(
         source=path,

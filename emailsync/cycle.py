@@ -52,7 +52,7 @@ def check_watchdog_fits(config: Config, notifier: Notifier) -> None:
     watchdog = notifier.watchdog
     if watchdog and config.backend.longest_silence >= watchdog.interval / 2:
         raise ConfigError(
-            f"{config.source}: backend.connect_timeout + read_timeout + retry_backoff_max "
+            f"{config.source}: backend.call_timeout + retry_backoff_max "
             f"({config.backend.longest_silence:g}s) must be under half of the unit's WatchdogSec "
             f"({watchdog.interval:g}s): lower them or raise WatchdogSec"
         )

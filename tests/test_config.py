@@ -348,6 +348,7 @@ ENV_SAMPLES = {
     "backend.ca_file": ("/", "/"),
     "backend.connect_timeout": ("1s", 1.0),
     "backend.read_timeout": ("2s", 2.0),
+    "backend.call_timeout": ("1min 5s", 65.0),
     "backend.concurrency": ("3", 3),
     "backend.max_rate": ("0.5", 0.5),
     "backend.retries": ("0", 0),
@@ -641,7 +642,7 @@ def test_private_secret_file_does_not_warn(tmp_path: Path) -> None:
 
 
 def test_lease_shorter_than_calls_is_refused(tmp_path: Path) -> None:
-    # (retries + 1) * (retry_backoff_max + connect_timeout + read_timeout) = 4 * (30 + 5 + 30) = 260s; twice: 520s
+    # (retries + 1) * (retry_backoff_max + call_timeout) = 4 * (30 + 35) = 260s; twice: 520s
     path = config_file(tmp_path, sync={"lease": "519s"})
     message = error_of(path)
     assert message.startswith(f"{path}: sync.lease (519s) must be at least twice")
@@ -653,7 +654,7 @@ def test_lease_twice_the_longest_call_is_accepted(tmp_path: Path) -> None:
 
 
 def test_lease_check_counts_timeouts_from_the_environment(tmp_path: Path) -> None:
-    message = error_of(config_file(tmp_path), {"EMAIL_SYNC_BACKEND_READ_TIMEOUT": "10m"})
+    message = error_of(config_file(tmp_path), {"EMAIL_SYNC_BACKEND_CALL_TIMEOUT": "10m"})
     assert "sync.lease" in message
 
 
