@@ -5,9 +5,10 @@ retried (exponential backoff, full jitter, Retry-After honoured); 404/405/3xx sa
 that the token is (the cycle decides whether that is everyone's problem); any other status is this user's failure.
 Redirects are never followed, so the Authorization header only ever goes to the configured backend.
 
-Every request has a deadline, backend.call_timeout from its start: urllib3's timeouts bound each wait for a byte,
-so an answer trickling in a byte at a time would otherwise hold a worker (and a run started by hand) for hours.
-A request cut off at its deadline is a transport failure, retried like one, each retry with a deadline of its own.
+Every request has a deadline, backend.call_timeout from its start (see emailsync.deadline): urllib3's timeouts bound
+each wait for a byte, so an answer trickling in a byte at a time would otherwise hold a worker (and a run started by
+hand) for hours. A request cut off at its deadline is a transport failure, retried like one, each retry with a
+deadline of its own.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import urllib3
 from emailsync import __version__
 from emailsync.claims import Claim
 from emailsync.config import BackendConfig
+from emailsync.deadline import REAPER, WatchedConnection, WatchedTLSConnection
 from emailsync.errors import BackendUnavailable, ConfigError
 
 TRANSIENT = frozenset({429, 502, 503, 504})
@@ -113,17 +115,18 @@ class Session:
         if urlsplit(config.base_url).scheme == "https":
             ca_file = config.ca_file or (SYSTEM_CA_BUNDLE if Path(SYSTEM_CA_BUNDLE).exists() else None)
             tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": ca_file}
-        self.read_timeout = config.read_timeout
         self.call_timeout = config.call_timeout
         self.pool = urllib3.connection_from_url(
             config.base_url,
             maxsize=1,
             retries=False,
+            # total= cuts connecting short too, before the reaper knows the socket
             timeout=urllib3.Timeout(
                 connect=config.connect_timeout, read=config.read_timeout, total=config.call_timeout
             ),
             **tls,
         )
+        self.pool.ConnectionCls = WatchedTLSConnection if tls else WatchedConnection
 
     def __enter__(self) -> Session:
         return self
@@ -134,53 +137,44 @@ class Session:
     def call(self, method: str, url: str, body: bytes | None = None, headers: Mapping[str, str] | None = None) -> Reply:
         """One request and the start of its answer, by its deadline; CallFailed when there is no complete answer."""
         deadline = time.monotonic() + self.call_timeout
-        try:
-            response = self.pool.urlopen(  # the pool's Timeout(total=call_timeout) bounds connecting and the headers
-                method,
-                request_target(url),
-                body=body,
-                headers={**self.headers, **(headers or {})},
-                retries=False,
-                redirect=False,
-                preload_content=False,
-            )
-        except urllib3.exceptions.HTTPError as failure:
-            raise self._failed(None, deadline, _describe(failure)) from None
-        try:
-            answer = self._read_answer(response, deadline)
-            if len(answer) > MAX_BODY:  # the rest is still on the wire: this connection cannot carry another call
+        with REAPER.deadline(deadline):
+            try:
+                response = self.pool.urlopen(
+                    method,
+                    request_target(url),
+                    body=body,
+                    headers={**self.headers, **(headers or {})},
+                    retries=False,
+                    redirect=False,
+                    preload_content=False,
+                )
+            except urllib3.exceptions.HTTPError as failure:
+                raise self._failed(None, deadline, _describe(failure)) from None
+            try:
+                answer = response.read(MAX_BODY + 1)
+            except (urllib3.exceptions.HTTPError, OSError) as failure:
                 response.close()
-        except (urllib3.exceptions.HTTPError, OSError) as failure:
+                response.release_conn()
+                raise self._failed(response.status, deadline, f"reading the answer: {_describe(failure)}") from None
+        if time.monotonic() >= deadline:
+            # Cut off, or ended just as it was: what was read may look whole (a shut socket ends headers and body
+            # like a closing server), so it does not count, and the connection may be shut down.
             response.close()
-            raise self._failed(response.status, deadline, f"reading the answer: {_describe(failure)}") from None
-        finally:
             response.release_conn()
+            raise self._cut_off(response.status)
+        if len(answer) > MAX_BODY:  # the rest is still on the wire: this connection cannot carry another call
+            response.close()
+        response.release_conn()
         return Reply(response.status, response.headers, answer)
 
-    def _read_answer(self, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
-        """Up to MAX_BODY + 1 bytes of the body, as sent (we ask for no compression), read a piece at a time so
-        that no wait for the next piece outlasts the deadline."""
-        connection = response.connection
-        answer = b""
-        while len(answer) <= MAX_BODY:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("past the deadline")
-            if isinstance(connection, urllib3.connection.HTTPConnection) and connection.sock is not None:
-                connection.sock.settimeout(min(self.read_timeout, left))
-            piece = response.read1(MAX_BODY + 1 - len(answer), decode_content=False)
-            if not piece:
-                break
-            answer += piece
-        return answer
-
     def _failed(self, status: int | None, deadline: float, description: str) -> CallFailed:
-        """A call without a complete answer; one cut off at its deadline is a transport failure, whatever its status
-        line said."""
-        if time.monotonic() >= deadline:
-            late = f"HTTP {status}, then " if status else ""
-            return CallFailed(None, f"{late}no complete answer within backend.call_timeout ({self.call_timeout:g}s)")
-        return CallFailed(status, description)
+        """A call without a complete answer."""
+        return self._cut_off(status) if time.monotonic() >= deadline else CallFailed(status, description)
+
+    def _cut_off(self, status: int | None) -> CallFailed:
+        """A call cut off at its deadline: a transport failure, whatever its status line said."""
+        late = f"HTTP {status}, then " if status else ""
+        return CallFailed(None, f"{late}no complete answer within backend.call_timeout ({self.call_timeout:g}s)")
 
 
 def request_target(url: str) -> str:

@@ -57,6 +57,7 @@ class Behaviour:
     delay: float = 0.0  # seconds to wait before answering (0 -> the backend's latency)
     hang: bool = False  # never answer until the server stops
     trickle: float = 0.0  # >0: headers, then one body byte every `trickle` seconds until stop
+    trickle_headers: float = 0.0  # >0: the status line and headers themselves, a byte every so often, until stop
     retry_after: str | None = None  # Retry-After header value
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers
     close: bool = False  # close the connection without any response
@@ -377,6 +378,9 @@ class _Handler(BaseHTTPRequestHandler):
         if behaviour.trickle > 0:
             self._trickle(behaviour.status, behaviour.trickle, headers)
             return
+        if behaviour.trickle_headers > 0:
+            self._trickle_headers(behaviour.trickle_headers)
+            return
         body = behaviour.body
         if behaviour.echo:
             token = self.headers.get("Authorization", "").removeprefix("Bearer ")
@@ -433,6 +437,20 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             while not self.server.stopping.wait(interval):
                 self.wfile.write(b" ")
+        except OSError:
+            pass  # the client gave up
+
+    def _trickle_headers(self, interval: float) -> None:
+        """Send a status line and then one endless header, a byte per interval, until the server stops."""
+        self.close_connection = True
+        head = b"HTTP/1.1 200 OK\r\nX-Slow: "
+        try:
+            for byte in head:
+                if self.server.stopping.wait(interval):
+                    return
+                self.wfile.write(bytes([byte]))
+            while not self.server.stopping.wait(interval):
+                self.wfile.write(b"x")
         except OSError:
             pass  # the client gave up
 

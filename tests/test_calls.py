@@ -115,11 +115,16 @@ def test_answer_after_the_read_timeout_is_a_failure_not_a_sync(
     assert one_user.state(1).failures == 1
 
 
+@pytest.mark.parametrize(
+    "trickle",
+    # A byte every 50 ms, long before the 3 s read timeout: of the body after the headers, or of the headers.
+    [Behaviour(trickle=0.05), Behaviour(trickle_headers=0.05)],
+    ids=["body", "status line and headers"],
+)
 def test_a_trickling_answer_is_cut_at_the_call_deadline_as_a_transport_failure(
-    one_user: AppDb, backend: Backend, email_sync: EmailSync
+    trickle: Behaviour, one_user: AppDb, backend: Backend, email_sync: EmailSync
 ) -> None:
-    # Headers at once, then a byte every 50 ms: each byte comes long before the 3 s read timeout.
-    backend.set_default(Behaviour(trickle=0.05))
+    backend.set_default(trickle)
     email_sync.configure(one_user, backend, backend={"call_timeout": "1s", "retries": 1})
 
     result = email_sync("run")
