@@ -27,6 +27,8 @@ class _Request:
 
 
 class Reaper:
+    """The deadlines of the requests in flight, by thread, and the thread that enforces them (started at first use)."""
+
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._requests: dict[int, _Request] = {}  # by thread: a thread makes one request at a time
