@@ -4,6 +4,11 @@ What the answer means is decided here, once: 2xx synced; 429/502/503/504 and tra
 retried (exponential backoff, full jitter, Retry-After honoured); 404/405/3xx say the endpoint is wrong and 401/403
 that the token is (the cycle decides whether that is everyone's problem); any other status is this user's failure.
 Redirects are never followed, so the Authorization header only ever goes to the configured backend.
+
+Every request has a deadline, backend.call_timeout from its start (see emailsync.deadline): urllib3's timeouts bound
+each wait for a byte, so an answer trickling in a byte at a time would otherwise hold a worker (and a run started by
+hand) for hours. A request cut off at its deadline is a transport failure, retried like one, each retry with a
+deadline of its own.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import urllib3
 
 from emailsync import __version__
 from emailsync.config import BackendConfig
+from emailsync.deadline import REAPER, WatchedConnection, WatchedTLSConnection
 from emailsync.errors import BackendUnavailable, ConfigError
 from emailsync.model import Claim
 
@@ -109,13 +115,18 @@ class Session:
         if urlsplit(config.base_url).scheme == "https":
             ca_file = config.ca_file or (SYSTEM_CA_BUNDLE if Path(SYSTEM_CA_BUNDLE).exists() else None)
             tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": ca_file}
+        self.call_timeout = config.call_timeout
         self.pool = urllib3.connection_from_url(
             config.base_url,
             maxsize=1,
             retries=False,
-            timeout=urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout),
+            # total= cuts connecting short too, before the reaper knows the socket
+            timeout=urllib3.Timeout(
+                connect=config.connect_timeout, read=config.read_timeout, total=config.call_timeout
+            ),
             **tls,
         )
+        self.pool.ConnectionCls = WatchedTLSConnection if tls else WatchedConnection
 
     def __enter__(self) -> Session:
         return self
@@ -124,29 +135,46 @@ class Session:
         self.pool.close()
 
     def call(self, method: str, url: str, body: bytes | None = None, headers: Mapping[str, str] | None = None) -> Reply:
-        """One request and the start of its answer; CallFailed when there is no complete answer."""
-        try:
-            response = self.pool.urlopen(
-                method,
-                request_target(url),
-                body=body,
-                headers={**self.headers, **(headers or {})},
-                retries=False,
-                redirect=False,
-                preload_content=False,
-            )
-        except urllib3.exceptions.HTTPError as failure:
-            raise CallFailed(None, _describe(failure)) from None
-        try:
-            answer = response.read(MAX_BODY + 1)
-            if len(answer) > MAX_BODY:  # the rest is still on the wire: this connection cannot carry another call
+        """One request and the start of its answer, by its deadline; CallFailed when there is no complete answer."""
+        deadline = time.monotonic() + self.call_timeout
+        with REAPER.deadline(deadline):
+            try:
+                response = self.pool.urlopen(
+                    method,
+                    request_target(url),
+                    body=body,
+                    headers={**self.headers, **(headers or {})},
+                    retries=False,
+                    redirect=False,
+                    preload_content=False,
+                )
+            except urllib3.exceptions.HTTPError as failure:
+                raise self._failed(None, deadline, _describe(failure)) from None
+            try:
+                answer = response.read(MAX_BODY + 1)
+            except (urllib3.exceptions.HTTPError, OSError) as failure:
                 response.close()
-        except (urllib3.exceptions.HTTPError, OSError) as failure:
+                response.release_conn()
+                raise self._failed(response.status, deadline, f"reading the answer: {_describe(failure)}") from None
+        if time.monotonic() >= deadline:
+            # Cut off, or ended just as it was: what was read may look whole (a shut socket ends headers and body
+            # like a closing server), so it does not count, and the connection may be shut down.
             response.close()
-            raise CallFailed(response.status, f"reading the answer: {_describe(failure)}") from None
-        finally:
             response.release_conn()
+            raise self._cut_off(response.status)
+        if len(answer) > MAX_BODY:  # the rest is still on the wire: this connection cannot carry another call
+            response.close()
+        response.release_conn()
         return Reply(response.status, response.headers, answer)
+
+    def _failed(self, status: int | None, deadline: float, description: str) -> CallFailed:
+        """A call without a complete answer."""
+        return self._cut_off(status) if time.monotonic() >= deadline else CallFailed(status, description)
+
+    def _cut_off(self, status: int | None) -> CallFailed:
+        """A call cut off at its deadline: a transport failure, whatever its status line said."""
+        late = f"HTTP {status}, then " if status else ""
+        return CallFailed(None, f"{late}no complete answer within backend.call_timeout ({self.call_timeout:g}s)")
 
 
 def request_target(url: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import shutil
 import stat
 import subprocess
@@ -20,14 +19,12 @@ from pathlib import Path
 
 from sqlalchemy import Engine, inspect
 
-from emailsync import backend, db, schema
+from emailsync import backend, db, schema, timespan
 from emailsync.config import BACKEND_TOKEN_CREDENTIAL, DATABASE_URL_CREDENTIAL, Config
 from emailsync.errors import EmailSyncError, TemporaryError
 
 PACKAGED_VENV = Path("/usr/lib/email-sync/venv")
 DEPENDENCIES = ("sqlalchemy", "psycopg2", "urllib3", "structlog", "sdnotify")
-_SPAN = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|min|h|d)")
-_SPAN_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 @dataclass(frozen=True)
@@ -184,7 +181,7 @@ def _watchdog(config: Config) -> Check:
         "watchdog",
         fits,
         f"longest silence {silence:g}s vs WatchdogSec={watchdog:g}s",
-        "lower backend.connect_timeout + read_timeout + retry_backoff_max below WatchdogSec/2",
+        "lower backend.call_timeout + retry_backoff_max below WatchdogSec/2",
     )
 
 
@@ -200,7 +197,10 @@ def unit_watchdog() -> float | None:
         timeout=10,
         check=False,
     )
-    value = result.stdout.strip().replace(" ", "")
-    if result.returncode != 0 or not value or value in ("0", "infinity"):
+    if result.returncode != 0:
         return None
-    return sum(float(n) * _SPAN_SECONDS[unit] for n, unit in _SPAN.findall(value)) or None
+    try:
+        usec = timespan.parse(result.stdout)  # "2min 30s"; "infinity" (no watchdog) is refused
+    except ValueError:
+        return None
+    return usec / timespan.USEC_PER_SEC or None

@@ -15,8 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
+from emailsync import timespan
 from emailsync.errors import ConfigError
 
 DEFAULT_PATH = "/etc/email-sync/email-sync.toml"
@@ -25,8 +26,6 @@ DATABASE_URL_CREDENTIAL = "database-url"
 BACKEND_TOKEN_CREDENTIAL = "backend-token"
 CREDSTORE = "/etc/credstore"  # where email-sync.service's LoadCredential= finds email-sync.<credential>
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 _TIMEZONE = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -49,24 +48,23 @@ def _shown(value: Any) -> str:
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from 90, 1.5, "90s", "5m", "1h30m" or "250ms": operators write durations the way systemd does."""
+    """Seconds from a number of seconds or a systemd time span ("90s", "5min", "2h 30min", "1.5h", "1w"):
+    operators write durations the way systemd.time(7) does, and copy them between unit files and this config."""
+    usage = "must be a duration like 30s, 5min or 2h 30min (systemd.time(7))"
     if isinstance(value, bool):
-        raise _Invalid("must be a duration like 30s, 5m or 1h")
+        raise _Invalid(usage)
     if isinstance(value, int | float):
         try:
             seconds = float(value)
         except OverflowError:  # an int past float's range
             seconds = float("inf")
     elif isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        if re.fullmatch(r"\d+(\.\d+)?", text):
-            seconds = float(text)
-        elif text and re.fullmatch(f"(?:{_DURATION_PART.pattern})+", text):
-            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
-        else:
-            raise _Invalid(f"must be a duration like 30s, 5m or 1h, got {_shown(value)}")
+        try:
+            seconds = timespan.parse(value) / timespan.USEC_PER_SEC
+        except ValueError:
+            raise _Invalid(f"{usage}, got {_shown(value)}") from None
     else:
-        raise _Invalid("must be a duration like 30s, 5m or 1h")
+        raise _Invalid(usage)
     if not 0 < seconds <= MAX_DURATION:
         raise _Invalid(f"must be a positive duration of at most 365d, got {_shown(value)}")
     return seconds
@@ -253,6 +251,13 @@ KEYS: tuple[Key, ...] = (
     Key("backend", "ca_file", _text, "", "CA bundle for a backend with a private CA (default: system CAs)."),
     Key("backend", "connect_timeout", parse_duration, 5.0, "Connect timeout of every request."),
     Key("backend", "read_timeout", parse_duration, 30.0, "Read timeout of every request."),
+    Key(
+        "backend",
+        "call_timeout",
+        parse_duration,
+        35.0,
+        "The most one request may take, from connecting to its answer's last byte (a trickle cannot stretch it).",
+    ),
     Key("backend", "concurrency", _integer(1, 1024), 8, "Calls in flight at once."),
     Key("backend", "max_rate", _rate, 0.0, "At most this many requests per second (0 = unlimited)."),
     Key("backend", "retries", _integer(0, 20), 3, "Retries of a transient failure (429, 502-504, connection errors)."),
@@ -319,6 +324,7 @@ class BackendConfig:
     ca_file: str | None
     connect_timeout: float
     read_timeout: float
+    call_timeout: float
     concurrency: int
     max_rate: float
     retries: int
@@ -335,8 +341,9 @@ class BackendConfig:
 
     @property
     def longest_silence(self) -> float:
-        """Longest stretch in which one worker shows no progress: a retry wait, then one attempt timing out."""
-        return self.retry_backoff_max + self.connect_timeout + self.read_timeout
+        """Longest stretch in which one worker shows no progress: a retry wait, then one attempt cut off at its
+        deadline (connect and read timeouts end it earlier, never later)."""
+        return self.retry_backoff_max + self.call_timeout
 
     @property
     def longest_call(self) -> float:
@@ -381,11 +388,25 @@ class Config:
 
 
 def _url_secrets(url: str) -> list[str]:
-    try:
-        password = urlsplit(url).password
-    except ValueError:
+    """The database password as written in the URL, as SQLAlchemy reads it (to the first "@"), and decoded: any of
+    them can reach a message."""
+    password = url_password(url)
+    if not password:
         return []
-    return [password] if password else []
+    read = {password, password.partition("@")[0]}
+    return sorted(read | {unquote(p) for p in read})
+
+
+def url_password(url: str) -> str | None:
+    """The password of a database URL as written: everything between "scheme://user:" and the last "@".
+
+    Reading to the last "@" finds the whole of a password whose "@" was not percent-encoded, where SQLAlchemy
+    would cut it at its first "@" and take the rest for the host (and the port, from a ":" after it).
+    """
+    _, separator, rest = url.partition("://")
+    userinfo, at, _ = rest.rpartition("@")
+    _, colon, password = userinfo.partition(":")
+    return password if separator and at and colon and password else None
 
 
 def config_path(cli_path: str | None, env: Mapping[str, str]) -> str:
@@ -431,7 +452,7 @@ def _read_toml(path: str) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config file: {error.strerror}") from None
     try:
-        return tomllib.loads(data.decode("utf-8"))
+        return tomllib.loads(data.decode("utf-8-sig"))  # a byte order mark (Notepad writes one) is not TOML
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not valid UTF-8 at byte {error.start}") from None
     except ValueError as error:  # TOMLDecodeError, or int()'s 4300-digit limit that tomllib lets through
@@ -465,7 +486,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _build(path: str, v: dict[str, Any], env: Mapping[str, str], need_database: bool) -> Config:
     warnings: list[str] = []
-    database_url, database_url_from = _secret(
+    database_url, url_origin = _secret(
         path,
         env,
         DATABASE_URL_CREDENTIAL,
@@ -475,7 +496,7 @@ def _build(path: str, v: dict[str, Any], env: Mapping[str, str], need_database: 
         warnings,
     )
     if database_url:
-        _check_database_url(path, database_url)
+        _check_database_url(path, url_origin, database_url)
         if database_url.startswith("sqlite") and v["users.last_sync_timezone"].upper() != "UTC":
             raise ConfigError(
                 f"{path}: users.last_sync_timezone must be UTC on SQLite, whose text timestamps carry no zone"
@@ -484,7 +505,11 @@ def _build(path: str, v: dict[str, Any], env: Mapping[str, str], need_database: 
         raise ConfigError(
             f"{path}: database.url is required (or database.url_file, or the {DATABASE_URL_CREDENTIAL} credential)"
         )
-    token, _ = _secret(path, env, BACKEND_TOKEN_CREDENTIAL, v["backend.token_file"], "backend.token_file", "", warnings)
+    token, token_origin = _secret(
+        path, env, BACKEND_TOKEN_CREDENTIAL, v["backend.token_file"], "backend.token_file", "", warnings
+    )
+    if not token.isascii():
+        raise ConfigError(f"{token_origin}: the token must be ASCII: it is sent in an HTTP header")
     ca_file = v["backend.ca_file"] or None
     if ca_file is not None and not os.access(ca_file, os.R_OK):
         raise ConfigError(f"{path}: backend.ca_file: cannot read {ca_file}")
@@ -493,7 +518,7 @@ def _build(path: str, v: dict[str, Any], env: Mapping[str, str], need_database: 
     if sync.lease < 2 * backend.longest_call:
         raise ConfigError(
             f"{path}: sync.lease ({sync.lease:g}s) must be at least twice the longest call with its retries "
-            f"({backend.longest_call:g}s, from backend.retries, timeouts and retry_backoff_max)"
+            f"({backend.longest_call:g}s, from backend.retries, call_timeout and retry_backoff_max)"
         )
     return Config(
         source=path,
@@ -503,7 +528,7 @@ def _build(path: str, v: dict[str, Any], env: Mapping[str, str], need_database: 
             v,
             url=database_url,
             timezone=v["users.last_sync_timezone"],
-            url_from=database_url_from,
+            url_from=url_origin,
         ),
         users=_section(UsersConfig, "users", v, filter=v["users.filter"].strip()),
         sync=sync,
@@ -532,25 +557,26 @@ def _secret(
     path: str, env: Mapping[str, str], credential: str, file: str, file_key: str, inline: str, warnings: list[str]
 ) -> tuple[str, str]:
     """A secret from the systemd credential, else the *_file key, else the inline value; and where it came from,
-    for an error that must name its source without showing it.
+    for a message about it.
 
     Outside the unit (root running `email-sync migrate` or `check`), the credential's source file in the
     credstore stands in for it, so the operator's commands see the same secrets as the service.
     """
     credentials = env.get("CREDENTIALS_DIRECTORY")
+    inline_key = file_key.removesuffix("_file")
     if credentials and Path(credentials, credential).exists():
-        where = f"credential {credential}"
-        return _read_secret(Path(credentials, credential), f"{path}: {where}", warnings), where
+        what = f"{path}: credential {credential}"
+        return _read_secret(Path(credentials, credential), what, warnings), what
     stored = Path(CREDSTORE, f"email-sync.{credential}")
     if not credentials and not file and not inline and os.access(stored, os.R_OK):
-        where = f"credential {credential} ({stored})"
-        return _read_secret(stored, f"{path}: {where}", warnings), where
-    inline_key = file_key.removesuffix("_file")
+        what = f"{path}: credential {credential} ({stored})"
+        return _read_secret(stored, what, warnings), what
     if file:
         if inline:
             raise ConfigError(f"{path}: set either {file_key} or {inline_key}, not both")
-        return _read_secret(Path(file), f"{path}: {file_key}", warnings), f"{file_key} ({file})"
-    return inline, inline_key
+        return _read_secret(Path(file), f"{path}: {file_key}", warnings), f"{path}: {file_key} {file}"
+    variable = f"{ENV_PREFIX}{inline_key.replace('.', '_').upper()}"
+    return inline, f"{path}: {inline_key}" + (f" (environment {variable})" if variable in env else "")
 
 
 def _read_secret(file: Path, what: str, warnings: list[str]) -> str:
@@ -574,7 +600,12 @@ def _read_secret(file: Path, what: str, warnings: list[str]) -> str:
     return value
 
 
-def _check_database_url(path: str, url: str) -> None:
+def _check_database_url(path: str, origin: str, url: str) -> None:
     scheme = url.partition("://")[0].split("+")[0]
     if scheme not in ("postgresql", "postgres", "sqlite") or "://" not in url:
         raise ConfigError(f"{path}: database.url must start with postgresql:// or sqlite:/// (the value is not shown)")
+    if scheme != "sqlite" and "@" in (url_password(url) or ""):  # a file's path may hold both, as it likes
+        raise ConfigError(
+            f"{origin}: the password in the database URL must be percent-encoded (@ as %40, : as %3A, / as %2F); "
+            "the URL is not shown"
+        )

@@ -51,7 +51,7 @@ def check_watchdog_fits(config: Config, notifier: Notifier) -> None:
     watchdog = notifier.watchdog
     if watchdog and config.backend.longest_silence >= watchdog.interval / 2:
         raise ConfigError(
-            f"{config.source}: backend.connect_timeout + read_timeout + retry_backoff_max "
+            f"{config.source}: backend.call_timeout + retry_backoff_max "
             f"({config.backend.longest_silence:g}s) must be under half of the unit's WatchdogSec "
             f"({watchdog.interval:g}s): lower them or raise WatchdogSec"
         )
@@ -105,7 +105,10 @@ def _report(report: RunReport, error: EmailSyncError | None, engine: Engine | No
         backlog = status.backlog(engine, config) if textfile else None
     if textfile:
         users = {"due": counts.due, "synced": counts.synced, "failed": counts.failed, "skipped": counts.skipped}
-        metrics.write(textfile, report.outcome, report.duration_ms / 1000, users, backlog)
+        try:
+            metrics.write(textfile, report.outcome, report.duration_ms / 1000, users, backlog)
+        except OSError as error:  # the run's own outcome decides the exit code, not its report's file
+            log.warning("metrics_not_written", textfile=textfile, error=f"{error.strerror}: {error.filename}")
 
 
 def result_of(outcome: Outcome) -> Result:

@@ -27,7 +27,7 @@ HEADER = """\
 # /etc/email-sync/email-sync.toml: configuration of email-sync (a dpkg conffile: your edits survive upgrades).
 #
 # Generated from emailsync/config.py (KEYS) by packaging/gen-config.py; every key is listed below, commented out,
-# with its default. Uncomment and change what you need. Durations are written like systemd's: 90s, 5m, 1h30m, 250ms.
+# with its default. Uncomment and change what you need. Durations are systemd time spans: 90, 5min, 2h 30min, 1.5h.
 # Any key can also be set by the environment as EMAIL_SYNC_<SECTION>_<KEY> (e.g. in a drop-in of the unit:
 # `systemctl edit email-sync.service`, Environment=EMAIL_SYNC_BACKEND_SYNC_PATH=/api/v1/sync/start).
 # Unknown keys and sections are errors, not ignored.

@@ -14,8 +14,10 @@ As a program it serves until SIGTERM/SIGINT::
 """
 
 import argparse
+import base64
 import contextlib
 import json
+import re
 import signal
 import socket
 import socketserver
@@ -28,10 +30,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 # Content-Length announced by a trickling response: far more than will ever be sent.
 _TRICKLE_LENGTH = 1_000_000_000
+# The ways a careless backend writes the bearer token it got back into an error body.
+ECHOES = {
+    "raw": lambda token: token,
+    "percent": lambda token: quote(token, safe=""),
+    "percent-lower": lambda token: re.sub("%[0-9A-F]{2}", lambda m: m[0].lower(), quote(token, safe="")),
+    "percent-path": lambda token: quote(token),  # urllib's default: "/" left as is
+    "form": lambda token: quote_plus(token, safe=""),
+    "json": lambda token: json.dumps(token)[1:-1],
+    "basic": lambda token: "Basic " + base64.b64encode(f"user:{token}".encode()).decode(),
+    "base64": lambda token: base64.b64encode(token.encode()).decode(),
+    "cut": lambda token: token[: max(8, len(token) // 2)] + "...",
+}
 
 
 @dataclass
@@ -43,9 +57,11 @@ class Behaviour:
     delay: float = 0.0  # seconds to wait before answering (0 -> the backend's latency)
     hang: bool = False  # never answer until the server stops
     trickle: float = 0.0  # >0: headers, then one body byte every `trickle` seconds until stop
+    trickle_headers: float = 0.0  # >0: the status line and headers themselves, a byte every so often, until stop
     retry_after: str | None = None  # Retry-After header value
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers
     close: bool = False  # close the connection without any response
+    echo: str = ""  # a key of ECHOES: the body is an error quoting the request's bearer token spelled that way
 
 
 @dataclass
@@ -362,7 +378,13 @@ class _Handler(BaseHTTPRequestHandler):
         if behaviour.trickle > 0:
             self._trickle(behaviour.status, behaviour.trickle, headers)
             return
+        if behaviour.trickle_headers > 0:
+            self._trickle_headers(behaviour.trickle_headers)
+            return
         body = behaviour.body
+        if behaviour.echo:
+            token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            body = f"token {ECHOES[behaviour.echo](token)} rejected".encode()
         if body is None:
             if 200 <= behaviour.status < 300:
                 email = payload.get("email") if isinstance(payload, dict) else None
@@ -415,6 +437,20 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             while not self.server.stopping.wait(interval):
                 self.wfile.write(b" ")
+        except OSError:
+            pass  # the client gave up
+
+    def _trickle_headers(self, interval: float) -> None:
+        """Send a status line and then one endless header, a byte per interval, until the server stops."""
+        self.close_connection = True
+        head = b"HTTP/1.1 200 OK\r\nX-Slow: "
+        try:
+            for byte in head:
+                if self.server.stopping.wait(interval):
+                    return
+                self.wfile.write(bytes([byte]))
+            while not self.server.stopping.wait(interval):
+                self.wfile.write(b"x")
         except OSError:
             pass  # the client gave up
 

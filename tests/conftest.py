@@ -192,6 +192,7 @@ FAST = {
     "backend": {
         "connect_timeout": "2s",
         "read_timeout": "3s",
+        "call_timeout": "5s",
         "retries": 2,
         "retry_backoff": "50ms",
         "retry_backoff_max": "200ms",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from emailsync.config import load
 from tests.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 
@@ -112,6 +113,44 @@ def test_answer_after_the_read_timeout_is_a_failure_not_a_sync(
 
     assert one_user.synced_ids() == set()
     assert one_user.state(1).failures == 1
+
+
+@pytest.mark.parametrize(
+    "trickle",
+    # A byte every 50 ms, long before the 3 s read timeout: of the body after the headers, or of the headers.
+    [Behaviour(trickle=0.05), Behaviour(trickle_headers=0.05)],
+    ids=["body", "status line and headers"],
+)
+def test_a_trickling_answer_is_cut_at_the_call_deadline_as_a_transport_failure(
+    trickle: Behaviour, one_user: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    backend.set_default(trickle)
+    email_sync.configure(one_user, backend, backend={"call_timeout": "1s", "retries": 1})
+
+    result = email_sync("run")
+
+    assert result.code == 0
+    failed = result.event("user_failed")
+    assert (failed["kind"], failed["attempts"]) == ("transport", 2)
+    assert "within backend.call_timeout (1s)" in failed["error"]
+    state = one_user.state(1)
+    assert state.failures == 1 and "within backend.call_timeout (1s)" in state.last_error
+
+
+def test_a_run_started_by_hand_against_a_trickling_backend_ends_on_its_own(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    pg.add_users(6)
+    backend.set_default(Behaviour(trickle=0.05))
+    email_sync.configure(pg, backend, backend={"call_timeout": "1s", "retries": 1, "concurrency": 2})
+    longest_call = load(str(email_sync.config_path), {}).backend.longest_call
+
+    # No systemd, no watchdog: only the deadline ends the calls. The bound is generous, never a measurement.
+    result = email_sync.subprocess("run", timeout=30 + 10 * 6 * longest_call)
+
+    assert result.code == 0, result.stderr
+    assert pg.scalar("SELECT count(*) FROM email_sync_user_state WHERE failures = 1") == 6
+    assert pg.synced_ids() == set()
 
 
 @pytest.mark.parametrize(

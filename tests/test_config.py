@@ -24,6 +24,7 @@ from emailsync.config import (
     config_path,
     load,
     parse_duration,
+    url_password,
 )
 from emailsync.errors import EXIT_CONFIG, EXIT_TEMPFAIL, ConfigError
 from tests.conftest import write_config
@@ -151,6 +152,12 @@ def test_invalid_utf8_names_the_file(tmp_path: Path) -> None:
     path = raw_file(tmp_path, b'[backend]\nbase_url = "http://\xff"\n')
     message = error_of(path)
     assert message.startswith(f"{path}: not valid UTF-8")
+
+
+def test_a_file_starting_with_a_utf8_byte_order_mark_loads(tmp_path: Path) -> None:
+    path = raw_file(tmp_path, "\ufeff[backend]\nbase_url = 'http://127.0.0.1:9'\nretries = 5\n".encode())
+
+    assert load(path, {"EMAIL_SYNC_DATABASE_URL": "sqlite:///x.db"}).backend.retries == 5
 
 
 def test_duplicate_key_is_invalid_toml(tmp_path: Path) -> None:
@@ -342,6 +349,7 @@ ENV_SAMPLES = {
     "backend.ca_file": ("/", "/"),
     "backend.connect_timeout": ("1s", 1.0),
     "backend.read_timeout": ("2s", 2.0),
+    "backend.call_timeout": ("1min 5s", 65.0),
     "backend.concurrency": ("3", 3),
     "backend.max_rate": ("0.5", 0.5),
     "backend.retries": ("0", 0),
@@ -543,6 +551,73 @@ def test_password_in_database_url_never_in_error(tmp_path: Path) -> None:
         assert PASSWORD not in message
 
 
+UNENCODED_PASSWORD = "p@ss:w0rd/Zq@9"  # SQLAlchemy would take "ss:w0rd/Zq@9@db:5432" for the host and port
+UNENCODED_URL = f"postgresql://app:{UNENCODED_PASSWORD}@db:5432/app"
+
+
+@pytest.mark.parametrize(
+    ("url", "password"),
+    [
+        (UNENCODED_URL, UNENCODED_PASSWORD),
+        ("postgresql://app:pw%40x@db/app", "pw%40x"),
+        ("postgresql://user@tenant:pw@db/app", "pw"),  # an unencoded "@" in the user name
+        ("postgresql://app@db/app", None),
+        ("postgresql:///app?host=/run/postgresql", None),
+    ],
+)
+def test_the_url_password_is_everything_between_user_colon_and_the_last_at_sign(url: str, password: str) -> None:
+    assert url_password(url) == password
+
+
+def test_both_the_written_and_the_decoded_password_are_secrets(tmp_path: Path) -> None:
+    config = load(config_file(tmp_path, database={"url": "postgresql://app:pw%2Fsecret@db/app"}), {})
+
+    assert {"pw%2Fsecret", "pw/secret"} <= set(config.secrets)
+
+
+@pytest.mark.parametrize("place", ["inline", "env", "url_file", "credential"])
+def test_a_password_with_an_unencoded_at_sign_is_refused_naming_where_the_url_came_from(
+    tmp_path: Path, place: str
+) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    env = {"CREDENTIALS_DIRECTORY": str(credentials)}
+    database: dict[str, Any] = {"url": None}
+    if place == "inline":
+        database["url"] = UNENCODED_URL
+    elif place == "env":
+        env["EMAIL_SYNC_DATABASE_URL"] = UNENCODED_URL
+    elif place == "url_file":
+        database["url_file"] = secret_file(tmp_path, "db-url", UNENCODED_URL)
+    else:
+        secret_file(credentials, "database-url", UNENCODED_URL)
+
+    message = error_of(config_file(tmp_path, database=database), env)
+
+    where = {
+        "inline": "database.url",
+        "env": "EMAIL_SYNC_DATABASE_URL",
+        "url_file": f"database.url_file {tmp_path / 'db-url'}",
+        "credential": "credential database-url",
+    }
+    assert where[place] in message and "must be percent-encoded" in message
+    assert not any(part in message for part in ("p@ss", "ss:w0rd", "w0rd", "Zq@9"))
+
+
+def test_a_sqlite_path_may_hold_at_signs_and_colons(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/a:b@c/app.db"
+    assert load(config_file(tmp_path, database={"url": url}), {}).database.url == url
+
+
+def test_a_token_that_is_not_ascii_is_refused_naming_its_file(tmp_path: Path) -> None:
+    token_file = secret_file(tmp_path, "token", "tok-€-Secret")
+
+    message = error_of(config_file(tmp_path, backend={"token_file": token_file}))
+
+    assert f"backend.token_file {token_file}" in message and "ASCII" in message
+    assert "tok-" not in message
+
+
 def test_secret_file_readable_by_others_warns(tmp_path: Path) -> None:
     token_file = secret_file(tmp_path, "token", TOKEN, mode=0o644)
     config = load(config_file(tmp_path, backend={"token_file": token_file}), {})
@@ -568,7 +643,7 @@ def test_private_secret_file_does_not_warn(tmp_path: Path) -> None:
 
 
 def test_lease_shorter_than_calls_is_refused(tmp_path: Path) -> None:
-    # (retries + 1) * (retry_backoff_max + connect_timeout + read_timeout) = 4 * (30 + 5 + 30) = 260s; twice: 520s
+    # (retries + 1) * (retry_backoff_max + call_timeout) = 4 * (30 + 35) = 260s; twice: 520s
     path = config_file(tmp_path, sync={"lease": "519s"})
     message = error_of(path)
     assert message.startswith(f"{path}: sync.lease (519s) must be at least twice")
@@ -580,7 +655,7 @@ def test_lease_twice_the_longest_call_is_accepted(tmp_path: Path) -> None:
 
 
 def test_lease_check_counts_timeouts_from_the_environment(tmp_path: Path) -> None:
-    message = error_of(config_file(tmp_path), {"EMAIL_SYNC_BACKEND_READ_TIMEOUT": "10m"})
+    message = error_of(config_file(tmp_path), {"EMAIL_SYNC_BACKEND_CALL_TIMEOUT": "10m"})
     assert "sync.lease" in message
 
 
@@ -631,6 +706,14 @@ def test_base_url_with_a_bad_port_is_refused(tmp_path: Path) -> None:
         (" 5m ", 300.0),
         ("1h 30m", 5400.0),
         ("365d", 365 * 86400.0),
+        ("5min", 300.0),
+        ("30sec", 30.0),
+        ("5 minutes", 300.0),
+        ("1w", 7 * 86400.0),
+        ("2h 30min", 9000.0),
+        ("1 hour 30 minutes", 5400.0),
+        ("1M", 365.25 / 12 * 86400),  # systemd: 30.44 days
+        ("500us", 0.0005),
     ],
 )
 def test_parse_duration_accepts_systemd_style_durations(value: Any, seconds: float) -> None:
@@ -649,7 +732,11 @@ def test_parse_duration_accepts_systemd_style_durations(value: Any, seconds: flo
         "soon",
         "5x",
         "m",
-        "5 minutes",
+        "5mins",
+        "5S",
+        "5.s",
+        "1y",
+        "infinity",
         "1e3",
         "inf",
         "nan",
@@ -760,6 +847,16 @@ def test_cli_never_prints_the_database_password(tmp_path: Path, capsys: pytest.C
     code, lines, output = run_cli(capsys, "--config", path, "run")
     assert_one_config_error(code, lines, "database.url", path)
     assert PASSWORD not in output
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cli_a_database_password_with_an_unencoded_at_sign_exits_78_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config_file(tmp_path, database={"url": UNENCODED_URL})
+    code, lines, output = run_cli(capsys, "--config", path, "run")
+    assert_one_config_error(code, lines, "database.url", "percent-encoded", path)
+    assert "ss:w0rd" not in output and "Zq@9" not in output
 
 
 @pytest.mark.usefixtures("clean_env")

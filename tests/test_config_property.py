@@ -41,7 +41,7 @@ SECTIONS: dict[str, list[str]] = {}
 for _key in KEYS:
     SECTIONS.setdefault(_key.section, []).append(_key.name)
 # The keys the sync.lease check is computed from: a bad one of these may be reported as a too short sync.lease.
-LEASE_INPUTS = {"backend.retries", "backend.connect_timeout", "backend.read_timeout", "backend.retry_backoff_max"}
+LEASE_INPUTS = {"backend.retries", "backend.call_timeout", "backend.retry_backoff_max"}
 # Variables that look like ours but are not: the test suite's own, and the config path.
 FOREIGN_ENV = {
     "EMAIL_SYNC_TEST_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/postgres",

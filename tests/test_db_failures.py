@@ -85,7 +85,7 @@ def test_the_error_names_the_file_the_url_came_from(
 
     result = email_sync("run")
 
-    result.assert_one_clear_error(EXIT_CONFIG, f"database.url_file ({url_file})", "3D000")
+    result.assert_one_clear_error(EXIT_CONFIG, f"database.url_file {url_file}", "3D000")
 
 
 @pytest.mark.parametrize("port", ["notaport", "99999999"])

@@ -13,10 +13,13 @@ from typing import TextIO
 
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 
 from emailsync import logs
-from tests.backend import Backend, Behaviour
+from tests.backend import ECHOES, Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
+from tests.test_config_property import bounded
 
 
 def read_lines(path: Path) -> list[str]:
@@ -127,6 +130,70 @@ def test_secrets_and_url_passwords_are_redacted_in_every_field(tmp_path: Path) -
     text = out.read_text()
     assert "tok-1234-secret" not in text and "pw-9876" not in text
     assert "postgresql://app:***@db/app" in text
+
+
+SECRET = 'tok-S3cr3t/+=Zq9 é"\\x'  # a slash, a plus, an equals sign, a space, non-ASCII, a quote, a backslash
+
+
+def leaks(text: str, secret: str) -> list[str]:
+    """The spellings of ``secret`` that ``text`` still holds whole, or (but for base64's) any MIN_PARTIAL
+    characters of."""
+    found = []
+    for name, echo in ECHOES.items():
+        spelled = echo(secret)
+        pieces = [spelled] if "base64" in name or name == "basic" else windows(spelled)
+        found += [name] if any(piece in text for piece in pieces) else []
+    return found
+
+
+def windows(text: str) -> list[str]:
+    return [text[i : i + logs.MIN_PARTIAL] for i in range(max(1, len(text) - logs.MIN_PARTIAL + 1))]
+
+
+@pytest.mark.parametrize("spelling", ECHOES)
+def test_a_secret_is_redacted_in_each_spelling_an_echo_can_take(spelling: str) -> None:
+    logs.configure(secrets=[SECRET])
+
+    shown = logs.redact(f"HTTP 400: token {ECHOES[spelling](SECRET)} rejected")
+
+    assert leaks(shown, SECRET) == [] and "***" in shown
+
+
+@bounded(200)
+@given(
+    secret=st.text(st.characters(codec="utf-8", exclude_categories=["Cc", "Cs"]), min_size=logs.MIN_PARTIAL),
+    spelling=st.sampled_from(list(ECHOES)),
+    before=st.text(max_size=5),
+    after=st.text(max_size=5),
+)
+def test_no_spelling_of_any_secret_survives_redaction(secret: str, spelling: str, before: str, after: str) -> None:
+    logs.configure(secrets=[secret])
+
+    assert leaks(logs.redact(before + ECHOES[spelling](secret) + after), secret) == []
+
+
+def test_a_prefix_shorter_than_min_partial_is_left_as_is() -> None:
+    """The documented limit: a few leading characters of a secret are too common in ordinary text to redact."""
+    logs.configure(secrets=[SECRET])
+
+    assert logs.redact(f"token {SECRET[: logs.MIN_PARTIAL - 1]}") == f"token {SECRET[: logs.MIN_PARTIAL - 1]}"
+
+
+def test_a_secret_our_own_cut_goes_through_is_redacted_up_to_the_cut() -> None:
+    logs.configure(secrets=[SECRET])
+
+    shown = logs.redact_and_truncate("x" * 90 + SECRET + "y" * 1000, 100)
+
+    assert shown.startswith("x" * 90 + "***") and SECRET[: logs.MIN_PARTIAL] not in shown
+
+
+def test_a_url_password_with_an_unencoded_at_sign_is_redacted_whole() -> None:
+    logs.configure()
+
+    assert (
+        logs.redact("bad port in postgresql://app:p@ss:w0rd@db:5432/app")
+        == "bad port in postgresql://app:***@db:5432/app"
+    )
 
 
 def test_very_long_fields_are_cut_far_below_journald_line_limit(tmp_path: Path) -> None:

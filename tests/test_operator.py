@@ -303,6 +303,17 @@ def test_metrics_record_a_failed_run(pg: AppDb, email_sync: EmailSync, tmp_path:
     assert 'email_sync_last_run_outcome{outcome="endpoint_misconfigured"} 1' in text
 
 
+def test_a_metrics_file_that_cannot_be_written_is_a_warning_not_a_crash(pg: AppDb, email_sync: EmailSync) -> None:
+    pg.add_users(1)
+    with Backend() as backend:
+        email_sync.configure(pg, backend, metrics={"textfile": "/nonexistent-directory/email_sync.prom"})
+        result = email_sync("run")
+
+    assert result.code == 0, result.stdout
+    assert "nonexistent-directory" in result.event("metrics_not_written")["error"]
+    assert pg.synced_ids() == {1}
+
+
 MONITOR = {
     "MONITOR_UNIT": "email-sync.service",
     "MONITOR_SERVICE_RESULT": "exit-code",

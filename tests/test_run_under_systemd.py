@@ -83,11 +83,11 @@ def test_timeouts_that_cannot_fit_the_watchdog_are_refused_with_78(
 ) -> None:
     receiver, path = notify_socket
     pg.add_users(1)
-    email_sync.configure(pg, backend, backend={"read_timeout": "30s", "connect_timeout": "5s"})
+    email_sync.configure(pg, backend, backend={"call_timeout": "35s"})
 
     result = email_sync.subprocess("run", env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "20000000"})
 
-    result.assert_one_clear_error(EXIT_CONFIG, "WatchdogSec", "backend.connect_timeout")
+    result.assert_one_clear_error(EXIT_CONFIG, "WatchdogSec", "backend.call_timeout")
     assert backend.sync_calls() == []
     assert "READY=1" not in received(receiver)
 
