@@ -22,7 +22,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,26 +32,11 @@ from emailsync import __version__
 from emailsync.config import BackendConfig
 from emailsync.deadline import REAPER, WatchedConnection, WatchedTLSConnection
 from emailsync.errors import BackendUnavailable, ConfigError
-from emailsync.model import Claim
+from emailsync.model import Claim, Kind, Outcome, kind_of
 
-TRANSIENT = frozenset({429, 502, 503, 504})
 MAX_BODY = 64 * 1024  # we only need a count from the body; a 10 MB answer is cut here
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("6b0e1e53-8a0b-4c1a-9a43-53b0f2a54e0c")
-
-
-class Kind(Enum):
-    SYNCED = "synced"
-    USER_ERROR = "user_error"  # other 4xx: this user's problem
-    SERVER_ERROR = "server_error"  # 5xx, or 429/502-504 after the retries
-    TRANSPORT = "transport"  # connection refused, reset, timeout, TLS, after the retries
-    ENDPOINT = "endpoint"  # 404, 405, 3xx: probably a wrong backend.sync_path
-    AUTH = "auth"  # 401, 403: probably a wrong token
-    NOT_STARTED = "not_started"  # the run was stopping before this call began
-
-    @property
-    def breaks_circuit(self) -> bool:
-        return self in (Kind.SERVER_ERROR, Kind.TRANSPORT)
 
 
 @dataclass(frozen=True)
@@ -64,17 +48,6 @@ class Attempt:
     error: str | None = None
     emails_synced: int | None = None
     retry_after: float | None = None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    claim: Claim
-    kind: Kind
-    status: int | None
-    attempts: int
-    duration_ms: int
-    error: str | None = None
-    emails_synced: int | None = None
 
 
 def idempotency_key(run_id: str, claim: Claim) -> str:
@@ -190,17 +163,18 @@ def check_health(config: BackendConfig) -> None:
             status = session.call("GET", config.health_url).status
         except CallFailed as failure:
             raise BackendUnavailable(f"backend unreachable at {config.health_url}: {failure.description}") from None
-    if status in (404, 405) or 300 <= status < 400:
+    kind = kind_of(status)
+    if kind is Kind.ENDPOINT:
         raise ConfigError(
             f"backend health check {config.health_url} answered {status}: "
             "check backend.base_url and backend.health_path"
         )
-    if status in (401, 403):
+    if kind is Kind.AUTH:
         raise ConfigError(
             f"backend health check {config.health_url} answered {status}: "
             "check backend.token_file (or the backend-token credential)"
         )
-    if not 200 <= status < 300:
+    if kind is not Kind.SYNCED:
         raise BackendUnavailable(f"backend health check {config.health_url} answered {status}")
 
 
@@ -272,20 +246,17 @@ class Client:
         except CallFailed as failure:
             return Attempt(None, failure.status, failure.description)
         status, body = reply.status, reply.body
-        if 200 <= status < 300:
-            return Attempt(Kind.SYNCED, status, emails_synced=_emails_synced(body))
+        kind = kind_of(status)
+        if kind is Kind.SYNCED:
+            return Attempt(kind, status, emails_synced=_emails_synced(body))
         error = f"HTTP {status}"  # the URL is the same for everyone: cycle_started logs it
         if 300 <= status < 400:
             error += f" redirecting to {reply.headers.get('Location', '?')} (not followed)"
         elif body:
             error += f": {body[:300].decode('utf-8', 'replace')}"
-        if status in TRANSIENT:
+        if kind is None:
             return Attempt(None, status, error, retry_after=_retry_after(reply.headers.get("Retry-After")))
-        if status in (404, 405) or 300 <= status < 400:
-            return Attempt(Kind.ENDPOINT, status, error)
-        if status in (401, 403):
-            return Attempt(Kind.AUTH, status, error)
-        return Attempt(Kind.SERVER_ERROR if status >= 500 else Kind.USER_ERROR, status, error)
+        return Attempt(kind, status, error)
 
 
 def _emails_synced(body: bytes) -> int | None:

@@ -22,6 +22,7 @@ from sqlalchemy import Engine, inspect
 from emailsync import backend, db, schema, timespan
 from emailsync.config import BACKEND_TOKEN_CREDENTIAL, DATABASE_URL_CREDENTIAL, Config
 from emailsync.errors import EmailSyncError, TemporaryError
+from emailsync.model import Kind, kind_of
 
 PACKAGED_VENV = Path("/usr/lib/email-sync/venv")
 DEPENDENCIES = ("sqlalchemy", "psycopg2", "urllib3", "structlog", "sdnotify")
@@ -161,7 +162,7 @@ def _sync_endpoint(config: Config) -> Check:
             status = session.call("OPTIONS", url).status
         except backend.CallFailed as failure:
             return Check("sync endpoint", False, f"{url}: {failure.description}", "check backend.base_url")
-    if status == 404 or 300 <= status < 400:
+    if kind_of(status) is Kind.ENDPOINT and status != 405:  # a POST-only route may refuse OPTIONS with 405
         return Check(
             "sync endpoint",
             False,

@@ -168,7 +168,7 @@ def _check(config: Config, _: argparse.Namespace) -> int:
 
 def _sync(config: Config, args: argparse.Namespace) -> int:
     from emailsync import operations
-    from emailsync.backend import Kind
+    from emailsync.model import Kind
 
     outcome = operations.sync_user(config, args.user)
     return EXIT_OK if outcome.kind is Kind.SYNCED else EXIT_NO

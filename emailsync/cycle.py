@@ -19,7 +19,7 @@ import structlog
 from sqlalchemy import Engine
 
 from emailsync import backend, db, metrics, runs, schema, status
-from emailsync.backend import CallPool, Client, Kind, Outcome
+from emailsync.backend import CallPool, Client
 from emailsync.config import Config
 from emailsync.errors import (
     CircuitOpen,
@@ -29,7 +29,7 @@ from emailsync.errors import (
     EndpointError,
 )
 from emailsync.leases import PAGE, DuePages, Leases
-from emailsync.model import Claim, Result, RunCounts
+from emailsync.model import Claim, Kind, Outcome, Result, RunCounts
 from emailsync.notify import Notifier
 
 log = structlog.get_logger()
@@ -145,7 +145,7 @@ class Verdict:
         """The outcomes that can now be recorded."""
         if self.cleared:
             return [outcome]
-        if outcome.kind in (Kind.ENDPOINT, Kind.AUTH):
+        if outcome.kind.blames_configuration:
             self.suspects.append(outcome)
             if len(self.suspects) >= self.needed:
                 raise self.error()
@@ -300,7 +300,7 @@ class Cycle:
             if outcome is None:
                 continue
             del self.in_flight[outcome.claim.key]
-            if outcome.kind in (Kind.ENDPOINT, Kind.AUTH) and not self.verdict.cleared:
+            if outcome.kind.blames_configuration and not self.verdict.cleared:
                 outcome = Outcome(outcome.claim, Kind.NOT_STARTED, None, 0, 0)  # the configuration's fault
             self._account(outcome)
         self._flush()

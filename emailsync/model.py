@@ -4,7 +4,10 @@ that the HTTP layer and the database layer never import each other."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
+
+TRANSIENT = frozenset({429, 502, 503, 504})  # worth retrying within the call
 
 
 @dataclass(frozen=True)
@@ -44,3 +47,47 @@ class RunCounts:
 def json_id(value: Any) -> Any:
     """The id as the backend gets it in JSON: integers and strings as they are, anything else (UUID) as text."""
     return value if isinstance(value, int | str) and not isinstance(value, bool) else str(value)
+
+
+class Kind(Enum):
+    SYNCED = "synced"
+    USER_ERROR = "user_error"  # other 4xx: this user's problem
+    SERVER_ERROR = "server_error"  # 5xx, or 429/502-504 after the retries
+    TRANSPORT = "transport"  # connection refused, reset, timeout, TLS, after the retries
+    ENDPOINT = "endpoint"  # 404, 405, 3xx: probably a wrong backend.sync_path
+    AUTH = "auth"  # 401, 403: probably a wrong token
+    NOT_STARTED = "not_started"  # the run was stopping before this call began
+
+    @property
+    def breaks_circuit(self) -> bool:
+        return self in (Kind.SERVER_ERROR, Kind.TRANSPORT)
+
+    @property
+    def blames_configuration(self) -> bool:
+        """The answer says the endpoint or the token is wrong, which is nobody's fault but the configuration's."""
+        return self in (Kind.ENDPOINT, Kind.AUTH)
+
+
+def kind_of(status: int) -> Kind | None:
+    """What an HTTP status says about a call, the one rule for the sync call, the health check and `check`:
+    None for a transient status worth retrying."""
+    if 200 <= status < 300:
+        return Kind.SYNCED
+    if status in TRANSIENT:
+        return None
+    if status in (404, 405) or 300 <= status < 400:
+        return Kind.ENDPOINT
+    if status in (401, 403):
+        return Kind.AUTH
+    return Kind.SERVER_ERROR if status >= 500 else Kind.USER_ERROR
+
+
+@dataclass(frozen=True)
+class Outcome:
+    claim: Claim
+    kind: Kind
+    status: int | None
+    attempts: int
+    duration_ms: int
+    error: str | None = None
+    emails_synced: int | None = None

@@ -9,12 +9,12 @@ import uuid
 import structlog
 
 from emailsync import backend, db, schema, status
-from emailsync.backend import Client, Kind, Outcome
+from emailsync.backend import Client
 from emailsync.config import Config
 from emailsync.cycle import Verdict, result_of
 from emailsync.errors import TemporaryError, UsageError
 from emailsync.leases import Leases
-from emailsync.model import Claim
+from emailsync.model import Claim, Outcome
 
 
 def sync_user(config: Config, who: str) -> Outcome:
@@ -30,7 +30,7 @@ def sync_user(config: Config, who: str) -> Outcome:
         with backend.Session(config.backend) as session:
             client = Client(config.backend, config.sync.max_emails, run_id, threading.Event(), lambda: None)
             outcome = client.sync(session, claim)
-        if outcome.kind in (Kind.ENDPOINT, Kind.AUTH):  # the configuration's fault, not the user's
+        if outcome.kind.blames_configuration:
             leases.release([claim])
             raise Verdict(1, config.backend.sync_url, [outcome]).error()
         leases.record([result_of(outcome)])

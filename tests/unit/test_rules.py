@@ -8,13 +8,12 @@ import pytest
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from emailsync import schema
-from emailsync.backend import Kind, Outcome
 from emailsync.config import SyncConfig
 from emailsync.cycle import Verdict
 from emailsync.db_failures import classify
 from emailsync.errors import ConfigError, DatabaseUnavailable, EndpointError
 from emailsync.leases import failure_backoff
-from emailsync.model import Claim
+from emailsync.model import Claim, Kind, Outcome, kind_of
 
 SYNC = SyncConfig(3600, 100, 50, 10, 600, 5, "host", 300, 86400, 20, 3)
 
@@ -102,3 +101,23 @@ def test_an_error_in_our_own_statement_is_a_bug_not_a_database_failure() -> None
 
 def test_the_migration_steps_are_numbered_one_to_the_latest() -> None:
     assert [step.version for step in schema.STEPS] == list(range(1, schema.SCHEMA_VERSION + 1))
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (200, Kind.SYNCED),
+        (204, Kind.SYNCED),
+        (301, Kind.ENDPOINT),
+        (404, Kind.ENDPOINT),
+        (405, Kind.ENDPOINT),
+        (401, Kind.AUTH),
+        (403, Kind.AUTH),
+        (429, None),
+        (503, None),
+        (500, Kind.SERVER_ERROR),
+        (422, Kind.USER_ERROR),
+    ],
+)
+def test_one_rule_says_what_each_status_means(status: int, kind: Kind | None) -> None:
+    assert kind_of(status) is kind
