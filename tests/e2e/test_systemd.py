@@ -142,19 +142,20 @@ def test_a_trickling_backend_is_cut_at_each_call_deadline_and_the_run_ends_befor
             "retries": 0,
             "concurrency": 2,
         },
-        sync={"lease": "10s", "failure_backoff": "100ms"},
+        sync={"lease": "10s", "failure_backoff": "1h"},  # once per run: a short backoff would re-claim them now
     )
     e2e.dropin(UNIT, "watchdog", "[Service]\nWatchdogSec=10s\n")
     # Headers at once, then a byte every 0.5 s forever: the read timeout never fires, the call deadline does.
     e2e.backend.set_default(Behaviour(trickle=0.5))
 
     cut = e2e.run_once(timeout=45)
-    assert (cut["Result"], cut["ExecMainStatus"]) == ("success", "0"), cut
+    assert (cut["Result"], cut["ExecMainStatus"]) == ("success", "0"), [message_text(line) for line in e2e.our_lines()]
     failed = [line for line in e2e.our_lines() if "user_failed" in message_text(line)]
     assert len(failed) == len(users) and all("backend.call_timeout (2s)" in message_text(f) for f in failed)
     assert e2e.database.writes() == {} and e2e.database.leased() == []
 
     e2e.backend.set_default(Behaviour())
+    e2e.database.execute("UPDATE email_sync_user_state SET next_attempt_at = now()")  # the hour has passed
     again = e2e.run_once()
     assert (again["Result"], again["ExecMainStatus"]) == ("success", "0"), again
     assert e2e.database.synced() == set(users)
