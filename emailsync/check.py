@@ -20,7 +20,8 @@ from pathlib import Path
 from sqlalchemy import Engine, inspect
 
 from emailsync import backend, db, schema, timespan
-from emailsync.config import BACKEND_TOKEN_CREDENTIAL, DATABASE_URL_CREDENTIAL, Config
+from emailsync.config import Config
+from emailsync.credentials import BACKEND_TOKEN_CREDENTIAL, DATABASE_URL_CREDENTIAL
 from emailsync.errors import EmailSyncError, TemporaryError
 from emailsync.model import Kind, kind_of
 

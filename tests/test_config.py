@@ -17,16 +17,10 @@ import pytest
 import structlog
 
 from emailsync import __version__, cli
-from emailsync.config import (
-    DEFAULT_PATH,
-    KEYS,
-    Config,
-    config_path,
-    load,
-    parse_duration,
-    url_password,
-)
+from emailsync.config import DEFAULT_PATH, KEYS, Config, config_path, load
+from emailsync.credentials import url_password
 from emailsync.errors import EXIT_CONFIG, EXIT_TEMPFAIL, ConfigError
+from emailsync.values import duration as parse_duration
 from tests.conftest import write_config
 
 UNREACHABLE_DB = "postgresql://u:pw@127.0.0.1:1/x"
@@ -904,9 +898,9 @@ def test_help_mentions_exit_codes_75_and_78(capsys: pytest.CaptureFixture[str]) 
 def test_outside_the_unit_the_credstore_file_stands_in_for_the_credential(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from emailsync import config as config_module
+    from emailsync import credentials
 
-    monkeypatch.setattr(config_module, "CREDSTORE", str(tmp_path))
+    monkeypatch.setattr(credentials, "CREDSTORE", str(tmp_path))
     stored = tmp_path / "email-sync.database-url"
     stored.write_text("postgresql://app:pw@db/app\n")
     stored.chmod(0o600)

@@ -1,0 +1,151 @@
+"""Parsers of configuration values: each takes what TOML or the environment gave and returns the typed value, or
+raises Invalid with what is wrong; the caller names the key and the file."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from emailsync import timespan
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
+_TIMEZONE = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+# Longer is a typo, and past it the waits and timeouts built from a duration overflow (int(inf), Event.wait).
+MAX_DURATION = 365 * 86400.0
+# PostgreSQL takes statement_timeout as an int of milliseconds, where 0 means no timeout at all.
+_STATEMENT_TIMEOUT_MS = (1, 2**31 - 1)
+
+
+class Invalid(ValueError):
+    """A value is wrong; the caller adds which key and which file."""
+
+
+def shown(value: Any) -> str:
+    """repr() for an error message: an integer of 4300+ digits (0xfff... in TOML) makes repr() itself raise."""
+    try:
+        return repr(value)
+    except ValueError:
+        return f"a {type(value).__name__} too large to show"
+
+
+def duration(value: Any) -> float:
+    """Seconds from a number of seconds or a systemd time span ("90s", "5min", "2h 30min", "1.5h", "1w"):
+    operators write durations the way systemd.time(7) does, and copy them between unit files and this config."""
+    usage = "must be a duration like 30s, 5min or 2h 30min (systemd.time(7))"
+    if isinstance(value, bool):
+        raise Invalid(usage)
+    if isinstance(value, int | float):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int past float's range
+            seconds = float("inf")
+    elif isinstance(value, str):
+        try:
+            seconds = timespan.parse(value) / timespan.USEC_PER_SEC
+        except ValueError:
+            raise Invalid(f"{usage}, got {shown(value)}") from None
+    else:
+        raise Invalid(usage)
+    if not 0 < seconds <= MAX_DURATION:
+        raise Invalid(f"must be a positive duration of at most 365d, got {shown(value)}")
+    return seconds
+
+
+def statement_timeout(value: Any) -> float:
+    seconds = duration(value)
+    low, high = _STATEMENT_TIMEOUT_MS
+    if not low <= int(seconds * 1000) <= high:
+        raise Invalid(f"must be between 1ms and {high // 86_400_000}d (PostgreSQL's limit), got {shown(value)}")
+    return seconds
+
+
+def integer(minimum: int, maximum: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+            try:
+                value = int(value)
+            except ValueError:  # more digits than int() converts: far out of range anyway
+                raise Invalid(f"must be between {minimum} and {maximum}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid(f"must be an integer, got {shown(value)}")
+        if not minimum <= value <= maximum:
+            raise Invalid(f"must be between {minimum} and {maximum}, got {shown(value)}")
+        return value
+
+    return parse
+
+
+def rate(value: Any) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise Invalid(f"must be a number of requests per second, got {shown(value)}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+        raise Invalid(f"must be a number >= 0 (0 = unlimited), got {shown(value)}")
+    try:
+        rate = float(value)
+    except OverflowError:  # an int past float's range
+        raise Invalid("must be a number >= 0 (0 = unlimited), got a number too large") from None
+    if 0 < rate < 1 / MAX_DURATION:  # the wait between two requests would overflow, like a huge duration
+        raise Invalid(f"must be 0 (unlimited) or at least one request per 365d, got {shown(value)}")
+    return rate
+
+
+def text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise Invalid(f"must be a string, got {shown(value)}")
+    if "\x00" in value:
+        raise Invalid("must not contain NUL characters")
+    return value
+
+
+def identifier(value: Any) -> str:
+    given = text(value)
+    if not _IDENTIFIER.fullmatch(given):
+        raise Invalid(f"must be an SQL name like users or app.users, got {given!r}")
+    return given
+
+
+def timezone(value: Any) -> str:
+    """An IANA zone name like UTC or Europe/Berlin; whether the database knows it is checked on connecting."""
+    given = text(value).strip()
+    if not _TIMEZONE.fullmatch(given):
+        raise Invalid(f"must be a time zone name like UTC or America/New_York, got {given!r}")
+    return given
+
+
+def url_path(value: Any) -> str:
+    given = text(value)
+    if not given.startswith("/") or any(c in given for c in "?# "):
+        raise Invalid(f"must be a URL path starting with '/', got {given!r}")
+    return given
+
+
+def http_url(value: Any) -> str:
+    given = text(value).rstrip("/")
+    try:
+        parts = urlsplit(given)
+        parts.port  # noqa: B018 -- urlsplit validates the port only when asked
+    except ValueError:  # its message may quote the netloc, credentials included
+        raise Invalid("must be an http(s) URL with a valid host and port") from None
+    # Before any message that shows the URL: credentials or a token in the query must not be echoed.
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise Invalid("must not contain credentials, a query or a fragment (the token goes in backend.token_file)")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid(f"must be an http:// or https:// URL, got {given!r}")
+    return given
+
+
+def optional_http_url(value: Any) -> str:
+    return http_url(value) if text(value) else ""
+
+
+def log_level(value: Any) -> str:
+    given = text(value).lower()
+    if given not in _LOG_LEVELS:
+        raise Invalid(f"must be one of {', '.join(_LOG_LEVELS)}, got {value!r}")
+    return given
