@@ -59,7 +59,7 @@ def _journal(unit: str, invocation: str) -> list[str]:
 
 def send(config: Config, alert: dict[str, Any]) -> bool:
     """Deliver the alert to the webhook and/or the command; False when alerting is off."""
-    webhook, command = config.operator.alert_webhook_url, config.operator.alert_command
+    webhook, command = config.alert.webhook_url, config.alert.command
     if not webhook and not command:
         log.info("alert_disabled", unit=alert["unit"], hint="set alert.webhook_url or alert.command")
         return False

@@ -66,8 +66,8 @@ def _secret_files(config: Config) -> list[Check]:
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
     checks = []
     for credential, key, path in (
-        (DATABASE_URL_CREDENTIAL, "database.url_file", config.database_url_file),
-        (BACKEND_TOKEN_CREDENTIAL, "backend.token_file", config.backend_token_file),
+        (DATABASE_URL_CREDENTIAL, "database.url_file", config.database.url_file),
+        (BACKEND_TOKEN_CREDENTIAL, "backend.token_file", config.backend.token_file),
     ):
         if credentials and Path(credentials, credential).exists():
             checks.append(Check(f"secret {credential}", True, "passed by systemd (LoadCredential)"))

@@ -110,7 +110,7 @@ def _load_config(path: str | None, command: str) -> Config:
     loaded = config.load(
         config.config_path(path, os.environ), need_backend=command not in NO_BACKEND, need_database=command != "alert"
     )
-    logs.configure(loaded.log_level, loaded.secrets)
+    logs.configure(loaded.logging.level, loaded.secrets)
     for warning in loaded.warnings:
         structlog.get_logger().warning("config_warning", warning=warning)
     return loaded

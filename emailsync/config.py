@@ -1,8 +1,8 @@
 """Loading and validating the configuration: a TOML file, overridden by EMAIL_SYNC_<SECTION>_<KEY> variables.
 
-Every key is declared once in KEYS (type, default, meaning); the file, the environment and the documentation all
-go through that table, so a key cannot be accepted in one place and unknown in another. The value parsers live in
-values.py, the secrets (the database URL, the backend token) in credentials.py.
+Every key is declared once, as a field of its section's dataclass (parser, default, meaning); KEYS is derived from
+them, and the file, the environment and the documentation all go through that table, so a key cannot be accepted
+in one place and unknown in another. The value parsers live in values.py, the secrets in credentials.py.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +24,8 @@ ENV_PREFIX = "EMAIL_SYNC_"
 
 @dataclass(frozen=True)
 class Key:
+    """One configuration key, as its section's dataclass field declares it."""
+
     section: str
     name: str
     parse: Callable[[Any], Any]
@@ -40,197 +42,96 @@ class Key:
         return f"{ENV_PREFIX}{self.section}_{self.name}".upper()
 
 
-REQUIRED = object()
+REQUIRED: Any = object()
 T = TypeVar("T")
 
-KEYS: tuple[Key, ...] = (
-    Key(
-        "database",
-        "url",
-        values.text,
-        "",
-        "SQLAlchemy URL of the app's database (postgresql://... or sqlite:///...). "
-        "Prefer url_file or the database-url credential: it holds a password.",
-        secret=True,
-    ),
-    Key("database", "url_file", values.text, "", "File holding the database URL (mode 0600)."),
-    Key("database", "connect_timeout", values.duration, 10.0, "Give up connecting to the database after this."),
-    Key(
-        "database",
-        "statement_timeout",
-        values.statement_timeout,
-        30.0,
-        "PostgreSQL statement_timeout for our statements.",
-    ),
-    Key("users", "table", values.identifier, "users", "The app's users table (optionally schema.table)."),
-    Key("users", "id_column", values.identifier, "id", "Its primary key column."),
-    Key("users", "email_column", values.identifier, "email", "Its email column."),
-    Key(
-        "users",
-        "last_sync_column",
-        values.identifier,
-        "last_sync",
-        "Its last-sync timestamp column (the only one we write).",
-    ),
-    Key(
-        "users",
-        "last_sync_timezone",
-        values.timezone,
-        "UTC",
-        "The zone the app writes a timestamp-without-time-zone last_sync in (timestamptz needs nothing).",
-    ),
-    Key(
-        "users",
-        "filter",
-        values.text,
-        "",
-        'Optional SQL condition selecting active users, e.g. "active AND NOT deleted".',
-    ),
-    Key(
-        "sync", "interval", values.duration, 3600.0, "A user is due when last_sync is older than this (database clock)."
-    ),
-    Key(
-        "sync",
-        "max_users_per_run",
-        values.integer(1, 10_000_000),
-        100_000,
-        "Stop claiming after this many users in one run.",
-    ),
-    Key("sync", "max_emails", values.integer(1, 1_000_000), 50, "max_emails sent to the backend for each user."),
-    Key(
-        "sync",
-        "batch_size",
-        values.integer(1, 10_000),
-        100,
-        "Users claimed, and results written, per database round trip.",
-    ),
-    Key(
-        "sync", "lease", values.duration, 900.0, "How long a claim lasts; a crashed run's users are due again after it."
-    ),
-    Key("sync", "shutdown_grace", values.duration, 20.0, "On SIGTERM, wait this long for calls in flight."),
-    Key("sync", "host_id", values.text, "", "Name of this host in leases and runs (default: the hostname)."),
-    Key("sync", "failure_backoff", values.duration, 300.0, "Wait after a user's first failure; doubles each time."),
-    Key("sync", "failure_backoff_max", values.duration, 86400.0, "Cap of that wait."),
-    Key(
-        "sync",
-        "circuit_breaker",
-        values.integer(1, 1_000_000),
-        20,
-        "Stop the run (exit 75) after this many consecutive transport failures or 5xx.",
-    ),
-    Key(
-        "sync",
-        "endpoint_probe",
-        values.integer(1, 1000),
-        3,
-        "If the first this-many answers are all 404/405/3xx (or 401/403), the endpoint (or token) is wrong: exit 78.",
-    ),
-    Key("backend", "base_url", values.http_url, REQUIRED, "The backend, e.g. http://127.0.0.1:8000."),
-    Key("backend", "sync_path", values.url_path, "/api/v1/sync/start", "POST endpoint that syncs one user."),
-    Key("backend", "health_path", values.url_path, "/health", "GET endpoint checked before a run."),
-    Key("backend", "token_file", values.text, "", "File holding the bearer token (mode 0600); none: no header."),
-    Key("backend", "ca_file", values.text, "", "CA bundle for a backend with a private CA (default: system CAs)."),
-    Key("backend", "connect_timeout", values.duration, 5.0, "Connect timeout of every request."),
-    Key("backend", "read_timeout", values.duration, 30.0, "Read timeout of every request."),
-    Key(
-        "backend",
-        "call_timeout",
-        values.duration,
-        35.0,
-        "The most one request may take, from connecting to its answer's last byte (a trickle cannot stretch it).",
-    ),
-    Key("backend", "concurrency", values.integer(1, 1024), 8, "Calls in flight at once."),
-    Key("backend", "max_rate", values.rate, 0.0, "At most this many requests per second (0 = unlimited)."),
-    Key(
-        "backend",
-        "retries",
-        values.integer(0, 20),
-        3,
-        "Retries of a transient failure (429, 502-504, connection errors).",
-    ),
-    Key("backend", "retry_backoff", values.duration, 1.0, "First retry waits up to this (full jitter), doubling."),
-    Key("backend", "retry_backoff_max", values.duration, 30.0, "Cap of one retry wait, Retry-After included."),
-    Key("logging", "level", values.log_level, "info", "debug, info, warning or error."),
-    Key("status", "timer_interval", values.duration, 300.0, "How often the timer starts a run (for `status`)."),
-    Key(
-        "status",
-        "missed_intervals",
-        values.integer(1, 1000),
-        3,
-        "`status` exits non-zero when no run succeeded within this many timer intervals.",
-    ),
-    Key(
-        "metrics", "textfile", values.text, "", "Write Prometheus metrics here after each run (node_exporter textfile)."
-    ),
-    Key(
-        "alert",
-        "webhook_url",
-        values.optional_http_url,
-        "",
-        "POST a JSON alert here when a run fails (off when empty).",
-    ),
-    Key(
-        "alert",
-        "command",
-        values.text,
-        "",
-        "Run this command (no shell) with the alert JSON on stdin when a run fails.",
-    ),
-)
-_BY_SECTION: dict[str, dict[str, Key]] = {}
-for _key in KEYS:
-    _BY_SECTION.setdefault(_key.section, {})[_key.name] = _key
+
+def key(parse: Callable[[Any], Any], default: Any, help: str, *, secret: bool = False) -> Any:
+    """A section's field that is a configuration key: its parser, default and meaning, declared once; the file,
+    the environment, the shipped conffile and the documentation are all read from here."""
+    meta = {"parse": parse, "default": default, "help": " ".join(help.split()), "secret": secret}
+    return field(metadata=meta) if default is REQUIRED else field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class DatabaseConfig:
-    url: str
-    connect_timeout: float
-    statement_timeout: float
+    url: str = key(
+        values.text,
+        "",
+        """SQLAlchemy URL of the app's database (postgresql://... or sqlite:///...).
+        Prefer url_file or the database-url credential: it holds a password.""",
+        secret=True,
+    )
+    url_file: str = key(values.text, "", "File holding the database URL (mode 0600).")
+    connect_timeout: float = key(values.duration, 10.0, "Give up connecting to the database after this.")
+    statement_timeout: float = key(values.statement_timeout, 30.0, "PostgreSQL statement_timeout for our statements.")
     timezone: str = "UTC"  # users.last_sync_timezone: every transaction runs in it, whatever the server's default
     url_from: str = "database.url"  # where the URL came from, for an error that must name it but not show it
 
 
 @dataclass(frozen=True)
 class UsersConfig:
-    table: str
-    id_column: str
-    email_column: str
-    last_sync_column: str
-    last_sync_timezone: str
-    filter: str
+    table: str = key(values.identifier, "users", "The app's users table (optionally schema.table).")
+    id_column: str = key(values.identifier, "id", "Its primary key column.")
+    email_column: str = key(values.identifier, "email", "Its email column.")
+    last_sync_column: str = key(
+        values.identifier, "last_sync", "Its last-sync timestamp column (the only one we write)."
+    )
+    last_sync_timezone: str = key(
+        values.timezone,
+        "UTC",
+        "The zone the app writes a timestamp-without-time-zone last_sync in (timestamptz needs nothing).",
+    )
+    filter: str = key(values.text, "", 'Optional SQL condition selecting active users, e.g. "active AND NOT deleted".')
 
 
 @dataclass(frozen=True)
 class SyncConfig:
-    interval: float
-    max_users_per_run: int
-    max_emails: int
-    batch_size: int
-    lease: float
-    shutdown_grace: float
-    host_id: str
-    failure_backoff: float
-    failure_backoff_max: float
-    circuit_breaker: int
-    endpoint_probe: int
+    interval: float = key(values.duration, 3600.0, "A user is due when last_sync is older than this (database clock).")
+    max_users_per_run: int = key(
+        values.integer(1, 10_000_000), 100_000, "Stop claiming after this many users in one run."
+    )
+    max_emails: int = key(values.integer(1, 1_000_000), 50, "max_emails sent to the backend for each user.")
+    batch_size: int = key(
+        values.integer(1, 10_000), 100, "Users claimed, and results written, per database round trip."
+    )
+    lease: float = key(values.duration, 900.0, "How long a claim lasts; a crashed run's users are due again after it.")
+    shutdown_grace: float = key(values.duration, 20.0, "On SIGTERM, wait this long for calls in flight.")
+    host_id: str = key(values.text, "", "Name of this host in leases and runs (default: the hostname).")
+    failure_backoff: float = key(values.duration, 300.0, "Wait after a user's first failure; doubles each time.")
+    failure_backoff_max: float = key(values.duration, 86400.0, "Cap of that wait.")
+    circuit_breaker: int = key(
+        values.integer(1, 1_000_000),
+        20,
+        "Stop the run (exit 75) after this many consecutive transport failures or 5xx.",
+    )
+    endpoint_probe: int = key(
+        values.integer(1, 1000),
+        3,
+        "If the first this-many answers are all 404/405/3xx (or 401/403), the endpoint (or token) is wrong: exit 78.",
+    )
 
 
 @dataclass(frozen=True)
 class BackendConfig:
-    base_url: str
-    sync_path: str
-    health_path: str
-    token: str | None
-    ca_file: str | None
-    connect_timeout: float
-    read_timeout: float
-    call_timeout: float
-    concurrency: int
-    max_rate: float
-    retries: int
-    retry_backoff: float
-    retry_backoff_max: float
+    base_url: str = key(values.http_url, REQUIRED, "The backend, e.g. http://127.0.0.1:8000.")
+    sync_path: str = key(values.url_path, "/api/v1/sync/start", "POST endpoint that syncs one user.")
+    health_path: str = key(values.url_path, "/health", "GET endpoint checked before a run.")
+    token_file: str = key(values.text, "", "File holding the bearer token (mode 0600); none: no header.")
+    ca_file: str = key(values.text, "", "CA bundle for a backend with a private CA (default: system CAs).")
+    connect_timeout: float = key(values.duration, 5.0, "Connect timeout of every request.")
+    read_timeout: float = key(values.duration, 30.0, "Read timeout of every request.")
+    call_timeout: float = key(
+        values.duration,
+        35.0,
+        "The most one request may take, from connecting to its answer's last byte (a trickle cannot stretch it).",
+    )
+    concurrency: int = key(values.integer(1, 1024), 8, "Calls in flight at once.")
+    max_rate: float = key(values.rate, 0.0, "At most this many requests per second (0 = unlimited).")
+    retries: int = key(values.integer(0, 20), 3, "Retries of a transient failure (429, 502-504, connection errors).")
+    retry_backoff: float = key(values.duration, 1.0, "First retry waits up to this (full jitter), doubling.")
+    retry_backoff_max: float = key(values.duration, 30.0, "Cap of one retry wait, Retry-After included.")
+    token: str | None = None  # from the backend-token credential or token_file
 
     @property
     def sync_url(self) -> str:
@@ -253,18 +154,49 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
-class OperatorConfig:
-    """What the operator commands and hooks need: health thresholds, metrics and alerts."""
+class LoggingConfig:
+    level: str = key(values.log_level, "info", "debug, info, warning or error.")
 
-    timer_interval: float
-    missed_intervals: int
-    metrics_textfile: str | None
-    alert_webhook_url: str | None
-    alert_command: str | None
+
+@dataclass(frozen=True)
+class StatusConfig:
+    timer_interval: float = key(values.duration, 300.0, "How often the timer starts a run (for `status`).")
+    missed_intervals: int = key(
+        values.integer(1, 1000), 3, "`status` exits non-zero when no run succeeded within this many timer intervals."
+    )
 
     @property
     def stale_after(self) -> float:
         return self.timer_interval * self.missed_intervals
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    textfile: str = key(values.text, "", "Write Prometheus metrics here after each run (node_exporter textfile).")
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    webhook_url: str = key(values.optional_http_url, "", "POST a JSON alert here when a run fails (off when empty).")
+    command: str = key(values.text, "", "Run this command (no shell) with the alert JSON on stdin when a run fails.")
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "database": DatabaseConfig,
+    "users": UsersConfig,
+    "sync": SyncConfig,
+    "backend": BackendConfig,
+    "logging": LoggingConfig,
+    "status": StatusConfig,
+    "metrics": MetricsConfig,
+    "alert": AlertConfig,
+}
+KEYS: tuple[Key, ...] = tuple(
+    Key(section, f.name, **f.metadata) for section, cls in SECTIONS.items() for f in fields(cls) if f.metadata
+)
+_BY_SECTION: dict[str, dict[str, Key]] = {}
+for _key in KEYS:
+    _BY_SECTION.setdefault(_key.section, {})[_key.name] = _key
 
 
 @dataclass(frozen=True)
@@ -274,16 +206,16 @@ class Config:
     users: UsersConfig
     sync: SyncConfig
     backend: BackendConfig
-    log_level: str
-    operator: OperatorConfig
+    logging: LoggingConfig
+    status: StatusConfig
+    metrics: MetricsConfig
+    alert: AlertConfig
     warnings: tuple[str, ...]
-    database_url_file: str | None = None  # where the secrets came from, for `email-sync check`
-    backend_token_file: str | None = None
 
     @property
     def secrets(self) -> tuple[str, ...]:
         """Strings that must never reach a log line, a table or an error message."""
-        found = [self.backend.token or "", self.operator.alert_webhook_url or ""]
+        found = [self.backend.token or "", self.alert.webhook_url]
         found.extend(credentials.url_secrets(self.database.url))
         return tuple(s for s in found if len(s) >= 4)
 
@@ -395,10 +327,10 @@ def _build(path: str, v: dict[str, Any], env: Mapping[str, str], need_database: 
     )
     if not token.isascii():
         raise ConfigError(f"{token_origin}: the token must be ASCII: it is sent in an HTTP header")
-    ca_file = v["backend.ca_file"] or None
-    if ca_file is not None and not os.access(ca_file, os.R_OK):
+    ca_file = v["backend.ca_file"]
+    if ca_file and not os.access(ca_file, os.R_OK):
         raise ConfigError(f"{path}: backend.ca_file: cannot read {ca_file}")
-    backend = _section(BackendConfig, "backend", v, token=token or None, ca_file=ca_file)
+    backend = _section(BackendConfig, "backend", v, token=token or None)
     sync = _section(SyncConfig, "sync", v, host_id=v["sync.host_id"] or os.uname().nodename)
     if sync.lease < 2 * backend.longest_call:
         raise ConfigError(
@@ -408,31 +340,20 @@ def _build(path: str, v: dict[str, Any], env: Mapping[str, str], need_database: 
     return Config(
         source=path,
         database=_section(
-            DatabaseConfig,
-            "database",
-            v,
-            url=database_url,
-            timezone=v["users.last_sync_timezone"],
-            url_from=url_origin,
+            DatabaseConfig, "database", v, url=database_url, timezone=v["users.last_sync_timezone"], url_from=url_origin
         ),
         users=_section(UsersConfig, "users", v, filter=v["users.filter"].strip()),
         sync=sync,
         backend=backend,
-        log_level=v["logging.level"],
-        operator=OperatorConfig(
-            timer_interval=v["status.timer_interval"],
-            missed_intervals=v["status.missed_intervals"],
-            metrics_textfile=v["metrics.textfile"] or None,
-            alert_webhook_url=v["alert.webhook_url"] or None,
-            alert_command=v["alert.command"] or None,
-        ),
+        logging=_section(LoggingConfig, "logging", v),
+        status=_section(StatusConfig, "status", v),
+        metrics=_section(MetricsConfig, "metrics", v),
+        alert=_section(AlertConfig, "alert", v),
         warnings=tuple(warnings),
-        database_url_file=v["database.url_file"] or None,
-        backend_token_file=v["backend.token_file"] or None,
     )
 
 
 def _section(cls: type[T], section: str, v: dict[str, Any], **derived: Any) -> T:
-    """A section's dataclass from its keys' values, field for key, plus the fields derived from other keys."""
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]  # every T here is a dataclass
-    return cls(**{name: v[f"{section}.{name}"] for name in names if name not in derived}, **derived)
+    """A section's dataclass from its keys' values, plus the fields derived from other keys (or overriding one)."""
+    keys = {name: value for name, value in _BY_SECTION[section].items() if name not in derived}
+    return cls(**{name: v[f"{section}.{name}"] for name in keys}, **derived)

@@ -98,7 +98,7 @@ def _report(report: RunReport, error: EmailSyncError | None, engine: Engine | No
         skipped=counts.skipped,
         duration_ms=report.duration_ms,
     )
-    textfile = config.operator.metrics_textfile
+    textfile = config.metrics.textfile
     backlog = None
     if engine is not None and not isinstance(error, DatabaseUnavailable):  # the database is there to write to
         runs.finish(engine, report.run_id, counts, report.outcome, str(error) if error else None)

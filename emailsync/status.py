@@ -149,10 +149,10 @@ def _problems(status: Status, config: Config) -> list[str]:
     finished = [run for run in status.runs if run.outcome != "running"]
     if finished and finished[0].outcome not in runs_table.HEALTHY_OUTCOMES:
         problems.append(f"the last run failed: {finished[0].outcome}: {finished[0].error or ''}".rstrip(": "))
-    stale = config.operator.stale_after
+    stale = config.status.stale_after
     if status.last_success_age_s is None or status.last_success_age_s > stale:
         problems.append(
-            f"no successful run in the last {stale:g}s ({config.operator.missed_intervals} x status.timer_interval)"
+            f"no successful run in the last {stale:g}s ({config.status.missed_intervals} x status.timer_interval)"
         )
     return problems
 
