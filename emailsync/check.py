@@ -25,6 +25,13 @@ from emailsync.config import BACKEND_TOKEN_CREDENTIAL, DATABASE_URL_CREDENTIAL, 
 from emailsync.errors import EmailSyncError
 
 PACKAGED_VENV = Path("/usr/lib/email-sync/venv")
+# Where systemd looks for system units, highest priority first (systemd.unit(5)).
+UNIT_DIRS = (
+    Path("/etc/systemd/system"),
+    Path("/run/systemd/system"),
+    Path("/usr/lib/systemd/system"),
+    Path("/lib/systemd/system"),
+)
 DEPENDENCIES = ("sqlalchemy", "psycopg2", "urllib3", "structlog", "sdnotify")
 _SPAN = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|min|h|d)")
 _SPAN_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
@@ -172,7 +179,7 @@ def _watchdog(config: Config) -> Check:
     watchdog = unit_watchdog()
     silence = config.backend.longest_silence
     if watchdog is None:
-        return Check("watchdog", True, "not checked: email-sync.service is not known to a running systemd here")
+        return Check("watchdog", True, "not checked: no email-sync.service with a WatchdogSec= here")
     fits = silence < watchdog / 2
     return Check(
         "watchdog",
@@ -182,19 +189,49 @@ def _watchdog(config: Config) -> Check:
     )
 
 
-def unit_watchdog() -> float | None:
-    """email-sync.service's WatchdogSec in seconds, as the running systemd has it, or None."""
-    systemctl = shutil.which("systemctl")
-    if systemctl is None or not Path("/run/systemd/system").is_dir():
+def _seconds(span: str) -> float | None:
+    """A systemd time span ("2min 30s", "150", "infinity") in seconds; None for none/infinity."""
+    value = span.strip().replace(" ", "")
+    if not value or value in ("0", "infinity"):
         return None
-    result = subprocess.run(
-        [systemctl, "show", "email-sync.service", "-p", "WatchdogUSec", "--value"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    )
-    value = result.stdout.strip().replace(" ", "")
-    if result.returncode != 0 or not value or value in ("0", "infinity"):
-        return None
+    if re.fullmatch(r"\d+(?:\.\d+)?", value):
+        return float(value)
     return sum(float(n) * _SPAN_SECONDS[unit] for n, unit in _SPAN.findall(value)) or None
+
+
+def unit_watchdog(unit_dirs: tuple[Path, ...] = UNIT_DIRS) -> float | None:
+    """email-sync.service's WatchdogSec in seconds, or None. As the running systemd has it when it says; else (no
+    running systemd, or a unit that never ran) from the installed unit file and its drop-ins, so `check` compares
+    before `systemctl enable` too."""
+    systemctl = shutil.which("systemctl")
+    if systemctl is not None and Path("/run/systemd/system").is_dir():
+        result = subprocess.run(
+            [systemctl, "show", "email-sync.service", "-p", "LoadState,WatchdogUSec"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        shown = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+        # A unit that has not run yet shows WatchdogUSec=0 on systemd 257 even with WatchdogSec= set: then the
+        # files say what its next run gets.
+        if result.returncode == 0 and shown.get("LoadState") == "loaded" and _seconds(shown.get("WatchdogUSec", "")):
+            return _seconds(shown["WatchdogUSec"])
+    return _file_watchdog(unit_dirs)
+
+
+def _file_watchdog(unit_dirs: tuple[Path, ...]) -> float | None:
+    """WatchdogSec= as systemd would read it from files: the first unit file found in ``unit_dirs`` (highest
+    priority first), then its drop-ins in name order, the last assignment winning."""
+    files = [found for found in (d / "email-sync.service" for d in unit_dirs) if found.is_file()][:1]
+    if not files:
+        return None
+    dropins: dict[str, Path] = {}
+    for directory in reversed(unit_dirs):
+        for dropin in sorted((directory / "email-sync.service.d").glob("*.conf")):
+            dropins[dropin.name] = dropin
+    value = ""
+    for path in [*files, *(dropins[name] for name in sorted(dropins))]:
+        for match in re.finditer(r"^\s*WatchdogSec\s*=(.*)$", path.read_text(), re.M):
+            value = match[1]
+    return _seconds(value)
