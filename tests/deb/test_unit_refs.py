@@ -3,19 +3,16 @@ the failure alert only works from the package if its template unit is shipped ne
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
+
+from tests import scripts
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def unit_refs() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("unit_refs", ROOT / "packaging" / "unit_refs.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return scripts.load("unit_refs.py")
 
 
 def shipped_units() -> dict[str, str]:
