@@ -213,8 +213,8 @@ def unit_watchdog(unit_dirs: tuple[Path, ...] = UNIT_DIRS) -> float | None:
             check=False,
         )
         shown = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-        # A unit that has not run yet shows WatchdogUSec=0 on systemd 257 even with WatchdogSec= set: then the
-        # files say what its next run gets.
+        # A unit that has not run yet shows WatchdogUSec=infinity (seen on systemd 252 and 257) even with
+        # WatchdogSec= set: then the files say what its first run gets.
         if result.returncode == 0 and shown.get("LoadState") == "loaded" and _seconds(shown.get("WatchdogUSec", "")):
             return _seconds(shown["WatchdogUSec"])
     return _file_watchdog(unit_dirs)
