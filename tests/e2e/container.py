@@ -1,7 +1,8 @@
 """A clean Debian 12 container with systemd as PID 1, and what it takes to install email-sync into it.
 
 The root filesystem is made once by debootstrap (from the apt mirror the host uses) and cached; every test session
-boots a fresh copy of it with systemd-nspawn, and runs commands inside with nsenter. Python packages come from a
+boots a fresh copy of it with systemd-nspawn (tests/nspawn.py drives it, shared with tests/installed), and runs
+commands inside with nsenter. Python packages come from a
 wheelhouse built on the host from requirements.lock (HTTPS to PyPI does not work inside the container), bound in
 read-only, and installed with --no-index --require-hashes: the same offline, hash-checked install a .deb build does.
 """
