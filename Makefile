@@ -47,12 +47,19 @@ clean:
 bench: venv
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
-# Debian package: dist/email-sync_<version>_<arch>.deb and its source package (.dsc, orig tarballs with the wheels),
-# built in a clean Debian 12 chroot (root; caches under /var/cache/email-sync-build), and its proofs: lintian,
-# piuparts, a booted container, a rebuild from the source package alone to the same bytes.
-.PHONY: deb deb-test
+# Debian packages, one per supported release (packaging/releases): dist/<release>/email-sync_<version>+deb<N>_<arch>.deb
+# and its source package (.dsc, orig tarballs with the wheels), each built in a clean chroot of its release (root;
+# caches under /var/cache/email-sync-build), and their proofs: the release's lintian and piuparts, the installed
+# package feature by feature in a booted container of the release (from the signed repository), a rebuild from the
+# source package alone to the same bytes. SUITE=trixie: one release only.
+.PHONY: deb deb-test repo
 deb:
-	packaging/deb-build.sh
+	SUITE="$(SUITE)" packaging/deb-build.sh
 
 deb-test: venv
-	packaging/deb-test.sh
+	SUITE="$(SUITE)" packaging/deb-test.sh
+
+# A signed apt repository of the built packages in dist/repo (dists/<release>, component main), signed with the key
+# in $$EMAIL_SYNC_REPO_KEY (an armored secret key file), or a throwaway test key it makes and says so.
+repo:
+	SUITE="$(SUITE)" packaging/repo.sh

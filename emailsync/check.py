@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
+import re
 import stat
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,13 +18,20 @@ from pathlib import Path
 
 from sqlalchemy import Engine, inspect
 
-from emailsync import backend, db, schema, timespan
+from emailsync import backend, db, schema, systemctl, timespan
 from emailsync.config import Config
 from emailsync.credentials import BACKEND_TOKEN_CREDENTIAL, DATABASE_URL_CREDENTIAL
 from emailsync.errors import EmailSyncError, TemporaryError
 from emailsync.model import Kind, kind_of
 
 PACKAGED_VENV = Path("/usr/lib/email-sync/venv")
+# Where systemd looks for system units, highest priority first (systemd.unit(5)).
+UNIT_DIRS = (
+    Path("/etc/systemd/system"),
+    Path("/run/systemd/system"),
+    Path("/usr/lib/systemd/system"),
+    Path("/lib/systemd/system"),
+)
 DEPENDENCIES = ("sqlalchemy", "psycopg2", "urllib3", "structlog", "sdnotify")
 
 
@@ -177,7 +183,7 @@ def _watchdog(config: Config) -> Check:
     watchdog = unit_watchdog()
     silence = config.backend.longest_silence
     if watchdog is None:
-        return Check("watchdog", True, "not checked: email-sync.service is not known to a running systemd here")
+        return Check("watchdog", True, "not checked: no email-sync.service with a WatchdogSec= here")
     fits = silence < watchdog / 2
     return Check(
         "watchdog",
@@ -187,22 +193,39 @@ def _watchdog(config: Config) -> Check:
     )
 
 
-def unit_watchdog() -> float | None:
-    """email-sync.service's WatchdogSec in seconds, as the running systemd has it, or None."""
-    systemctl = shutil.which("systemctl")
-    if systemctl is None or not Path("/run/systemd/system").is_dir():
-        return None
-    result = subprocess.run(
-        [systemctl, "show", "email-sync.service", "-p", "WatchdogUSec", "--value"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    )
-    if result.returncode != 0:
-        return None
+def _seconds(span: str) -> float | None:
+    """A systemd time span ("2min 30s", "150") in seconds; None for none ("0", "infinity", nothing)."""
     try:
-        usec = timespan.parse(result.stdout)  # "2min 30s"; "infinity" (no watchdog) is refused
+        usec = timespan.parse(span)
     except ValueError:
         return None
     return usec / timespan.USEC_PER_SEC or None
+
+
+def unit_watchdog(unit_dirs: tuple[Path, ...] = UNIT_DIRS) -> float | None:
+    """email-sync.service's WatchdogSec in seconds, or None. As the running systemd has it when it says; else (no
+    running systemd, or a unit that never ran) from the installed unit file and its drop-ins, so `check` compares
+    before `systemctl enable` too."""
+    shown = systemctl.show("email-sync.service", "LoadState", "WatchdogUSec")
+    # A unit that has not run yet shows WatchdogUSec=infinity (seen on systemd 252 and 257) even with
+    # WatchdogSec= set: then the files say what its first run gets.
+    if shown.get("LoadState") == "loaded" and _seconds(shown.get("WatchdogUSec", "")):
+        return _seconds(shown["WatchdogUSec"])
+    return _file_watchdog(unit_dirs)
+
+
+def _file_watchdog(unit_dirs: tuple[Path, ...]) -> float | None:
+    """WatchdogSec= as systemd would read it from files: the first unit file found in ``unit_dirs`` (highest
+    priority first), then its drop-ins in name order, the last assignment winning."""
+    files = [found for found in (d / "email-sync.service" for d in unit_dirs) if found.is_file()][:1]
+    if not files:
+        return None
+    dropins: dict[str, Path] = {}
+    for directory in reversed(unit_dirs):
+        for dropin in sorted((directory / "email-sync.service.d").glob("*.conf")):
+            dropins[dropin.name] = dropin
+    value = ""
+    for path in [*files, *(dropins[name] for name in sorted(dropins))]:
+        for match in re.finditer(r"^\s*WatchdogSec\s*=(.*)$", path.read_text(), re.M):
+            value = match[1]
+    return _seconds(value)

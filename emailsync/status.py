@@ -6,16 +6,14 @@ what the next run will do whichever host asks.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, text
 
 from emailsync import runs as runs_table
+from emailsync import systemctl
 from emailsync.config import Config
 from emailsync.db import RUNS, STATE, dialect_of, transaction
 from emailsync.schema import schema_version
@@ -205,28 +203,7 @@ def _rounded(value: Any) -> float | None:
 
 def timer_state() -> dict[str, str]:
     """The timer's last and next trigger, asked from systemd when it runs here; empty otherwise."""
-    systemctl = shutil.which("systemctl")
-    if systemctl is None or not Path("/run/systemd/system").is_dir():
-        return {}
-    result = subprocess.run(
-        [
-            systemctl,
-            "show",
-            "email-sync.timer",
-            "-p",
-            "LastTriggerUSec",
-            "-p",
-            "NextElapseUSecRealtime",
-            "-p",
-            "ActiveState",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    )
-    fields = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-    return {name: value for name, value in fields.items() if value and value != "n/a"}
+    return systemctl.show("email-sync.timer", "LastTriggerUSec", "NextElapseUSecRealtime", "ActiveState")
 
 
 def duration(seconds: float | None) -> str:

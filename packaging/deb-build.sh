@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# make deb: build email-sync_<version>_<arch>.deb (+ .changes, .buildinfo) and its source package (.dsc, orig
-# tarballs) in a clean Debian 12 chroot.
+# make deb: for each supported Debian release (packaging/releases; SUITE=trixie for one), build
+# dist/<release>/email-sync_<version>+deb<N>_<arch>.deb (+ .changes, .buildinfo) and its source package (.dsc, orig
+# tarballs) in a clean chroot of that release, against its python3 and libpq.
 #
-#   packaging/deb-build.sh [--version 0.0.9-1] [--out DIR]
-#   packaging/deb-build.sh --dsc dist/email-sync_0.1.0-1.dsc [--out DIR]
+#   [SUITE=bookworm] packaging/deb-build.sh [--version 0.0.9-1] [--out DIR]
+#   SUITE=bookworm packaging/deb-build.sh --dsc dist/bookworm/email-sync_0.1.0-1+deb12.dsc [--out DIR]
 #
+# The version is debian/changelog's plus +deb<N> (N: the release's major version), written into the copy's
+# changelog with the release as its distribution: the same tree gives one package per release, a newer release's
+# sorting after an older one's. The orig tarballs are the same for every release (the wheelhouse holds every
+# release's wheels).
 # The chroot (debootstrap + the Build-Depends, cached under /var/cache/email-sync-build) runs read-only under
 # systemd-nspawn; only /build (a copy of the tree) and /tmp are writable, so nothing of the host (its pyenv
 # Python, its pip config) and nothing of an earlier build leaks in. Python packages come from the wheelhouse
 # (downloaded on the host, hash-checked against requirements.lock), shipped in the source package as its
 # orig-wheels component: the build is offline. Out: the .deb, and the source package (.dsc and tarballs).
 # --from DIR builds that copy of the tree instead of the working tree (deb-test's reproducibility check).
-# --version builds the same tree as another version (the piuparts upgrade fixture): changelog, pyproject.toml
-# and emailsync/__init__.py of the copy get that version.
+# --version builds the same tree as another version (the upgrade fixture): changelog, pyproject.toml and
+# emailsync/__init__.py of the copy get that version (+deb<N> in the changelog).
 # --dsc rebuilds a source package alone, as anyone would from the .dsc and its tarballs (deb-test's proof that it
 # rebuilds offline to the same bytes).
 set -euo pipefail
@@ -22,7 +27,8 @@ source "$(dirname "$0")/lib.sh"
 VERSION=
 FROM=
 DSC=
-OUT=$DIST
+OUT=
+ARGS=("$@")
 while [ $# -gt 0 ]; do
     case $1 in
         --version) VERSION=$2; shift 2 ;;
@@ -32,6 +38,15 @@ while [ $# -gt 0 ]; do
         *) die "unknown argument $1" ;;
     esac
 done
+
+mapfile -t SUITES < <(requested_suites)
+if [ ${#SUITES[@]} -gt 1 ]; then
+    [ -z "$DSC$OUT" ] || die "--dsc and --out need one release: SUITE=<codename>"
+    for suite in "${SUITES[@]}"; do SUITE=$suite "$0" "${ARGS[@]}"; done
+    exit 0
+fi
+use_suite "${SUITES[0]}"
+OUT=${OUT:-$SUITE_DIST}
 
 started=$(date +%s)
 python3 "$ROOT/packaging/gen-config.py" --check || die "packaging/email-sync.toml is stale"
@@ -69,6 +84,7 @@ else
     else
         copy_tree "$SRC"
     fi
+    TREE=$(tree_hash "$SRC")  # the tree as committed, before this build's version is written into it
 
     if [ -n "$VERSION" ]; then
         log "building as version $VERSION (fixture)"
@@ -77,18 +93,20 @@ else
         sed -i "0,/^version = .*/s//version = \"$upstream\"/" "$SRC/pyproject.toml"
         sed -i "s/^__version__ = .*/__version__ = \"$upstream\"/" "$SRC/emailsync/__init__.py"
         {
-            echo "email-sync ($VERSION) $SUITE; urgency=medium"
+            echo "email-sync ($(deb_version "$VERSION")) $SUITE; urgency=medium"
             echo
             echo "  * Test fixture: the same tree as an older version, for the piuparts upgrade test."
             echo
             echo " -- $maintainer  $date"
         } >"$SRC/debian/changelog"
+    else
+        sed -i "1s/^email-sync (\([^)]*\)) [^;]*;/email-sync (\1+deb$DEBIAN_MAJOR) $SUITE;/" "$SRC/debian/changelog"
     fi
+    [ "$(dpkg-parsechangelog -l "$SRC/debian/changelog" -SDistribution)" = "$SUITE" ] || die "changelog for $SUITE"
 
     # Reproducible input: every file's mtime is the changelog's date, the umask fixed, the build path constant.
     SOURCE_DATE_EPOCH=$(dpkg-parsechangelog -l "$SRC/debian/changelog" -STimestamp)
     normalize_tree "$SRC" "$SOURCE_DATE_EPOCH"
-    TREE=$(tree_hash "$SRC")
 
     # The source package: the tree as the orig tarball, and the wheelhouse as its second component (wheels/), so
     # the .dsc rebuilds offline anywhere: dpkg-source -x email-sync_*.dsc && cd email-sync-* && dpkg-buildpackage.
@@ -102,7 +120,7 @@ else
 fi
 
 mkdir -p "$CHROOT/build"  # a mount point (the root is read-only under nspawn)
-log "building in $CHROOT (read-only) from ${DSC:-$SRC}"
+log "building for $SUITE in $CHROOT (read-only) from ${DSC:-$SRC}"
 nspawn "$CHROOT" --read-only --tmpfs=/tmp --tmpfs=/var/tmp --bind="$WORK:/build" \
     -E HOME=/build -E TZ=UTC -E DEB_BUILD_OPTIONS=parallel=1 --chdir=/build \
     sh -c "umask 022 && $UNPACK && cd email-sync-$upstream && dpkg-buildpackage -uc -us" >"$WORK/build.log" 2>&1 \
@@ -113,7 +131,7 @@ shopt -s nullglob
 files=("$WORK"/*.deb "$WORK"/*.changes "$WORK"/*.buildinfo "$WORK"/*.dsc "$WORK"/*.tar.xz)
 [ ${#files[@]} -ge 7 ] || die "no .deb/.changes/.buildinfo/.dsc/tarballs in $WORK"
 cp "${files[@]}" "$OUT/"
-cp "$WORK/build.log" "$OUT/email-sync_${VERSION:-$(dpkg-parsechangelog -l "$ROOT/debian/changelog" -SVersion)}_build.log"
+cp "$WORK/build.log" "$OUT/email-sync_$(basename "${files[0]}" .deb | cut -d_ -f2)_build.log"
 # What was built, for deb-test's reproducibility check.
 echo "$TREE" >"$OUT/email-sync_$(basename "${files[0]}" .deb | cut -d_ -f2-).tree-sha256"
 for f in "${files[@]}"; do log "built $OUT/$(basename "$f")"; done

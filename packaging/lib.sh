@@ -1,13 +1,14 @@
-# Shared by packaging/deb-build.sh and packaging/deb-test.sh (sourced, not run).
-# Caches under $EMAIL_SYNC_BUILD_CACHE (default /var/cache/email-sync-build): a debootstrapped Debian 12 base,
-# a build chroot made from it with the Build-Depends, and the wheelhouse. Each is written to NAME.tmp and renamed
-# when complete, under a lock, so a killed run never leaves a half-made cache entry behind.
+# Shared by packaging/deb-build.sh, packaging/deb-test.sh and packaging/repo.sh (sourced, not run).
+# Caches under $EMAIL_SYNC_BUILD_CACHE (default /var/cache/email-sync-build), per Debian release: a debootstrapped
+# base, a build chroot made from it with the Build-Depends (and the release's lintian and piuparts), a bootable
+# rootfs; and one wheelhouse for every release's Python. Each is written to NAME.tmp and renamed when complete,
+# under a lock, so a killed run never leaves a half-made cache entry behind.
 
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${EMAIL_SYNC_BUILD_CACHE:-/var/cache/email-sync-build}
-SUITE=bookworm
+RELEASES=$ROOT/packaging/releases
 DIST=${DIST:-$ROOT/dist}
 IN_CI=false
 [ "${CI:-}" = true ] && IN_CI=true
@@ -16,16 +17,37 @@ export LC_ALL=C.UTF-8
 log() { printf '[deb %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
 
-[ "$(id -u)" = 0 ] || die "needs root (debootstrap, systemd-nspawn, piuparts)"
+[ "$(id -u)" = 0 ] || die "needs root (debootstrap, systemd-nspawn)"
 mkdir -p "$CACHE"
+
+# The supported releases' codenames, oldest first; release_field CODENAME N: column N of its line in $RELEASES.
+releases() { awk '!/^#/ && NF { print $1 }' "$RELEASES"; }
+release_field() { awk -v suite="$1" -v n="$2" '!/^#/ && $1 == suite { print $n }' "$RELEASES"; }
+
+# The releases a command works on: $SUITE if set (make deb SUITE=trixie), else every supported one.
+requested_suites() {
+    local suite
+    for suite in ${SUITE:-$(releases)}; do
+        [ -n "$(release_field "$suite" 2)" ] || die "unknown release '$suite' (packaging/releases: $(releases | xargs))"
+        echo "$suite"
+    done
+}
+
+# use_suite CODENAME: work on that release from now on. SUITE_DIST is where its packages go; a package built for
+# it is versioned <changelog version>+deb<major> (deb_version).
+use_suite() {
+    SUITE=$1
+    DEBIAN_MAJOR=$(release_field "$SUITE" 2)
+    [ -n "$DEBIAN_MAJOR" ] || die "unknown release '$SUITE'"
+    SUITE_DIST=$DIST/$SUITE
+}
+deb_version() { echo "${1:-$(dpkg-parsechangelog -l "$ROOT/debian/changelog" -SVersion)}+deb$DEBIAN_MAJOR"; }
 
 ensure_host_tools() {
     local missing=()
     command -v debootstrap >/dev/null || missing+=(debootstrap)
     command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
-    if [ "${1:-}" = test ]; then
-        command -v piuparts >/dev/null || missing+=(piuparts)
-    fi
+    command -v apt-ftparchive >/dev/null || missing+=(apt-utils)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]} on the host"
         DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
@@ -33,10 +55,11 @@ ensure_host_tools() {
     fi
 }
 
-# The Debian mirror the host's apt uses for bookworm (http: apt inside chroots cannot use the host-only CA).
+# The Debian mirror the host's apt uses for its own release, which serves every release (http: apt inside chroots
+# cannot use the host-only CA).
 host_mirror() {
     local uri
-    uri=$(python3 - "$SUITE" <<'EOF'
+    uri=$(python3 - "$(. /etc/os-release && echo "$VERSION_CODENAME")" <<'EOF'
 import re, sys
 from pathlib import Path
 suite = sys.argv[1]
@@ -69,15 +92,15 @@ nspawn() {
         -E LC_ALL=C.UTF-8 -E DEBIAN_FRONTEND=noninteractive -E HOME=/root -E PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"
 }
 
-# $CACHE/base-bookworm: debootstrap --variant=minbase, never modified afterwards.
+# $CACHE/base-$SUITE: debootstrap --variant=minbase, never modified afterwards.
 base_rootfs() {
     local base=$CACHE/base-$SUITE
     if [ ! -e "$base.complete" ]; then
         local mirror; mirror=$(host_mirror)
         log "debootstrap $SUITE from $mirror (first run only, ~1 min)"
         rm -rf "$base" "$base.tmp"
-        debootstrap --variant=minbase "$SUITE" "$base.tmp" "$mirror" >"$CACHE/debootstrap.log" 2>&1 \
-            || { tail -20 "$CACHE/debootstrap.log" >&2; die "debootstrap"; }
+        debootstrap --variant=minbase "$SUITE" "$base.tmp" "$mirror" >"$CACHE/debootstrap-$SUITE.log" 2>&1 \
+            || { tail -20 "$CACHE/debootstrap-$SUITE.log" >&2; die "debootstrap"; }
         mv "$base.tmp" "$base"
         echo "$mirror" >"$base.complete"
     fi
@@ -104,35 +127,39 @@ derive_rootfs() {
     rm -rf "$target" "$target.tmp"
     cp -a --reflink=auto "$(base_rootfs)" "$target.tmp"
     nspawn "$target.tmp" sh -c "apt-get update -q && apt-get install -y -q $* && apt-get clean" \
-        >"$CACHE/$name.log" 2>&1 || { tail -20 "$CACHE/$name.log" >&2; die "$name"; }
+        >"$CACHE/$name-$SUITE.log" 2>&1 || { tail -20 "$CACHE/$name-$SUITE.log" >&2; die "$name"; }
     mv "$target.tmp" "$target"
     echo "$*" >"$target.complete"
 }
 
-# $CACHE/build-KEY: the base plus build-essential, the Build-Depends and lintian; keyed by that package list.
+# $CACHE/build-KEY: the base plus build-essential, the Build-Depends, and the release's own lintian and piuparts
+# (the package is judged by the tools of the release it is for); keyed by the release and that package list.
 build_chroot() {
     local base pkgs key chroot
     base=$(base_rootfs)
-    pkgs="build-essential lintian dpkg-dev $(build_depends)"
+    pkgs="build-essential lintian piuparts dpkg-dev $(build_depends)"
     pkgs=${pkgs//debhelper-compat/debhelper}
-    key=$(printf '%s %s' "$(cat "$base.complete")" "$pkgs" | sha256sum | cut -c1-12)
+    key=$(printf '%s %s %s' "$SUITE" "$(cat "$base.complete")" "$pkgs" | sha256sum | cut -c1-12)
     chroot=$CACHE/build-$key
     # shellcheck disable=SC2086
     derive_rootfs "$chroot" build-chroot --no-install-recommends $pkgs
     echo "$chroot"
 }
 
-# $CACHE/wheelhouse-<lock hash>: every file of requirements.lock the build needs (packaging/wheelhouse.py).
+# $CACHE/wheelhouse-<hash>: every file of requirements.lock the build needs (packaging/wheelhouse.py), for the
+# Python of every supported release: one wheelhouse, hence one orig-wheels tarball shared by all releases' builds.
 wheelhouse() {
-    local key dir python
-    key=$(cat "$ROOT/requirements.lock" "$ROOT/packaging/wheelhouse.py" | sha256sum | cut -c1-16)
+    local key dir python pythons
+    pythons=$(awk '!/^#/ && NF { print $3 }' "$RELEASES" | sort -u | xargs)
+    key=$(cat "$ROOT/requirements.lock" "$ROOT/packaging/wheelhouse.py" <(echo "$pythons") | sha256sum | cut -c1-16)
     dir=$CACHE/wheelhouse-$key
     if [ ! -e "$dir/SHA256SUMS" ]; then
         # Any Python with pip will do (the tags are explicit): the project's .venv, else python3.
         python=$ROOT/.venv/bin/python
         [ -x "$python" ] || python=python3
         log "downloading the wheelhouse into $dir"
-        "$python" "$ROOT/packaging/wheelhouse.py" "$dir" "$(dpkg --print-architecture)" >"$CACHE/wheelhouse.log" 2>&1 \
+        # shellcheck disable=SC2086
+        "$python" "$ROOT/packaging/wheelhouse.py" "$dir" "$(dpkg --print-architecture)" $pythons >"$CACHE/wheelhouse.log" 2>&1 \
             || { tail -20 "$CACHE/wheelhouse.log" >&2; die "wheelhouse"; }
     fi
     echo "$dir"

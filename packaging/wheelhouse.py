@@ -2,10 +2,11 @@
 """Download every file the .deb build needs from PyPI into a wheelhouse, on the host (HTTPS to PyPI does not
 work inside the build chroot), checked against the hashes in requirements.lock.
 
-    python3 packaging/wheelhouse.py OUTDIR [ARCH]     # ARCH: dpkg architecture, default amd64
+    python3 packaging/wheelhouse.py OUTDIR ARCH PYTHON...   # ARCH: dpkg architecture; PYTHON: 3.11 3.13 ...
 
-Binary wheels for CPython 3.11 on manylinux (glibc <= 2.36, Debian 12's) for every pin except psycopg2-binary
-and sdnotify, whose sdists are taken instead (psycopg2 is compiled in the chroot against Debian's libpq;
+Binary wheels for each given CPython (every supported Debian release's python3, from packaging/releases) on
+manylinux (glibc <= 2.36, Debian 12's, the oldest supported) for every pin except psycopg2-binary and sdnotify,
+whose sdists are taken instead (psycopg2 is compiled in the chroot against Debian's libpq;
 sdnotify has no wheel). The build tools (setuptools, wheel, pip) are Debian's, from Build-Depends, so no
 unpinned file enters. Tags are given explicitly: the host's own interpreter (a pyenv Python here) does not
 decide what is downloaded. OUTDIR is written atomically (OUTDIR.tmp, then renamed) and reused when complete.
@@ -44,8 +45,11 @@ def pip(*args: str) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) < 4:
+        raise SystemExit(__doc__)
     out = Path(argv[1]).resolve()
-    arch = ARCHES[argv[2] if len(argv) > 2 else "amd64"]
+    arch = ARCHES[argv[2]]
+    pythons = argv[3:]
     if (out / "SHA256SUMS").exists():
         return 0
     pins = blocks(LOCK.read_text())
@@ -62,8 +66,10 @@ def main(argv: list[str]) -> int:
         source.write_text("".join(pins[k] for k in FROM_SDIST))
         platforms = [f"--platform=manylinux_2_{minor}_{arch}" for minor in range(36, 16, -1)]
         platforms += [f"--platform=manylinux2014_{arch}"]
-        pip("download", "--require-hashes", "--no-deps", "--only-binary=:all:", *platforms,
-            "--implementation=cp", "--python-version=3.11", "--abi=cp311", "-d", str(tmp), "-r", str(binary))
+        for version in pythons:
+            abi = "cp" + version.replace(".", "")
+            pip("download", "--require-hashes", "--no-deps", "--only-binary=:all:", *platforms,
+                "--implementation=cp", f"--python-version={version}", f"--abi={abi}", "-d", str(tmp), "-r", str(binary))
         pip("download", "--require-hashes", "--no-deps", "--no-binary=:all:", "-d", str(tmp), "-r", str(source))
     # Belt and braces: every file must be one the lock names, for its own project.
     sums = []

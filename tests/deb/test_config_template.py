@@ -3,24 +3,20 @@ default, and is exactly what packaging/gen-config.py renders from them: it canno
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import tomllib
 from pathlib import Path
 from types import ModuleType
 
 from emailsync import config
+from tests import scripts
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "packaging" / "email-sync.toml"
 
 
 def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_config", ROOT / "packaging" / "gen-config.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return scripts.load("gen-config.py")
 
 
 def test_the_committed_template_is_what_the_generator_renders_from_keys() -> None:

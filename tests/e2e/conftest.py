@@ -29,14 +29,12 @@ from tests.e2e.container import (
     PROJECT,
     VENV,
     WHEELHOUSE,
-    Container,
     dependency_wheelhouse,
     email_sync_wheel,
-    log,
     pristine_rootfs,
     reap_stale_sessions,
-    run_host,
 )
+from tests.nspawn import Container, log, run_host
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 ADMIN_URL = db.driver_url(

@@ -1,7 +1,8 @@
 """A clean Debian 12 container with systemd as PID 1, and what it takes to install email-sync into it.
 
 The root filesystem is made once by debootstrap (from the apt mirror the host uses) and cached; every test session
-boots a fresh copy of it with systemd-nspawn, and runs commands inside with nsenter. Python packages come from a
+boots a fresh copy of it with systemd-nspawn (tests/nspawn.py drives it, shared with tests/installed), and runs
+commands inside with nsenter. Python packages come from a
 wheelhouse built on the host from requirements.lock (HTTPS to PyPI does not work inside the container), bound in
 read-only, and installed with --no-index --require-hashes: the same offline, hash-checked install a .deb build does.
 """
@@ -11,47 +12,26 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+
+from tests.nspawn import SetupError, children, log, run_host
 
 CACHE = Path(os.environ.get("EMAIL_SYNC_E2E_CACHE", "/var/cache/email-sync-e2e"))
 SUITE = "bookworm"
 VARIANT = "minbase"
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "ca-certificates")
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
-CONTAINER_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 VENV = "/usr/lib/email-sync/venv"
 WHEELHOUSE = "/wheelhouse"  # where the wheelhouse is bound inside the container
 PROJECT = Path(__file__).resolve().parents[2]
-
-
-class E2EError(RuntimeError):
-    """The environment could not be set up (no container, no wheelhouse): a failure, never a skip."""
-
-
-def log(message: str) -> None:
-    print(f"[e2e {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def run_host(args: Sequence[str], timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    """A host command that must succeed; its output goes into the error when it does not."""
-    try:
-        done = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
-    except subprocess.TimeoutExpired as error:
-        raise E2EError(f"timed out after {timeout}s: {' '.join(args)}") from error
-    if done.returncode != 0:
-        raise E2EError(f"exit {done.returncode}: {' '.join(args)}\n{done.stdout}\n{done.stderr}")
-    return done
 
 
 @contextlib.contextmanager
@@ -187,7 +167,7 @@ def dependency_wheelhouse(lock: Path) -> Path:
                 added = "".join(f"    --hash=sha256:{digest} \\\n" for digest in hashes)
                 text, count = pattern.subn(lambda m, added=added: m[1] + added, text)
                 if count != 1:
-                    raise E2EError(f"cannot find the pin of {name} in {lock}")
+                    raise SetupError(f"cannot find the pin of {name} in {lock}")
             (built / "requirements.lock").write_text(text)
             built.rename(wheelhouse)
         done.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
@@ -207,7 +187,7 @@ def email_sync_wheel(out: Path) -> Path:
         _pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(out), str(source), timeout=300)
     wheels = sorted(out.glob("email_sync-*.whl"))
     if len(wheels) != 1:
-        raise E2EError(f"expected one email-sync wheel in {out}, found {wheels}")
+        raise SetupError(f"expected one email-sync wheel in {out}, found {wheels}")
     return wheels[0]
 
 
@@ -242,7 +222,7 @@ def reap_stale_sessions(drop_database: Callable[[str], None]) -> None:
         nspawn = _read_pid(session / "nspawn.pid")
         with contextlib.suppress(OSError):
             if nspawn and _alive(nspawn) and str(session) in Path(f"/proc/{nspawn}/cmdline").read_text():
-                for pid in [*_children(nspawn), nspawn]:
+                for pid in [*children(nspawn), nspawn]:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                 deadline = time.monotonic() + 10
@@ -253,135 +233,3 @@ def reap_stale_sessions(drop_database: Callable[[str], None]) -> None:
             if database:
                 drop_database(database)
         shutil.rmtree(session, ignore_errors=True)
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                found.append(int(stat.parent.name))
-    return found
-
-
-class Container:
-    """A booted copy of the rootfs. ``run`` executes a command inside, as root, with a clean environment."""
-
-    def __init__(self, root: Path, log_path: Path, binds_ro: Sequence[tuple[Path, str]] = ()) -> None:
-        self.root = root
-        self.log_path = log_path
-        self.binds_ro = list(binds_ro)
-        self.nspawn: subprocess.Popen[bytes] | None = None
-        self.leader = 0
-
-    def boot(self, timeout: float = 90) -> None:
-        args = ["systemd-nspawn", "-D", str(self.root), "--register=no", "--keep-unit", "-b", "--console=passive"]
-        args += [f"--bind-ro={source}:{target}" for source, target in self.binds_ro]
-        with open(self.log_path, "wb") as out:
-            self.nspawn = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-        (self.log_path.parent / "nspawn.pid").write_text(f"{self.nspawn.pid}\n")  # for reap_stale_sessions
-        deadline = time.monotonic() + timeout
-        while not self.leader:
-            if self.nspawn.poll() is not None:
-                raise E2EError(f"systemd-nspawn exited {self.nspawn.returncode}:\n{self.console()}")
-            if time.monotonic() > deadline:
-                raise E2EError(f"no container init after {timeout}s:\n{self.console()}")
-            children = _children(self.nspawn.pid)
-            self.leader = children[0] if children else 0
-            time.sleep(0.05)
-        state = ""
-        while state not in ("running", "degraded"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise E2EError(f"system state {state!r} after {timeout}s:\n{self.console()}")
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                state = self.run("systemctl", "is-system-running", "--wait", check=False, timeout=remaining).stdout
-                state = state.strip()
-            if state not in ("running", "degraded"):
-                time.sleep(0.2)
-
-    def console(self) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")[-4000:]
-        return ""
-
-    def run(
-        self, *args: str, check: bool = True, timeout: float = 60, env: dict[str, str] | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        if not self.leader:
-            raise E2EError("container not booted")
-        clean = {"PATH": CONTAINER_PATH, "LANG": "C.UTF-8", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0", "TERM": "dumb"}
-        command = ["nsenter", "-t", str(self.leader), "-a", "env", "-i"]
-        command += [f"{name}={value}" for name, value in {**clean, **(env or {})}.items()]
-        command += list(args)
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired as error:
-            raise E2EError(f"timed out after {timeout}s in the container: {' '.join(args)}") from error
-        if check and done.returncode != 0:
-            raise E2EError(f"exit {done.returncode} in the container: {' '.join(args)}\n{done.stdout}\n{done.stderr}")
-        return done
-
-    def sh(self, script: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return self.run("sh", "-euc", script, check=check, timeout=timeout)
-
-    def path(self, inside: str) -> Path:
-        """Host path of a file on the container's disk (not for /run or /tmp, which are its own tmpfs)."""
-        return self.root / inside.lstrip("/")
-
-    def write(self, inside: str, text: str, mode: int = 0o644) -> None:
-        path = self.path(inside)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        path.chmod(mode)
-
-    # -- systemd helpers --
-
-    def show(self, unit: str, *properties: str) -> dict[str, str]:
-        out = self.run("systemctl", "show", unit, "-p", ",".join(properties)).stdout
-        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-    def cursor(self) -> str:
-        out = self.run("journalctl", "-n", "0", "--show-cursor", "--no-pager").stdout
-        match = re.search(r"^-- cursor: (.+)$", out, re.M)
-        return match[1].strip() if match else ""
-
-    def journal(self, *matches: str, after: str = "") -> list[dict[str, Any]]:
-        """Journal entries as parsed JSON (journalctl -o json), optionally after a cursor."""
-        args = ["journalctl", "--no-pager", "-o", "json", *matches]
-        if after:
-            args.append(f"--after-cursor={after}")
-        out = self.run(*args, timeout=30).stdout
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-    def wait_for(self, what: str, predicate: Any, timeout: float, interval: float = 0.2) -> Any:
-        """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-            time.sleep(interval)
-
-    def poweroff(self, timeout: float = 30) -> None:
-        """Shut the container down; kill it when it does not go in time. Safe to call twice."""
-        nspawn = self.nspawn
-        if nspawn is None:
-            return
-        if nspawn.poll() is None and self.leader:
-            with contextlib.suppress(E2EError, OSError):
-                self.run("systemctl", "poweroff", "--no-block", check=False, timeout=10)
-            try:
-                nspawn.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log("container did not power off in time: killing it")
-                for pid in (self.leader, nspawn.pid):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    nspawn.wait(10)
-        self.nspawn = None
-        self.leader = 0

@@ -13,7 +13,8 @@ import pytest
 
 from tests.backend import Backend, Behaviour
 from tests.e2e.conftest import ALERT, TIMER, TOKEN_CREDENTIAL, UNIT, UNIT_DIR, Scenario, message_text
-from tests.e2e.container import PROJECT, log
+from tests.e2e.container import PROJECT
+from tests.nspawn import log
 
 pytestmark = pytest.mark.timeout(600)  # generous: the first test also builds the rootfs; every wait is bounded
 

@@ -1,0 +1,177 @@
+"""The installed package, feature by feature, on every supported Debian release (one container per release).
+
+The tests of a release run in this file's order against one booted container, each building on the state the one
+before left (the install, then the first timer run, then the upgrade, ..., then the purge): they tell the story of
+one installation, from `apt install` to `apt purge`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests import scripts
+from tests.backend import Behaviour
+from tests.installed.conftest import TOKEN, USERS, Installed, deb_field
+from tests.nspawn import log
+
+pytestmark = pytest.mark.timeout(900)
+
+UNIT = "email-sync.service"
+TIMER = "email-sync.timer"
+CREDENTIAL_NOISE = "Couldn't read inherited credential"
+
+
+def test_readme_installs_the_previous_version_from_the_signed_repository(installed: Installed) -> None:
+    c = installed.container
+    assert installed.version() == deb_field(installed.fixture_deb, "Version")
+    policy = c.run("apt-cache", "policy", "email-sync").stdout
+    assert installed.repository.url in policy, policy
+    # Only Debian's packages besides ours: the interpreter is the release's own.
+    python = deb_field(installed.fixture_deb, "Depends")
+    assert re.search(r"python3\.\d+ \(>= ", python), python
+    # The signature is checked: with another key in Signed-By, apt refuses the repository.
+    keyring = c.path("/etc/apt/keyrings/email-sync-archive-keyring.gpg")
+    good = keyring.read_bytes()
+    try:
+        keyring.write_bytes(b"")
+        refused = c.run("apt-get", "update", check=False, timeout=120).stderr
+        # bookworm's gpgv says NO_PUBKEY, trixie's sqv "Missing key"; either way apt keeps the repository out.
+        assert installed.repository.url in refused and ("NO_PUBKEY" in refused or "Missing key" in refused), refused
+        assert "The repository is not updated" in refused or "is not signed" in refused, refused
+    finally:
+        keyring.write_bytes(good)
+    c.run("apt-get", "update", timeout=120)
+
+
+def test_check_before_enable_says_all_is_well_including_the_watchdog(installed: Installed) -> None:
+    # The README ran `email-sync check` before `systemctl enable`; run it in that state once more to read it.
+    c = installed.container
+    c.run("systemctl", "disable", "--now", TIMER)
+    try:
+        done = c.run("email-sync", "check", check=False)
+    finally:
+        c.run("systemctl", "enable", TIMER)  # not --now: the timer's first run is the next test's
+    lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
+    assert done.returncode == 0 and lines, done.stdout + done.stderr
+    # ✔, or ! (advice) with its "fix:" line
+    assert all(line.startswith(("✔", "!", "fix:")) for line in lines), done.stdout
+    watchdog = [line for line in lines if "watchdog" in line]
+    assert watchdog and "WatchdogSec=150s" in watchdog[0], watchdog
+
+
+def test_the_timer_starts_a_cycle_that_syncs_everyone_with_the_credentials_from_credstore(installed: Installed) -> None:
+    installed.container.run("systemctl", "start", TIMER)
+    state = installed.wait_finished()
+    assert (state["Result"], state["ExecMainStatus"]) == ("success", "0"), state
+    assert installed.database.synced() == USERS
+    calls = installed.backend.sync_calls()
+    # The token reached the service only through /etc/credstore (LoadCredential=); the database URL too.
+    assert len(calls) == USERS and {call.header("Authorization") for call in calls} == {f"Bearer {TOKEN}"}
+    assert all(TOKEN not in str(entry.get("MESSAGE")) for entry in installed.container.journal())
+
+
+def test_the_journal_has_json_entries_with_email_sync_fields(installed: Installed) -> None:
+    entries = installed.container.journal("-u", UNIT, "EMAIL_SYNC_EVENT=user_synced")
+    assert len(entries) >= USERS
+    for entry in entries:
+        event = json.loads(entry["MESSAGE"])
+        assert event["event"] == "user_synced" and str(event["user_id"]) == entry["EMAIL_SYNC_USER_ID"]
+        assert entry["EMAIL_SYNC_RUN_ID"] and entry["SYSLOG_IDENTIFIER"] == "email-sync"
+
+
+def test_status_as_root(installed: Installed) -> None:
+    done = installed.container.run("email-sync", "status", check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "email-sync: healthy" in done.stdout and "timer: active" in done.stdout, done.stdout
+
+
+def test_apt_upgrade_during_a_running_cycle_keeps_the_cycle_and_the_timers_next_run(installed: Installed) -> None:
+    c = installed.container
+    installed.database.add_users(80)  # 10 waves of 8 calls of 8 s: the cycle outlasts the upgrade
+    installed.backend.latency = 8.0
+    c.run("systemctl", "start", UNIT)
+    running = installed.unit(UNIT, "InvocationID", "ActiveState")
+    assert running["ActiveState"] == "active"
+    installed.repository.publish(installed.fixture_deb, installed.current_deb)
+    log(f"{installed.suite}: apt update && apt upgrade during the cycle {running['InvocationID']}")
+    c.sh("apt update && apt upgrade", timeout=600)
+    assert installed.version() == deb_field(installed.current_deb, "Version")
+    assert installed.unit(UNIT, "InvocationID", "ActiveState") == running, "the upgrade stopped the running cycle"
+    installed.backend.latency = 0.0
+    state = installed.wait_finished(running["InvocationID"])
+    assert (state["Result"], state["ExecMainStatus"]) == ("success", "0"), state
+    assert installed.database.synced() == USERS + 80
+    timer = installed.unit(TIMER, "UnitFileState", "ActiveState", "NextElapseUSecMonotonic")
+    assert (timer["UnitFileState"], timer["ActiveState"]) == ("enabled", "active"), timer
+    assert timer["NextElapseUSecMonotonic"] not in ("", "0", "infinity"), f"the timer has no next run: {timer}"
+
+
+def test_the_watchdog_kills_a_hung_call_and_the_failed_run_alerts_the_webhook(installed: Installed) -> None:
+    # Calls that fit a 10 s watchdog: connect + read + backoff = 4 s < 10 s / 2.
+    installed.dropin(
+        "hang",
+        "[Service]\nWatchdogSec=10s\n"
+        "Environment=EMAIL_SYNC_BACKEND_CONNECT_TIMEOUT=1s EMAIL_SYNC_BACKEND_READ_TIMEOUT=2s"
+        " EMAIL_SYNC_BACKEND_RETRY_BACKOFF_MAX=1s EMAIL_SYNC_BACKEND_RETRIES=0 EMAIL_SYNC_SYNC_LEASE=10s\n",
+    )
+    installed.database.execute("UPDATE users SET last_sync = NULL WHERE id = 1")
+    installed.backend.set_default(Behaviour(trickle=0.5))  # headers, then a byte every 0.5 s: never a read timeout
+    try:
+        installed.container.run("systemctl", "start", UNIT)
+        state = installed.wait_finished(timeout=60)
+        assert (state["Result"], state["ActiveState"]) == ("watchdog", "failed"), state
+        assert installed.webhook.wait_for_sync_calls(1, timeout=60), "the OnFailure alert never reached the webhook"
+    finally:
+        installed.backend.set_default(Behaviour())
+        installed.remove_dropin("hang")
+    [alert] = [call.json for call in installed.webhook.sync_calls()]
+    assert (alert["unit"], alert["result"], alert["invocation_id"]) == (UNIT, "watchdog", state["InvocationID"]), alert
+    ran = installed.unit(f"email-sync-alert@{UNIT}.service", "Result", "ExecMainStatus")
+    assert (ran["Result"], ran["ExecMainStatus"]) == ("success", "0"), ran
+    installed.container.run("systemctl", "reset-failed", UNIT)
+
+
+def test_an_absent_optional_token_costs_no_log_line(installed: Installed) -> None:
+    c = installed.container
+    c.path("/etc/credstore/email-sync.backend-token").unlink()
+    installed.backend.token = None
+    cursor = c.cursor()
+    installed.database.execute("UPDATE users SET last_sync = NULL WHERE id = 2")
+    c.run("systemctl", "start", UNIT)
+    state = installed.wait_finished()
+    assert (state["Result"], state["ExecMainStatus"]) == ("success", "0"), state
+    said = [str(entry.get("MESSAGE")) for entry in c.journal(after=cursor)]
+    assert not [line for line in said if CREDENTIAL_NOISE in line or "backend-token" in line], said
+
+
+def test_every_unit_a_shipped_unit_names_is_known_to_this_releases_systemd(installed: Installed) -> None:
+    unit_refs = scripts.load("unit_refs.py")
+    files = installed.container.run("dpkg", "-L", "email-sync").stdout.split()
+    units = {
+        f.rsplit("/", 1)[1]: f for f in files if re.fullmatch(r"/usr/lib/systemd/system/[^/]+\.(service|timer)", f)
+    }
+    assert set(units) == {"email-sync.service", "email-sync.timer", "email-sync-alert@.service"}, units
+    for name, path in units.items():
+        for ref in unit_refs.references(name, installed.container.path(path).read_text()):
+            loadable = ref.replace("@.", f"@{UNIT}.") if "@." in ref else ref
+            state = installed.unit(loadable, "LoadState")["LoadState"]
+            assert state == "loaded", f"{name} names {ref}: LoadState={state} on {installed.suite}"
+
+
+def test_apt_purge_leaves_nothing(installed: Installed) -> None:
+    c = installed.container
+    c.sh("apt purge email-sync", timeout=300)
+    assert c.run("dpkg", "-s", "email-sync", check=False).returncode != 0
+    leftovers = c.sh(
+        "find / -xdev \\( -path /proc -o -path /sys -o -path /var/lib/apt/lists -o -path /var/cache/apt \\) -prune"
+        " -o -name '*email-sync*' -print",
+        check=False,
+    ).stdout.split()
+    # The administrator's own repository configuration stays, as for any third-party repository.
+    admins = {"/etc/apt/sources.list.d/email-sync.sources", "/etc/apt/keyrings/email-sync-archive-keyring.gpg"}
+    assert set(leftovers) - admins == set(), leftovers
+    for path in ("/etc/credstore", "/var/lib/private/email-sync", "/usr/bin/email-sync"):
+        assert not c.path(path).exists(), path
