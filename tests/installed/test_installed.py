@@ -109,18 +109,24 @@ def test_apt_upgrade_during_a_running_cycle_keeps_the_cycle_and_the_timers_next_
     assert timer["NextElapseUSecMonotonic"] not in ("", "0", "infinity"), f"the timer has no next run: {timer}"
 
 
-def test_the_watchdog_kills_a_hung_call_and_the_failed_run_alerts_the_webhook(installed: Installed) -> None:
-    # Calls that fit a 10 s watchdog: connect + read + backoff = 4 s < 10 s / 2.
+def test_the_watchdog_kills_a_hung_run_and_the_failed_run_alerts_the_webhook(installed: Installed) -> None:
+    """Every call has its deadline (backend.call_timeout), so no answer can hang a run any more: the watchdog is
+    the guard against whatever else could. The hang here is the deepest there is: the process frozen (SIGSTOP)
+    right after READY=1, mid-call. It pings no more; systemd's watchdog aborts it, then kills it (the abort signal
+    waits on a frozen process, so TimeoutAbortSec= is short)."""
+    # Calls that fit a 10 s watchdog: call_timeout + retry_backoff_max = 4.5 s < 10 s / 2.
     installed.dropin(
         "hang",
-        "[Service]\nWatchdogSec=10s\n"
-        "Environment=EMAIL_SYNC_BACKEND_CONNECT_TIMEOUT=1s EMAIL_SYNC_BACKEND_READ_TIMEOUT=2s"
-        " EMAIL_SYNC_BACKEND_RETRY_BACKOFF_MAX=1s EMAIL_SYNC_BACKEND_RETRIES=0 EMAIL_SYNC_SYNC_LEASE=10s\n",
+        "[Service]\nWatchdogSec=10s\nTimeoutAbortSec=5s\n"
+        "Environment=EMAIL_SYNC_BACKEND_CONNECT_TIMEOUT=1s EMAIL_SYNC_BACKEND_READ_TIMEOUT=3s"
+        " EMAIL_SYNC_BACKEND_CALL_TIMEOUT=4s EMAIL_SYNC_BACKEND_RETRY_BACKOFF_MAX=500ms EMAIL_SYNC_BACKEND_RETRIES=0"
+        " EMAIL_SYNC_SYNC_LEASE=10s\n",
     )
     installed.database.execute("UPDATE users SET last_sync = NULL WHERE id = 1")
-    installed.backend.set_default(Behaviour(trickle=0.5))  # headers, then a byte every 0.5 s: never a read timeout
+    installed.backend.set_default(Behaviour(delay=30))
     try:
-        installed.container.run("systemctl", "start", UNIT)
+        installed.container.run("systemctl", "start", UNIT)  # returns at READY=1: the watchdog is armed
+        installed.container.run("systemctl", "kill", "--kill-whom=main", "--signal=SIGSTOP", UNIT)
         state = installed.wait_finished(timeout=60)
         assert (state["Result"], state["ActiveState"]) == ("watchdog", "failed"), state
         assert installed.webhook.wait_for_sync_calls(1, timeout=60), "the OnFailure alert never reached the webhook"
