@@ -90,8 +90,10 @@ def test_status_as_root(installed: Installed) -> None:
 
 def test_apt_upgrade_during_a_running_cycle_keeps_the_cycle_and_the_timers_next_run(installed: Installed) -> None:
     c = installed.container
-    installed.database.add_users(80)  # 10 waves of 8 calls of 8 s: the cycle outlasts the upgrade
-    installed.backend.latency = 8.0
+    # 10 waves of 8 calls (backend.concurrency) of 20 s each (under read_timeout, 30 s): the cycle runs for minutes,
+    # far longer than the upgrade; once the upgrade is done the backend answers at once and the cycle ends.
+    installed.database.add_users(80)
+    installed.backend.latency = 20.0
     c.run("systemctl", "start", UNIT)
     running = installed.unit(UNIT, "InvocationID", "ActiveState")
     assert running["ActiveState"] == "active"
