@@ -1,9 +1,11 @@
 """Report readiness, status, watchdog pings and shutdown to systemd (sd_notify protocol).
 
-A Type=notify service talks to systemd through datagrams sent to $NOTIFY_SOCKET. Delivery
-is best effort: a notification that cannot be sent is logged and dropped, never raised,
-so a systemd hiccup cannot take the sync down with it.
+A Type=notify service talks to systemd through datagrams sent to $NOTIFY_SOCKET. Delivery is best effort: a
+notification that cannot be sent is logged and dropped, never raised, so a systemd hiccup cannot take the sync down
+with it.
 """
+
+from __future__ import annotations
 
 import os
 import socket
@@ -32,8 +34,8 @@ def watchdog_from_env(env: Mapping[str, str], pid: int) -> WatchdogSettings | No
     """Read the watchdog systemd set up, or None when there is none meant for process `pid`."""
     if not env.get("WATCHDOG_USEC"):
         return None
-    # WATCHDOG_PID names the process the watchdog is for; the variables may have been
-    # inherited by a child (or come from a parent) that must not ping on its behalf.
+    # WATCHDOG_PID names the process the watchdog is for; the variables may have been inherited by a child (or come
+    # from a parent) that must not ping on its behalf.
     if "WATCHDOG_PID" in env and _positive_int(env, "WATCHDOG_PID") != pid:
         return None
     usec = _positive_int(env, "WATCHDOG_USEC")
@@ -60,10 +62,9 @@ def _one_ascii_line(text: str) -> str:
 class _ExplicitSocketNotifier(sdnotify.SystemdNotifier):  # type: ignore[misc]  # sdnotify is untyped
     """sdnotify's notifier, connected to the socket we name rather than to $NOTIFY_SOCKET.
 
-    SystemdNotifier.__init__ can only read os.environ, and changing the process environment
-    to steer it would race with other threads. So we set up `socket` the way it does ('@'
-    means the abstract namespace) and keep its notify(), with debug=True so that send errors
-    reach us instead of being swallowed.
+    SystemdNotifier.__init__ can only read os.environ, and changing the process environment to steer it would race
+    with other threads. So we set up `socket` the way it does ('@' means the abstract namespace) and keep its
+    notify(), with debug=True so that send errors reach us instead of being swallowed.
     """
 
     def __init__(self, socket_name: str) -> None:
@@ -91,8 +92,8 @@ class Notifier:
         self._socket_name = socket_name or None
         self._watchdog = watchdog
         self._clock = clock
-        # A quarter of the interval keeps pings well inside the required interval / 2
-        # even when the progress calls themselves arrive a little irregularly.
+        # A quarter of the interval keeps pings well inside the required interval / 2 even when the progress calls
+        # themselves arrive a little irregularly.
         self._progress_gap = (
             min(_MAX_PROGRESS_GAP, watchdog.interval / 4) if watchdog is not None else _MAX_PROGRESS_GAP
         )
@@ -100,7 +101,7 @@ class Notifier:
         self._sd: _ExplicitSocketNotifier | None = None  # connected on first send
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, pid: int | None = None) -> "Notifier":
+    def from_env(cls, env: Mapping[str, str] | None = None, pid: int | None = None) -> Notifier:
         """The notifier systemd asked for via the environment (os.environ by default)."""
         env = os.environ if env is None else env
         pid = os.getpid() if pid is None else pid
@@ -131,8 +132,8 @@ class Notifier:
     def progress(self, status_text: str) -> None:
         """Record real progress: ping the watchdog and update the status, rate-limited.
 
-        The work loop may call this thousands of times a second, so at most one datagram
-        goes out per gap; the first call always sends.
+        The work loop may call this thousands of times a second, so at most one datagram goes out per gap; the first
+        call always sends.
         """
         if not self.enabled:
             return
@@ -153,7 +154,7 @@ class Notifier:
         except OSError as exc:
             _log.warning("notify_failed", error=str(exc))
             if self._sd is not None:
-                # A connected datagram socket stays tied to the receiver it found, even
-                # after that one is gone: connect afresh on the next send.
+                # A connected datagram socket stays tied to the receiver it found, even after that one is gone:
+                # connect afresh on the next send.
                 self._sd.socket.close()
                 self._sd = None
