@@ -112,9 +112,16 @@ class AppDb:
     def leased(self) -> list[str]:
         return [row[0] for row in self.rows(f"SELECT user_id FROM {db.STATE} WHERE lease_owner IS NOT NULL")]
 
+    def drop_our_tables(self) -> None:
+        """Remove email-sync's tables, as on a database email-sync was never installed in."""
+        for table in OUR_TABLES:
+            self.execute(f"DROP TABLE IF EXISTS {table}")
+
     def runs(self) -> list[Any]:
         return self.rows(f"SELECT * FROM {db.RUNS} ORDER BY started_at")
 
+
+OUR_TABLES = (db.STATE, db.RUNS, db.VERSION_TABLE)
 
 USERS_DDL = {
     "postgresql": "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, last_sync timestamptz)",
@@ -125,7 +132,7 @@ USERS_DDL = {
 def _fresh_app_db(url: str, dialect: str) -> AppDb:
     engine = create_engine(url)
     with engine.begin() as connection:
-        for table in ("users", db.STATE, db.RUNS, db.VERSION_TABLE):
+        for table in ("users", *OUR_TABLES):
             connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
         connection.execute(text(USERS_DDL[dialect]))
     schema.migrate(db.connect(DatabaseConfig(url=url, connect_timeout=5, statement_timeout=30)))

@@ -168,8 +168,7 @@ def test_missing_schema_exits_78_asking_for_migrate(pg: AppDb, backend: Backend,
 
 
 def test_migrate_creates_the_schema_and_is_idempotent(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
-    for table in ("email_sync_schema", "email_sync_user_state", "email_sync_runs"):
-        pg.execute(f"DROP TABLE {table}")
+    pg.drop_our_tables()
     email_sync.configure(pg, backend)
 
     first, second = email_sync("migrate"), email_sync("migrate")

@@ -10,9 +10,7 @@ from sqlalchemy import Engine, inspect
 
 from emailsync import db, schema
 from emailsync.config import DatabaseConfig
-from tests.conftest import AppDb
-
-OUR_TABLES = (db.STATE, db.RUNS, db.VERSION_TABLE)
+from tests.conftest import OUR_TABLES, AppDb
 
 
 def schema_of(engine: Engine) -> dict[str, Any]:
@@ -43,8 +41,7 @@ def schema_of(engine: Engine) -> dict[str, Any]:
 
 def without_our_tables(app: AppDb) -> Engine:
     """An email-sync engine on the app's database, whose email-sync tables are gone: a new install."""
-    for table in OUR_TABLES:
-        app.execute(f"DROP TABLE {table}")
+    app.drop_our_tables()
     return db.connect(DatabaseConfig(url=app.url, connect_timeout=5, statement_timeout=30))
 
 

@@ -18,8 +18,7 @@ from tests.test_hosts import assert_each_synced_once, run_hosts
 
 
 def test_migrate_through_pgbouncer_creates_the_schema(pooled: AppDb, email_sync: EmailSync) -> None:
-    for table in (db.STATE, db.RUNS, db.VERSION_TABLE):
-        pooled.execute(f"DROP TABLE {table}")
+    pooled.drop_our_tables()
     email_sync.configure(pooled, None)
 
     result = email_sync("migrate")
@@ -32,8 +31,7 @@ def test_three_hosts_migrating_at_once_through_pgbouncer_create_the_schema_once(
     pooled: AppDb, email_sync: EmailSync
 ) -> None:
     """migrate serialises on a transaction-scoped advisory lock, which transaction pooling keeps intact."""
-    for table in (db.STATE, db.RUNS, db.VERSION_TABLE):
-        pooled.execute(f"DROP TABLE {table}")
+    pooled.drop_our_tables()
     email_sync.configure(pooled, None)
 
     processes = [email_sync.popen("migrate") for _ in range(3)]

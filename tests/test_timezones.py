@@ -19,7 +19,7 @@ from emailsync import db, schema
 from emailsync.config import DatabaseConfig
 from emailsync.errors import EXIT_CONFIG, EXIT_OK
 from tests.backend import Backend
-from tests.conftest import ADMIN_URL, AppDb, EmailSync, _fresh_app_db
+from tests.conftest import ADMIN_URL, OUR_TABLES, AppDb, EmailSync, _fresh_app_db
 from tests.pgbouncer import PgBouncer
 
 ZONES = ("UTC", "America/New_York", "Asia/Kolkata")
@@ -63,7 +63,7 @@ def app_in_zone(
     direct = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     engine = create_engine(direct, poolclass=NullPool)
     with engine.begin() as connection:
-        for table in ("users", db.STATE, db.RUNS, db.VERSION_TABLE):
+        for table in ("users", *OUR_TABLES):
             connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
         connection.execute(text(f"CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, last_sync {column})"))
     schema.migrate(db.connect(DatabaseConfig(url=direct, connect_timeout=5, statement_timeout=30)))

@@ -44,8 +44,7 @@ def state(database: sqlite3.Connection, user: int, **columns: object) -> None:
 
 
 def due(database: sqlite3.Connection, users: UsersTable) -> list[int]:
-    sql = users.page_query.replace(":interval", str(HOUR)).replace(":limit", "100")
-    return [row[0] for row in database.execute(sql)]
+    return [row[0] for row in database.execute(users.page_query, {"interval": HOUR, "limit": 100})]
 
 
 def test_never_synced_and_stale_users_are_due_oldest_first(database: sqlite3.Connection) -> None:
