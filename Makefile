@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv system-deps test unit lint demo clean e2e
+.PHONY: venv system-deps test unit lint demo clean e2e docs
 
 $(VENV)/.installed: requirements.lock requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ unit: venv
 # End-to-end: email-sync under a real systemd in a Debian 12 container (root; caches under /var/cache/email-sync-e2e).
 e2e: venv
 	$(BIN)/pytest tests/e2e
+
+# The shipped conffile and the configuration reference, rendered from the keys in emailsync/config.py; commit both.
+docs: venv
+	$(BIN)/email-sync config --sample >packaging/email-sync.toml.new && mv packaging/email-sync.toml.new packaging/email-sync.toml
+	$(BIN)/email-sync config --markdown >docs/configuration.md.new && mv docs/configuration.md.new docs/configuration.md
 
 demo: venv
 	$(BIN)/python demo/demo.py

@@ -70,11 +70,17 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--all-failing", action="store_true", help="every user in backoff")
     alert = commands.add_parser("alert", help="send the failure alert (started by systemd's OnFailure=)")
     alert.add_argument("unit", metavar="UNIT", nargs="?", default="email-sync.service", help="the failed unit")
+    reference = commands.add_parser("config", help="print the commented sample config or the key reference, and exit")
+    form = reference.add_mutually_exclusive_group(required=True)
+    form.add_argument("--sample", dest="form", action="store_const", const="sample", help="the commented TOML file")
+    form.add_argument("--markdown", dest="form", action="store_const", const="markdown", help="the reference table")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "config":
+        return _config(args.form)  # reads no config file: it describes them
     import structlog
 
     from emailsync import logs
@@ -196,6 +202,13 @@ def _alert(config: Config, args: argparse.Namespace) -> int:
     from emailsync import alert
 
     alert.send(config, alert.facts(args.unit, os.environ))
+    return EXIT_OK
+
+
+def _config(form: str) -> int:
+    from emailsync import config_docs
+
+    sys.stdout.write(config_docs.sample() if form == "sample" else config_docs.markdown())
     return EXIT_OK
 
 

@@ -10,7 +10,7 @@ PACKAGING = Path(__file__).resolve().parents[1] / "packaging"
 
 
 def load(filename: str) -> ModuleType:
-    """packaging/FILENAME as a module (a name with a dash, like gen-config.py, is fine)."""
+    """packaging/FILENAME as a module (a name with a dash is fine)."""
     spec = importlib.util.spec_from_file_location(Path(filename).stem.replace("-", "_"), PACKAGING / filename)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -1,17 +1,26 @@
-"""The README is the operators' reference: it must not fall behind the code."""
+"""The README and docs/ are the operators' reference: they must not fall behind the code."""
 
 from pathlib import Path
 
 import pytest
 
+from emailsync import config_docs
 from emailsync.config import KEYS
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+CONFIGURATION = ROOT / "docs" / "configuration.md"
+
+
+def test_the_configuration_reference_is_what_email_sync_config_markdown_prints() -> None:
+    assert CONFIGURATION.read_text() == config_docs.markdown(), (
+        "docs/configuration.md is stale: regenerate with `make docs` (email-sync config --markdown) and commit it"
+    )
 
 
 @pytest.mark.parametrize("key", [key.dotted for key in KEYS])
-def test_readme_documents_every_config_key(key: str) -> None:
-    assert f"| `{key}` |" in README
+def test_the_configuration_reference_documents_every_key(key: str) -> None:
+    assert f"| `{key}` |" in CONFIGURATION.read_text()
 
 
 @pytest.mark.parametrize("code", ["| 0 |", "| 1 |", "| 75 |", "| 78 |"])

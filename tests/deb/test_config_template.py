@@ -1,38 +1,68 @@
 """The conffile the .deb ships (/etc/email-sync/email-sync.toml) lists every key of emailsync.config.KEYS with its
-default, and is exactly what packaging/gen-config.py renders from them: it cannot drift from the code."""
+default, and is exactly what `email-sync config --sample` renders from them: it cannot drift from the code."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
-from types import ModuleType
 
-from emailsync import config
-from tests import scripts
+from emailsync import config, config_docs
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "packaging" / "email-sync.toml"
+REGENERATE = "regenerate with `make docs` (email-sync config --sample >packaging/email-sync.toml) and commit it"
 
 
-def generator() -> ModuleType:
-    return scripts.load("gen-config.py")
-
-
-def test_the_committed_template_is_what_the_generator_renders_from_keys() -> None:
-    assert TEMPLATE.read_text() == generator().render(), "run: python3 packaging/gen-config.py, and commit the result"
-
-
-def test_every_key_is_listed_once_in_its_section_with_a_default_the_key_accepts() -> None:
-    listed: list[str] = []
+def listed_defaults(text: str) -> dict[str, str]:
+    """{section.key: the default as written} of every commented-out key line."""
+    found: dict[str, str] = {}
     section = ""
-    for line in TEMPLATE.read_text().splitlines():
+    for line in text.splitlines():
         if match := re.fullmatch(r"\[(\w+)\]", line):
             section = match[1]
-        elif match := re.fullmatch(r"#(\w+) = .*", line):
-            listed.append(f"{section}.{match[1]}")
-    assert sorted(listed) == sorted(key.dotted for key in config.KEYS)
-    assert generator().check(TEMPLATE.read_text()) == []
+        elif match := re.fullmatch(r"#(\w+) = (.*)", line):
+            found[f"{section}.{match[1]}"] = match[2]
+    return found
+
+
+def test_the_committed_template_is_what_email_sync_config_sample_prints() -> None:
+    assert TEMPLATE.read_text() == config_docs.sample(), REGENERATE
+
+
+def test_packaging_renders_it_with_a_bare_python_from_the_source_tree() -> None:
+    """packaging/deb-build.sh runs `python3 -m emailsync config --sample` in the tree, with no venv around it."""
+    done = subprocess.run(
+        [sys.executable, "-S", "-B", "-m", "emailsync", "config", "--sample"],  # -S: the stdlib only
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == TEMPLATE.read_text(), REGENERATE
+
+
+def test_every_key_is_listed_once_in_its_section() -> None:
+    lines = [line for line in TEMPLATE.read_text().splitlines() if re.fullmatch(r"#\w+ = .*", line)]
+    assert len(lines) == len(config.KEYS)
+    assert sorted(listed_defaults(TEMPLATE.read_text())) == sorted(key.dotted for key in config.KEYS)
+
+
+def test_every_default_as_written_parses_back_to_the_keys_default() -> None:
+    keys = {key.dotted: key for key in config.KEYS}
+    for name, raw in listed_defaults(TEMPLATE.read_text()).items():
+        key = keys[name]
+        if key.default is config.REQUIRED or key.default == "":
+            assert raw == '""', name
+            continue
+        assert key.parse(tomllib.loads(f"v = {raw}")["v"]) == key.default, name
+
+
+def test_the_template_with_every_key_uncommented_is_valid_toml() -> None:
+    tomllib.loads(re.sub(r"(?m)^#(\w+ = )", r"\1", TEMPLATE.read_text()))
 
 
 def test_the_template_as_shipped_is_valid_toml_and_only_needs_the_backend_url(tmp_path: Path) -> None:

@@ -1,0 +1,33 @@
+"""`email-sync config --sample | --markdown`: the conffile and the reference, rendered from the key declarations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from emailsync import cli, config_docs
+
+
+@pytest.mark.parametrize(
+    ("seconds", "written"),
+    [(3600.0, "1h"), (90.0, "1m30s"), (86400.0, "1d"), (0.25, "250ms"), (1.5, "1500ms")],
+)
+def test_a_default_duration_is_written_the_way_an_operator_would(seconds: float, written: str) -> None:
+    assert config_docs.duration(seconds) == written
+
+
+@pytest.mark.parametrize(("flag", "render"), [("--sample", config_docs.sample), ("--markdown", config_docs.markdown)])
+def test_the_config_command_prints_its_form_without_reading_any_config(
+    flag: str, render: Callable[[], str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMAIL_SYNC_CONFIG", "/nonexistent/email-sync.toml")
+    assert cli.main(["config", flag]) == 0
+    assert capsys.readouterr().out == render()
+
+
+def test_the_config_command_needs_a_form(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["config"])
+    assert exit_.value.code == 2
+    assert "one of the arguments --sample --markdown is required" in capsys.readouterr().err
