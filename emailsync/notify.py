@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import sdnotify
 import structlog
 
 _log = structlog.get_logger(__name__)
@@ -59,25 +58,28 @@ def _one_ascii_line(text: str) -> str:
     return short.translate(_LINE_BREAKS_TO_SPACES).encode("ascii", "replace").decode("ascii")
 
 
-class _ExplicitSocketNotifier(sdnotify.SystemdNotifier):  # type: ignore[misc]  # sdnotify is untyped
-    """sdnotify's notifier, connected to the socket we name rather than to $NOTIFY_SOCKET.
+class _Connection:
+    """A datagram socket connected to systemd's notify socket ('@' names the abstract namespace).
 
-    SystemdNotifier.__init__ can only read os.environ, and changing the process environment to steer it would race
-    with other threads. So we set up `socket` the way it does ('@' means the abstract namespace) and keep its
-    notify(), with debug=True so that send errors reach us instead of being swallowed.
+    Non-blocking, so a full receive queue in systemd cannot stall the work loop; a failed send raises OSError.
     """
 
     def __init__(self, socket_name: str) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.setblocking(False)  # a full receive queue in systemd must not stall the work loop
+        sock.setblocking(False)
         address = "\0" + socket_name[1:] if socket_name.startswith("@") else socket_name
         try:
             sock.connect(address)
         except OSError:
             sock.close()
             raise
-        self.debug = True
-        self.socket = sock
+        self._socket = sock
+
+    def send(self, message: str) -> None:
+        self._socket.send(message.encode("ascii"))  # every message is ASCII: _one_ascii_line made STATUS= so
+
+    def close(self) -> None:
+        self._socket.close()
 
 
 class Notifier:
@@ -98,7 +100,7 @@ class Notifier:
             min(_MAX_PROGRESS_GAP, watchdog.interval / 4) if watchdog is not None else _MAX_PROGRESS_GAP
         )
         self._last_progress: float | None = None
-        self._sd: _ExplicitSocketNotifier | None = None  # connected on first send
+        self._connection: _Connection | None = None  # connected on first send
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, pid: int | None = None) -> Notifier:
@@ -148,13 +150,13 @@ class Notifier:
         if self._socket_name is None:
             return
         try:
-            if self._sd is None:
-                self._sd = _ExplicitSocketNotifier(self._socket_name)
-            self._sd.notify(message)
+            if self._connection is None:
+                self._connection = _Connection(self._socket_name)
+            self._connection.send(message)
         except OSError as exc:
             _log.warning("notify_failed", error=str(exc))
-            if self._sd is not None:
+            if self._connection is not None:
                 # A connected datagram socket stays tied to the receiver it found, even after that one is gone:
                 # connect afresh on the next send.
-                self._sd.socket.close()
-                self._sd = None
+                self._connection.close()
+                self._connection = None

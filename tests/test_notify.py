@@ -162,7 +162,7 @@ def test_progress_does_not_delay_other_notifications(receiver: Receiver) -> None
 def test_disabled_notifier_sends_nothing_even_with_notify_socket_set(
     receiver: Receiver, monkeypatch: pytest.MonkeyPatch, socket_name: str | None
 ) -> None:
-    monkeypatch.setenv("NOTIFY_SOCKET", receiver.name)  # sdnotify's own default must not leak in
+    monkeypatch.setenv("NOTIFY_SOCKET", receiver.name)  # the environment's socket must not leak in
     notifier = Notifier(socket_name, WatchdogSettings(interval=1.0))
     with capture_logs() as logs:
         notifier.ready()
