@@ -10,6 +10,7 @@ from emailsync.config import KEYS
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 CONFIGURATION = ROOT / "docs" / "configuration.md"
+FAILURES = ROOT / "docs" / "failures.md"
 
 
 def test_the_configuration_reference_is_what_email_sync_config_markdown_prints() -> None:
@@ -33,7 +34,7 @@ def test_every_test_named_in_the_failure_table_exists() -> None:
     import re
 
     tests = Path(__file__).resolve().parent
-    table = README[README.index("## Failure behaviour") : README.index("## Running under systemd")]
+    table = FAILURES.read_text()
     module = ""
     checked = 0
     for prefix, name, file in re.findall(r"`([\w/]*::)?(test_\w+)(\.py)?", table):
@@ -45,3 +46,14 @@ def test_every_test_named_in_the_failure_table_exists() -> None:
         assert f"def {name}" in source, f"{name} not in {path}"
         checked += 1
     assert checked > 30
+
+
+@pytest.mark.parametrize(
+    "page", ["README.md", "CONTRIBUTING.md", *(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))]
+)
+def test_every_relative_link_leads_to_a_file_that_exists(page: str) -> None:
+    import re
+
+    path = ROOT / page
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", path.read_text()):
+        assert (path.parent / target).exists(), f"{page} links to {target}, which does not exist"
