@@ -125,9 +125,7 @@ def test_progress_without_watchdog_sends_at_most_once_per_second(receiver: Recei
     [(2.0, 0.5), (10.0, 1.0)],
     ids=["quarter-of-interval", "capped-at-one-second"],
 )
-def test_progress_with_watchdog_sends_at_most_once_per_gap(
-    receiver: Receiver, interval: float, gap: float
-) -> None:
+def test_progress_with_watchdog_sends_at_most_once_per_gap(receiver: Receiver, interval: float, gap: float) -> None:
     clock = FakeClock()
     notifier = Notifier(receiver.name, WatchdogSettings(interval=interval), clock=clock)
     for now, text in [(100.0, "a"), (100.0 + gap * 0.99, "b"), (100.0 + gap, "c")]:
@@ -219,9 +217,7 @@ def test_from_env_uses_notify_socket_and_watchdog(receiver: Receiver) -> None:
     assert receiver.recv() == b"WATCHDOG=1\nSTATUS=up"
 
 
-def test_from_env_defaults_to_process_environment(
-    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_from_env_defaults_to_process_environment(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", receiver.name)
     monkeypatch.setenv("WATCHDOG_USEC", "1000000")
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
