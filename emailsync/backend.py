@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import urllib3
 
 from emailsync import __version__
+from emailsync.budget import Pace
 from emailsync.config import BackendConfig
 from emailsync.deadline import REAPER, WatchedConnection, WatchedTLSConnection
 from emailsync.errors import BackendUnavailable, ConfigError
@@ -36,6 +37,7 @@ from emailsync.model import Claim, Kind, Outcome, kind_of
 
 MAX_BODY = 64 * 1024  # we only need a count from the body; a 10 MB answer is cut here
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+COOLDOWN_STATUSES = (429, 503)  # with Retry-After: the backend asks everyone to wait, so the whole fleet does
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("6b0e1e53-8a0b-4c1a-9a43-53b0f2a54e0c")
 
 
@@ -178,24 +180,6 @@ def check_health(config: BackendConfig) -> None:
         raise BackendUnavailable(f"backend health check {config.health_url} answered {status}")
 
 
-class RateLimiter:
-    """At most ``rate`` starts per second across all threads (0 = unlimited)."""
-
-    def __init__(self, rate: float) -> None:
-        self.gap = 1.0 / rate if rate > 0 else 0.0
-        self.next_start = 0.0
-        self.lock = threading.Lock()
-
-    def wait(self, stop: threading.Event) -> None:
-        if not self.gap:
-            return
-        with self.lock:
-            now = time.monotonic()
-            start = max(now, self.next_start)
-            self.next_start = start + self.gap
-        stop.wait(start - now)
-
-
 class Client:
     """Calls the sync endpoint for one claim, with retries. Safe to share; each thread passes its own session."""
 
@@ -206,22 +190,25 @@ class Client:
         run_id: str,
         stop: threading.Event,
         on_attempt: Callable[[], None],
+        pace: Pace,
     ) -> None:
         self.config = config
         self.max_emails = max_emails
         self.run_id = run_id
         self.stop = stop
         self.on_attempt = on_attempt
-        self.rate = RateLimiter(config.max_rate)
+        self.pace = pace
 
     def sync(self, session: Session, claim: Claim) -> Outcome:
         started = time.monotonic()
         number = 0
         while True:
             number += 1
-            self.rate.wait(self.stop)
+            self.pace.wait(self.stop)
             attempt = self._attempt(session, claim)
             self.on_attempt()
+            if attempt.retry_after is not None and attempt.status in COOLDOWN_STATUSES:
+                self.pace.cool_down(attempt.retry_after, attempt.status)
             delay = self._retry_delay(number, attempt.retry_after) if attempt.kind is None else None
             if delay is None or self.stop.wait(delay):
                 break

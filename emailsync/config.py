@@ -127,7 +127,12 @@ class BackendConfig:
         "The most one request may take, from connecting to its answer's last byte (a trickle cannot stretch it).",
     )
     concurrency: int = key(values.integer(1, 1024), 8, "Calls in flight at once.")
-    max_rate: float = key(values.rate, 0.0, "At most this many requests per second (0 = unlimited).")
+    max_rate: float = key(
+        values.rate,
+        0.0,
+        """At most this many requests per second for the whole fleet: every host sharing the database draws from
+        this one budget (0 = unlimited).""",
+    )
     retries: int = key(values.integer(0, 20), 3, "Retries of a transient failure (429, 502-504, connection errors).")
     retry_backoff: float = key(values.duration, 1.0, "First retry waits up to this (full jitter), doubling.")
     retry_backoff_max: float = key(values.duration, 30.0, "Cap of one retry wait, Retry-After included.")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import structlog
 from sqlalchemy import Engine
 
-from emailsync import backend, db, metrics, runs, schema, status
+from emailsync import backend, budget, db, metrics, runs, schema, status
 from emailsync.backend import CallPool, Client
 from emailsync.config import Config
 from emailsync.errors import (
@@ -187,7 +187,8 @@ class Cycle:
         self.due = DuePages(leases, min(PAGE, config.sync.max_users_per_run))
         self.failing_in_a_row = 0
         self.verdict = Verdict(config.sync.endpoint_probe, config.backend.sync_url)
-        self.client = Client(config.backend, config.sync.max_emails, leases.owner, stop, self._attempt_done)
+        pace = budget.for_backend(leases.engine, config.backend, config.sync.host_id)
+        self.client = Client(config.backend, config.sync.max_emails, leases.owner, stop, self._attempt_done, pace)
 
     def _attempt_done(self) -> None:
         with self.attempts_lock:

@@ -24,6 +24,7 @@ from emailsync.errors import ConfigError, DatabaseUnavailable
 STATE = "email_sync_user_state"
 RUNS = "email_sync_runs"
 VERSION_TABLE = "email_sync_schema"
+BUDGET = "email_sync_budget"
 MAX_ERROR_CHARS = 500  # of an error stored in our tables: enough to act on, never a whole answer body
 URL_FROM = "email_sync_url_from"  # an execution option: where the URL came from, for errors that name it
 
@@ -48,6 +49,14 @@ class Dialect:
     def now(self) -> str:
         """The database's clock, which decides for every host: skewed host clocks do not matter."""
         return "now()" if self.postgres else "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+    @property
+    def epoch(self) -> str:
+        """The database's clock as Unix seconds, fractions included: what the fleet budget counts in."""
+        return "extract(epoch FROM now())" if self.postgres else "((julianday('now') - 2440587.5) * 86400.0)"
+
+    def greatest(self, *values: str) -> str:
+        return f"{'greatest' if self.postgres else 'max'}({', '.join(values)})"
 
     def shifted(self, seconds: str) -> str:
         """now() moved by ``seconds``, an SQL expression (a parameter or a column; negative for the past)."""

@@ -8,7 +8,7 @@ import uuid
 
 import structlog
 
-from emailsync import backend, db, schema, status
+from emailsync import backend, budget, db, schema, status
 from emailsync.backend import Client
 from emailsync.config import Config
 from emailsync.cycle import Verdict, result_of
@@ -28,7 +28,8 @@ def sync_user(config: Config, who: str) -> Outcome:
         if not leases.claim_user(claim):
             raise TemporaryError(f"user {claim.key} is being synced by a run right now; try again later")
         with backend.Session(config.backend) as session:
-            client = Client(config.backend, config.sync.max_emails, run_id, threading.Event(), lambda: None)
+            pace = budget.for_backend(engine, config.backend, config.sync.host_id)
+            client = Client(config.backend, config.sync.max_emails, run_id, threading.Event(), lambda: None, pace)
             outcome = client.sync(session, claim)
         if outcome.kind.blames_configuration:
             leases.release([claim])

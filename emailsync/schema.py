@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from emailsync.config import UsersConfig
-from emailsync.db import RUNS, STATE, VERSION_TABLE, Dialect, dialect_of, transaction
+from emailsync.db import BUDGET, RUNS, STATE, VERSION_TABLE, Dialect, dialect_of, transaction
 from emailsync.db_failures import describe
 from emailsync.errors import ConfigError, SchemaError
 
@@ -59,7 +59,20 @@ def _v1_state_and_runs(d: Dialect) -> list[str]:
     ]
 
 
-STEPS: tuple[Step, ...] = (Step(1, _v1_state_and_runs),)
+def _fleet_budget(d: Dialect) -> list[str]:
+    """The fleet's call budget and shared cooldown (emailsync.budget): one row, Unix seconds on the database
+    clock; created empty, its row written by the first run with backend.max_rate set."""
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {BUDGET} (
+            name text PRIMARY KEY,
+            next_slot double precision NOT NULL,
+            cooldown_until double precision NOT NULL,
+            cooldown_by text
+        )"""
+    ]
+
+
+STEPS: tuple[Step, ...] = (Step(1, _v1_state_and_runs), Step(2, _fleet_budget))
 SCHEMA_VERSION = STEPS[-1].version
 
 

@@ -111,6 +111,7 @@ class Backend:
         self._arrived = threading.Condition(self._lock)
         self._default = Behaviour()
         self._scripts: dict[str, tuple[Behaviour, ...]] = {}
+        self._nth: dict[int, Behaviour] = {}
         self._served: dict[str, int] = {}
         self._answered = 0
         self._requests: list[Recorded] = []
@@ -193,6 +194,12 @@ class Backend:
             else:
                 self._scripts.pop(key, None)
 
+    def on_call(self, number: int, behaviour: Behaviour) -> None:
+        """Answer the `number`-th sync call that passes authentication (counting from 1) with `behaviour`,
+        whoever's it is: for what must happen mid-run, whichever host makes that call."""
+        with self._lock:
+            self._nth[number] = behaviour
+
     # -- inspection --------------------------------------------------------------------------
 
     def requests(self) -> list[Recorded]:
@@ -237,6 +244,7 @@ class Backend:
                 behaviour = behaviours[min(served, len(behaviours) - 1)]
             else:
                 behaviour = self._default
+            behaviour = self._nth.get(self._answered, behaviour)
             if self.fail_every > 0 and self._answered % self.fail_every == 0:
                 behaviour = Behaviour(status=500)
             return behaviour
