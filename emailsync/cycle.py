@@ -211,6 +211,8 @@ class Cycle:
         while self.in_flight or not self._done_claiming():
             if not self._done_claiming():
                 self._claim_more(pool)
+                if not self.in_flight and self._done_claiming():
+                    break  # nobody (else) was due: no outcome will come, so do not wait a POLL for one
             outcome = pool.next_outcome(POLL)
             while outcome is not None:
                 self._handle(outcome)
