@@ -8,6 +8,8 @@ Only the standard library and config are imported, so packaging can run it with 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from itertools import groupby
 from typing import Any
 
 from emailsync import config, values
@@ -127,30 +129,31 @@ def default_text(key: config.Key) -> str:
     return toml_value(key)
 
 
+def _by_section() -> Iterator[tuple[str, Iterator[config.Key]]]:
+    """The keys in their declared order, a group per section: both renderings follow the conffile's layout."""
+    return groupby(config.KEYS, key=lambda key: key.section)
+
+
 def sample() -> str:
     """The commented conffile: every key once, in its section, commented out at its default."""
     out = [SAMPLE_HEADER]
-    section = None
-    for key in config.KEYS:
-        if key.section != section:
-            section = key.section
-            out.append(f"\n[{section}]\n")
-        out.append(f"# {key.help} (default: {default_text(key)})\n")
-        out.append(f"#{key.name} = {toml_value(key)}\n")
+    for section, keys in _by_section():
+        out.append(f"\n[{section}]\n")
+        for key in keys:
+            out.append(f"# {key.help} (default: {default_text(key)})\n")
+            out.append(f"#{key.name} = {toml_value(key)}\n")
     return "".join(out)
 
 
 def markdown() -> str:
     """The configuration reference: one table per section, each key with its default, variable and meaning."""
     out = [MARKDOWN_HEADER]
-    section = None
-    for key in config.KEYS:
-        if key.section != section:
-            section = key.section
-            out.append(f"\n## [{section}]\n\n| key | default | environment | meaning |\n|---|---|---|---|\n")
-        default = default_text(key).strip('"')
-        shown = "—" if default == "none" else default if default == "required" else f"`{default}`"
-        meaning = key.help.replace("|", "\\|")
-        out.append(f"| `{key.dotted}` | {shown} | `{key.env}` | {meaning} |\n")
+    for section, keys in _by_section():
+        out.append(f"\n## [{section}]\n\n| key | default | environment | meaning |\n|---|---|---|---|\n")
+        for key in keys:
+            default = default_text(key).strip('"')
+            shown = "—" if default == "none" else default if default == "required" else f"`{default}`"
+            meaning = key.help.replace("|", "\\|")
+            out.append(f"| `{key.dotted}` | {shown} | `{key.env}` | {meaning} |\n")
     out.append(MARKDOWN_FOOTER)
     return "".join(out)
