@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from emailsync import schema
 from emailsync.errors import EXIT_NO, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
 from tests.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
@@ -41,7 +42,7 @@ def test_status_json_carries_runs_backlog_backoff_and_leases(after_a_run: AppDb,
     result = email_sync("status", "--json")
 
     report = json.loads(result.stdout)
-    assert report["healthy"] is True and report["schema_version"] == 1
+    assert report["healthy"] is True and report["schema_version"] == schema.SCHEMA_VERSION
     assert (report["runs"][0]["synced"], report["runs"][0]["failed"], report["runs"][0]["outcome"]) == (5, 1, "ok")
     assert [user["user_id"] for user in report["backoff"]] == ["3"]
     assert [(user["user_id"], user["lease_owner"]) for user in report["leases"]] == [("6", "other-run")]
