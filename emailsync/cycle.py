@@ -1,10 +1,11 @@
 """One sync cycle: check, claim due users, call the backend for each, record results, report.
 
 The main thread owns the database (claims, result batches, the run row) and the notifications to systemd; the call
-pool's threads only talk HTTP. The cycle ends when no due user is left or ``max_users_per_run`` were claimed; early
-when asked to stop (SIGTERM), when the endpoint or token is wrong for everyone (78), or when the backend keeps
-failing (75). Ending early always means: start no new call, give in-flight calls ``shutdown_grace`` to finish and
-record them, release every lease we did not use.
+pool's threads talk HTTP, and touch the database only to lease the fleet's call budget when backend.max_rate is set
+(emailsync/budget.py, one thread at a time). The cycle ends when no due user is left or ``max_users_per_run`` were
+claimed; early when asked to stop (SIGTERM), when the endpoint or token is wrong for everyone (78), or when the
+backend keeps failing (75). Ending early always means: start no new call, give in-flight calls ``shutdown_grace``
+to finish and record them, release every lease we did not use.
 """
 
 from __future__ import annotations
