@@ -133,6 +133,7 @@ class Backlog:
     never_synced: int
     oldest_age_s: float | None  # since the oldest due user's last sync (None: none due, or all never synced)
     in_backoff: int
+    parked: int
 
 
 def backlog(engine: Engine, config: Config) -> Backlog:
@@ -150,7 +151,8 @@ def backlog(engine: Engine, config: Config) -> Backlog:
         in_backoff = connection.execute(
             text(f"SELECT count(*) FROM {STATE} WHERE failures > 0 AND next_attempt_at > {d.now} AND parked_at IS NULL")
         ).scalar()
-    return Backlog(int(due[0]), int(due[1]), _rounded(due[2]), int(in_backoff or 0))
+        parked = control.count_parked(connection)[0]
+    return Backlog(int(due[0]), int(due[1]), _rounded(due[2]), int(in_backoff or 0), parked)
 
 
 def _problems(status: Status, config: Config) -> list[str]:

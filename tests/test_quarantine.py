@@ -4,6 +4,7 @@ failures only keep their backoff. Between runs, the tests end the backoff by han
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from emailsync import db
@@ -154,3 +155,20 @@ def test_an_alert_that_cannot_be_sent_is_logged_and_the_run_still_succeeds(
     assert result.code == EXIT_OK
     assert "alert webhook unreachable" in result.event("alert_failed")["error"]
     assert parked(pg, 1) is not None
+
+
+def test_the_metrics_count_parked_users_apart_from_those_in_backoff(
+    pg: AppDb, backend: Backend, email_sync: EmailSync, tmp_path: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    pg.add_users(3)
+    backend.script(1, GONE)
+    backend.script(2, DOWN)
+    textfile = tmp_path / "email_sync.prom"
+    email_sync.configure(pg, backend, sync={"quarantine_after": 1}, metrics={"textfile": str(textfile)})
+
+    email_sync("run")
+
+    samples = {s.name: s.value for f in text_string_to_metric_families(textfile.read_text()) for s in f.samples}
+    assert (samples["email_sync_users_parked"], samples["email_sync_users_in_backoff"]) == (1, 1)
