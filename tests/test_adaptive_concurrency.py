@@ -1,6 +1,7 @@
 """backend.concurrency = "auto" finds the backend's capacity: whole `email-sync run` processes against PostgreSQL and
 a stand-in whose latency is flat up to 40 calls in flight, climbs steeply beyond and answers 503 beyond 60
-(tests/backend.py's Overload). The best fixed setting is 40 by construction; auto is measured against it in the same
+(tests/backend.py's Overload). The best fixed setting is 40 by construction (32 runs too, should the machine
+disagree); auto is measured against it in the same
 test, on the same machine at the same time, so only the ratio counts."""
 
 from __future__ import annotations
