@@ -129,8 +129,8 @@ class BackendConfig:
     concurrency: int | Literal["auto"] = key(
         values.concurrency,
         8,
-        """Calls in flight at once, or "auto": found by watching the backend's latency and overload answers
-        (docs/adaptive-concurrency.md).""",
+        """Calls in flight at once, or "auto": as many as the backend takes, found from its latency and its
+        429/503/timeouts, up to max_concurrency.""",
     )
     max_concurrency: int = key(
         values.integer(1, 1024), 64, 'The most calls in flight that concurrency = "auto" may reach.'

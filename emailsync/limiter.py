@@ -5,12 +5,12 @@ The backend's capacity is found the way TCP finds a path's (as Netflix's concurr
 Gradient and AIMD limits; this one is ours, and smaller): a call that waits in the backend's queue takes longer, so
 the mean latency of a round of calls, against the lowest such mean seen (the backend without a queue), says
 whether the last step up was one too many. The limit starts at ``INITIAL`` and doubles every round while latency
-stays flat (slow start); the first rise or overload answer (429/503/504, a timeout, no connection) halves it, back
-to the last limit known to be flat, and from then on it grows by one per flat round, loses ``LATENCY_BACKOFF`` of
+stays flat (slow start); an overload answer (429/503/504, a timeout, no connection) or two rounds in a row of
+risen latency halve it, back to the last limit known to be flat, and from then on it grows by one per flat round, loses ``LATENCY_BACKOFF`` of
 itself on a latency rise and ``OVERLOAD_BACKOFF`` on an overload answer. It stays within 1..ceiling.
 
-A round is ``max(limit, MIN_WINDOW)`` answers of calls started after the last change: the calls already in flight
-when the limit moved were sent under the old one, so their answers would judge it twice. A limit the calls did not
+A round is ``max(limit, MIN_WINDOW)`` answers; after a cut, of calls started after it: the calls already in flight
+when the limit fell were sent under the old one, so their answers would judge it twice. A limit the calls did not
 reach (not enough work) is not raised: that it was fine says nothing about a higher one.
 """
 
@@ -71,7 +71,8 @@ class Limiter:
     slow_start: bool = True
     reason: str = "start"  # what moved the limit last
     latency: float | None = None  # the last round's mean latency (seconds)
-    skip: int = 0  # answers still due from calls sent before the last change
+    skip: int = 0  # answers still due from calls sent before the last cut
+    suspect: bool = False  # in slow start, the last round's latency rose: a second such round ends it
     round: Round = field(default_factory=Round)
     means: deque[float] = field(default_factory=lambda: deque(maxlen=BASELINE_ROUNDS))
 
@@ -105,9 +106,13 @@ class Limiter:
             return
         self.latency = mean
         self.means.append(mean)
-        if mean > min(self.means) * (1 + TOLERANCE):
+        rising = mean > min(self.means) * (1 + TOLERANCE)
+        if rising and self.slow_start and not self.suspect:
+            self.suspect = True  # one noisy round must not end slow start at a tenth of the capacity
+        elif rising:
             self._cut(LATENCY_BACKOFF, "latency", in_flight)
         elif finished.peak >= self.limit:
+            self.suspect = False
             if self.slow_start:
                 self._set(self.limit * 2, "slow_start", in_flight)
             else:
@@ -121,12 +126,15 @@ class Limiter:
         self._set(wanted, reason, in_flight)
 
     def _set(self, wanted: float, reason: str, in_flight: int) -> None:
-        """The new limit, within 1..ceiling; the answers of the calls in flight under the old one are skipped."""
+        """The new limit, within 1..ceiling. After a cut, the answers of the calls in flight under the old limit
+        are skipped: they would cut again for the same overrun. After a raise they are not: a round under the
+        new limit mixes in a few under the old one, which only makes the next raise a little more careful."""
         limit = max(1, min(self.ceiling, math.floor(wanted)))
         if limit == self.limit:
             return
+        if limit < self.limit:
+            self.skip = max(0, in_flight - 1)
         self.limit, self.reason = limit, reason
-        self.skip = max(0, in_flight - 1)
         self.round = Round()
 
 

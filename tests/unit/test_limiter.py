@@ -61,6 +61,15 @@ def test_rising_latency_ends_slow_start_back_at_the_last_flat_limit() -> None:
     assert answer_a_round(limiter, FLAT * 1.5) == 32
 
 
+def test_one_noisy_round_does_not_end_slow_start() -> None:
+    limiter = Limiter(1024)
+    limits_over(limiter, 1, FLAT)
+    for _ in range(16):  # one round at 16, slower
+        limiter.on_sample(FLAT * 1.5, 16, False)
+
+    assert limits_over(limiter, 2, FLAT) == [32, 64]
+
+
 def test_rising_latency_after_slow_start_cuts_a_tenth() -> None:
     limiter = Limiter(1024)
     limits_over(limiter, 4, FLAT)
