@@ -6,8 +6,9 @@ Gradient and AIMD limits; this one is ours, and smaller): a call that waits in t
 the mean latency of a round of calls, against the lowest such mean seen (the backend without a queue), says
 whether the last step up was one too many. The limit starts at ``INITIAL`` and doubles every round while latency
 stays flat (slow start); an overload answer (429/503/504, a timeout, no connection) or two rounds in a row of
-risen latency halve it, back to the last limit known to be flat, and from then on it grows by one per flat round, loses ``LATENCY_BACKOFF`` of
-itself on a latency rise and ``OVERLOAD_BACKOFF`` on an overload answer. It stays within 1..ceiling.
+risen latency halve it, back to the last limit known to be flat; from then on it grows by one per flat round and
+falls to ``LATENCY_BACKOFF`` of itself on a latency rise, to ``OVERLOAD_BACKOFF`` on an overload answer. It stays
+within 1..ceiling.
 
 A round is ``max(limit, MIN_WINDOW)`` answers; after a cut, of calls started after it: the calls already in flight
 when the limit fell were sent under the old one, so their answers would judge it twice. A limit the calls did not
