@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from emailsync import db
+import pytest
+
+from emailsync import db, limiter
 from tests.backend import Backend, Overload
 from tests.conftest import AppDb, EmailSync
 
@@ -63,3 +66,24 @@ def test_auto_settles_at_the_backends_capacity_near_the_best_fixed_setting(pg: A
     assert 30 <= auto.settled <= 50
     assert auto.refused < 0.02 * auto.calls, f"{auto.refused} of {auto.calls} calls got 503"
     assert auto.users_per_s >= 0.85 * best.users_per_s, f"{auto.users_per_s:.0f}/s against {best.users_per_s:.0f}/s"
+
+
+@pytest.mark.parametrize(("concurrency", "limit"), [(4, 4), ("auto", limiter.INITIAL)], ids=["fixed", "auto"])
+def test_the_limit_at_the_end_of_the_run_is_logged_and_in_the_metrics(
+    concurrency: Any, limit: int, pg: AppDb, backend: Backend, email_sync: EmailSync, tmp_path: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    pg.add_users(5)  # fewer answers than one round: auto keeps the limit it starts with
+    textfile = tmp_path / "email_sync.prom"
+    email_sync.configure(pg, backend, backend={"concurrency": concurrency}, metrics={"textfile": str(textfile)})
+
+    result = email_sync("run")
+
+    assert result.event("cycle_finished")["concurrency_limit"] == limit
+    gauges = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(textfile.read_text())
+        for sample in family.samples
+    }
+    assert gauges["email_sync_concurrency_limit"] == limit
