@@ -6,6 +6,7 @@ test, on the same machine at the same time, so only the ratio counts."""
 
 from __future__ import annotations
 
+import signal
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from emailsync import db, limiter
-from tests.backend import Backend, Overload
+from tests.backend import Backend, Behaviour, Overload
 from tests.conftest import AppDb, EmailSync
 
 USERS = 3000  # ~11 s at the best fixed setting: 40 in flight, 150 ms each
@@ -87,3 +88,25 @@ def test_the_limit_at_the_end_of_the_run_is_logged_and_in_the_metrics(
         for sample in family.samples
     }
     assert gauges["email_sync_concurrency_limit"] == limit
+
+
+def test_sigterm_releases_the_users_whose_calls_wait_at_the_gate(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    pg.add_users(40)
+    backend.set_default(Behaviour(delay=1.0))
+    email_sync.configure(pg, backend, backend={"concurrency": "auto"}, sync={"shutdown_grace": "10s"})
+    process = email_sync.popen("run")
+    assert backend.wait_for_sync_calls(limiter.INITIAL, timeout=30)
+
+    process.send_signal(signal.SIGTERM)
+    stdout, _ = process.communicate(timeout=30)
+
+    assert process.returncode == 0, stdout
+    called = {call.user_id for call in backend.sync_calls()}
+    assert len(called) == limiter.INITIAL, "the gate let no call in past the limit, nor any after the signal"
+    assert pg.synced_ids() == called
+    assert pg.leased() == []
+    [run] = pg.runs()
+    assert (run.outcome, run.synced) == ("interrupted", limiter.INITIAL)
+    assert run.skipped > 0, "claims held at the gate were released, not failed"
