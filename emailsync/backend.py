@@ -33,10 +33,12 @@ from emailsync.budget import Pace
 from emailsync.config import BackendConfig
 from emailsync.deadline import REAPER, WatchedConnection, WatchedTLSConnection
 from emailsync.errors import BackendUnavailable, ConfigError
+from emailsync.limiter import Admission
 from emailsync.model import Claim, Kind, Outcome, kind_of
 
 MAX_BODY = 64 * 1024  # we only need a count from the body; a 10 MB answer is cut here
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+OVERLOAD_STATUSES = (429, 503, 504)  # with a timeout or no connection: what cuts concurrency = "auto"
 COOLDOWN_STATUSES = (429, 503)  # with Retry-After: the backend asks everyone to wait, so the whole fleet does
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("6b0e1e53-8a0b-4c1a-9a43-53b0f2a54e0c")
 
@@ -199,19 +201,26 @@ class Client:
         self.on_attempt = on_attempt
         self.pace = pace
 
-    def sync(self, session: Session, claim: Claim) -> Outcome:
+    def sync(self, session: Session, claim: Claim, gate: Admission) -> Outcome:
+        """The user's call with its retries, each attempt let in by ``gate``; NOT_STARTED when the run stops before
+        the gate lets the first one in."""
         started = time.monotonic()
         number = 0
-        while True:
+        attempt: Attempt | None = None
+        while gate.enter(self.stop):
             number += 1
             self.pace.wait(self.stop)
+            sent = time.monotonic()
             attempt = self._attempt(session, claim)
+            gate.leave(time.monotonic() - sent if attempt.kind is Kind.SYNCED else None, overloaded(attempt))
             self.on_attempt()
             if attempt.retry_after is not None and attempt.status in COOLDOWN_STATUSES:
                 self.pace.cool_down(attempt.retry_after, attempt.status)
             delay = self._retry_delay(number, attempt.retry_after) if attempt.kind is None else None
             if delay is None or self.stop.wait(delay):
                 break
+        if attempt is None:
+            return Outcome(claim, Kind.NOT_STARTED, None, 0, 0)
         # A transient failure that ran out of retries (or of time, when stopping) is a failure all the same.
         kind = attempt.kind or (Kind.TRANSPORT if attempt.status is None else Kind.SERVER_ERROR)
         duration_ms = int((time.monotonic() - started) * 1000)
@@ -244,6 +253,11 @@ class Client:
         if kind is None:
             return Attempt(None, status, error, retry_after=_retry_after(reply.headers.get("Retry-After")))
         return Attempt(kind, status, error)
+
+
+def overloaded(attempt: Attempt) -> bool:
+    """Whether an answer says the backend is overrun: it asked us to slow down, or gave no answer in time."""
+    return attempt.kind is None and (attempt.status is None or attempt.status in OVERLOAD_STATUSES)
 
 
 def _emails_synced(body: bytes) -> int | None:
@@ -281,18 +295,19 @@ def _describe(error: BaseException) -> str:
 
 
 class CallPool:
-    """``concurrency`` daemon threads, each with its own session, turning claims into outcomes.
+    """The gate's ``threads`` daemon threads, each with its own session, turning claims into outcomes.
 
     Daemon threads, so a call that is still hanging when the run must end cannot keep the process alive: its
     user's lease simply expires.
     """
 
-    def __init__(self, client: Client, concurrency: int, halt: threading.Event) -> None:
+    def __init__(self, client: Client, gate: Admission, halt: threading.Event) -> None:
         self.client = client
+        self.gate = gate
         self.halt = halt
         self.jobs: queue.SimpleQueue[Claim] = queue.SimpleQueue()
         self.outcomes: queue.SimpleQueue[Outcome | Exception] = queue.SimpleQueue()
-        for number in range(concurrency):
+        for number in range(gate.threads):
             threading.Thread(target=self._work, name=f"call-{number}", daemon=True).start()
 
     def submit(self, claim: Claim) -> None:
@@ -325,6 +340,6 @@ class CallPool:
                 self.outcomes.put(Outcome(claim, Kind.NOT_STARTED, None, 0, 0))
                 continue
             try:
-                self.outcomes.put(self.client.sync(session, claim))
+                self.outcomes.put(self.client.sync(session, claim, self.gate))
             except Exception as bug:  # noqa: BLE001 -- handed to the main thread, which raises it
                 self.outcomes.put(bug)

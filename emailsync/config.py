@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from emailsync import credentials, values
 from emailsync.credentials import BACKEND_TOKEN_CREDENTIAL, DATABASE_URL_CREDENTIAL
@@ -138,7 +138,15 @@ class BackendConfig:
         35.0,
         "The most one request may take, from connecting to its answer's last byte (a trickle cannot stretch it).",
     )
-    concurrency: int = key(values.integer(1, 1024), 8, "Calls in flight at once.")
+    concurrency: int | Literal["auto"] = key(
+        values.concurrency,
+        8,
+        """Calls in flight at once, or "auto": as many as the backend takes, found from its latency and its
+        429/503/timeouts, up to max_concurrency.""",
+    )
+    max_concurrency: int = key(
+        values.integer(1, 1024), 64, 'The most calls in flight that concurrency = "auto" may reach.'
+    )
     max_rate: float = key(
         values.rate,
         0.0,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import structlog
 from sqlalchemy import Engine
 
-from emailsync import alert, backend, budget, control, db, metrics, runs, schema, status
+from emailsync import alert, backend, budget, control, db, limiter, metrics, runs, schema, status
 from emailsync.backend import CallPool, Client
 from emailsync.config import Config
 from emailsync.control import FleetMode, FleetWatch
@@ -34,6 +34,7 @@ from emailsync.errors import (
     TemporaryError,
 )
 from emailsync.leases import PAGE, DuePages, Leases
+from emailsync.limiter import Admission
 from emailsync.model import Claim, Kind, Outcome, Result, RunCounts, is_permanent
 from emailsync.notify import Notifier
 
@@ -49,6 +50,7 @@ class RunReport:
     counts: RunCounts
     outcome: str
     duration_ms: int
+    concurrency_limit: int  # the last limit of concurrency = "auto"; a fixed concurrency's setting
 
 
 def check_watchdog_fits(config: Config, notifier: Notifier) -> None:
@@ -69,6 +71,7 @@ def run(config: Config, notifier: Notifier, stop: threading.Event) -> RunReport:
     started = time.monotonic()
     counts = RunCounts()
     outcome, error, recorded = "crashed", None, False
+    gate = limiter.admission(config.backend)
     engine = db.connect(config.database)
     try:
         schema.check_ready(engine, config.users)
@@ -84,13 +87,13 @@ def run(config: Config, notifier: Notifier, stop: threading.Event) -> RunReport:
             backend.check_health(config.backend)
             log.info("cycle_started", host=config.sync.host_id, due=counts.due, sync_url=config.backend.sync_url)
             cycle = Cycle(config, leases, fleet, notifier, stop, counts)
-            cycle.sync_due_users()
+            cycle.sync_due_users(gate)
             outcome = "interrupted" if stop.is_set() else _halted(cycle.halted) if cycle.halted else "ok"
     except EmailSyncError as failure:
         outcome, error = failure.event, failure
         raise
     finally:
-        report = RunReport(run_id, counts, outcome, int((time.monotonic() - started) * 1000))
+        report = RunReport(run_id, counts, outcome, int((time.monotonic() - started) * 1000), gate.limit)
         _report(report, error, engine if recorded else None, config)
         engine.dispose()
     return report
@@ -114,6 +117,7 @@ def _report(report: RunReport, error: EmailSyncError | None, engine: Engine | No
         failed=counts.failed,
         skipped=counts.skipped,
         duration_ms=report.duration_ms,
+        concurrency_limit=report.concurrency_limit,
     )
     textfile = config.metrics.textfile
     backlog = None
@@ -123,7 +127,7 @@ def _report(report: RunReport, error: EmailSyncError | None, engine: Engine | No
     if textfile:
         users = {"due": counts.due, "synced": counts.synced, "failed": counts.failed, "skipped": counts.skipped}
         try:
-            metrics.write(textfile, report.outcome, report.duration_ms / 1000, users, backlog)
+            metrics.write(textfile, report.outcome, report.duration_ms / 1000, users, backlog, report.concurrency_limit)
         except OSError as error:  # the run's own outcome decides the exit code, not its report's file
             log.warning("metrics_not_written", textfile=textfile, error=f"{error.strerror}: {error.filename}")
 
@@ -221,8 +225,8 @@ class Cycle:
         with self.attempts_lock:
             self.attempts += 1
 
-    def sync_due_users(self) -> None:
-        pool = CallPool(self.client, self.config.backend.concurrency, self.stop)
+    def sync_due_users(self, gate: Admission) -> None:
+        pool = CallPool(self.client, gate, self.stop)
         try:
             self._call_until_done(pool)
         except (EndpointError, CircuitOpen):
@@ -280,10 +284,11 @@ class Cycle:
             self._give_back(pool.take_unstarted())
 
     def _claim_more(self, pool: CallPool) -> None:
-        """Claim when the queue runs low, up to two claims per thread in flight (one running, one queued): enough
-        to stay busy, a claim round trip per `concurrency` users at least, and no lease waiting in the queue
-        longer than one call, which is what sync.lease >= 2 x the longest call covers."""
-        concurrency = self.config.backend.concurrency
+        """Claim when the queue runs low, up to two claims per call the gate lets in (one running, one queued):
+        enough to stay busy, a claim round trip per `concurrency` users at least, and no lease waiting in the queue
+        longer than one call, which is what sync.lease >= 2 x the longest call covers. Under concurrency = "auto"
+        that is the limit of the moment, not the ceiling's threads."""
+        concurrency = pool.gate.limit
         if len(self.in_flight) > concurrency:
             return
         room = 2 * concurrency - len(self.in_flight)

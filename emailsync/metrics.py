@@ -14,7 +14,14 @@ from emailsync.runs import HEALTHY_OUTCOMES
 from emailsync.status import Backlog
 
 
-def render(outcome: str, duration_s: float, users: dict[str, int], backlog: Backlog | None, finished: float) -> str:
+def render(
+    outcome: str,
+    duration_s: float,
+    users: dict[str, int],
+    backlog: Backlog | None,
+    concurrency_limit: int,
+    finished: float,
+) -> str:
     lines: list[str] = []
 
     def metric(name: str, help_text: str, samples: dict[str, float]) -> None:
@@ -35,6 +42,11 @@ def render(outcome: str, duration_s: float, users: dict[str, int], backlog: Back
         "Users of the last run: due at its start, synced, failed, skipped.",
         {f'{{state="{state}"}}': float(count) for state, count in users.items()},
     )
+    metric(
+        "concurrency_limit",
+        'Calls in flight the last run allowed at its end: the limit concurrency = "auto" settled on, or the setting.',
+        {"": float(concurrency_limit)},
+    )
     if backlog is not None:
         metric("users_due", "Users due now.", {"": float(backlog.due)})
         metric(
@@ -47,9 +59,11 @@ def render(outcome: str, duration_s: float, users: dict[str, int], backlog: Back
     return "\n".join(lines) + "\n"
 
 
-def write(path: str, outcome: str, duration_s: float, users: dict[str, int], backlog: Backlog | None) -> None:
+def write(
+    path: str, outcome: str, duration_s: float, users: dict[str, int], backlog: Backlog | None, concurrency_limit: int
+) -> None:
     target = Path(path)
-    content = render(outcome, duration_s, users, backlog, time.time())
+    content = render(outcome, duration_s, users, backlog, concurrency_limit, time.time())
     descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(descriptor, "w") as file:

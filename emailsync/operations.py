@@ -17,6 +17,7 @@ from emailsync.config import Config
 from emailsync.cycle import Verdict, result_of
 from emailsync.errors import Refused, TemporaryError, UsageError
 from emailsync.leases import Leases
+from emailsync.limiter import Fixed
 from emailsync.model import Claim, Outcome
 
 
@@ -37,7 +38,7 @@ def sync_user(config: Config, who: str) -> Outcome:
         with backend.Session(config.backend) as session:
             pace = budget.for_backend(engine, config.backend, config.sync.host_id)
             client = Client(config.backend, config.sync.max_emails, run_id, threading.Event(), lambda: None, pace)
-            outcome = client.sync(session, claim)
+            outcome = client.sync(session, claim, Fixed(1))
         if outcome.kind.blames_configuration:
             leases.release([claim])
             raise Verdict(1, config.backend.sync_url, [outcome]).error()

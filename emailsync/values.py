@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from emailsync import timespan
@@ -90,6 +90,19 @@ def statuses(value: Any) -> tuple[int, ...]:
         return tuple(sorted({parse(one) for one in value}))
     except Invalid as error:
         raise Invalid(f"{usage}: {error}") from None
+
+
+AUTO: Final = "auto"
+
+
+def concurrency(value: Any) -> int | Literal["auto"]:
+    """A number of calls in flight, or "auto": found from the backend's answers (emailsync/limiter.py)."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return integer(1, 1024)(value)
+    except Invalid as error:
+        raise Invalid(f'must be "auto" or an integer between 1 and 1024, got {shown(value)}') from error
 
 
 def rate(value: Any) -> float:

@@ -25,6 +25,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -64,6 +65,21 @@ class Behaviour:
     echo: str = ""  # a key of ECHOES: the body is an error quoting the request's bearer token spelled that way
 
 
+@dataclass(frozen=True)
+class Overload:
+    """A backend with a capacity: latency flat at ``base`` up to ``knee`` calls in flight, then ``slope`` x base
+    more for every call beyond it, and 503 at once beyond ``refuse`` calls in flight."""
+
+    base: float = 0.15
+    knee: int = 40
+    refuse: int = 60
+    slope: float = 0.25
+
+    def latency(self, in_flight: int) -> float:
+        """Seconds to answer a call that arrives as the ``in_flight``-th (itself included)."""
+        return self.base * (1 + self.slope * max(0, in_flight - self.knee))
+
+
 @dataclass
 class Recorded:
     """One request as the backend received it."""
@@ -96,6 +112,7 @@ class Backend:
         port: int = 0,
         host: str = "127.0.0.1",
         fail_every: int = 0,
+        overload: Overload | None = None,
     ) -> None:
         """Configure the server; nothing listens until start()."""
         self.sync_path = sync_path
@@ -106,6 +123,10 @@ class Backend:
         self.host = host
         self.port = port  # the real port once started; a restart reuses it
         self.fail_every = fail_every  # every n-th sync call answers 500 (0: never)
+        self.overload = overload  # latency from the calls in flight, instead of `latency`
+        self.in_flight = 0  # sync calls being answered now
+        self.peak_in_flight = 0
+        self.refused = 0  # sync calls the overload model answered 503
         self.health_status = 200
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
@@ -133,9 +154,7 @@ class Backend:
                 server.server_close()
                 raise
             # Handshakes then happen in the handler threads, not in the accept loop.
-            server.socket = context.wrap_socket(
-                server.socket, server_side=True, do_handshake_on_connect=False
-            )
+            server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
         self.port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(
@@ -218,6 +237,31 @@ class Backend:
             return self._arrived.wait_for(lambda: len(self._sync_calls()) >= n, timeout)
 
     # -- used by the request handler ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _answering(self) -> Iterator[int]:
+        """Count a sync call in flight while it is answered; yields how many are, this one included."""
+        with self._lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            in_flight = self.in_flight
+        try:
+            yield in_flight
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _refuses(self, in_flight: int) -> bool:
+        """Whether the overload model answers 503 to a call arriving as the ``in_flight``-th (and counts it)."""
+        if self.overload is None or in_flight <= self.overload.refuse:
+            return False
+        with self._lock:
+            self.refused += 1
+        return True
+
+    def _latency(self, in_flight: int) -> float:
+        """How long an answer takes when nothing is scripted: the overload model's, else the fixed latency."""
+        return self.latency if self.overload is None else self.overload.latency(in_flight)
 
     def _sync_calls(self, user_id: Any | None = None) -> list[Recorded]:
         """Sync calls, with the lock already held."""
@@ -342,9 +386,7 @@ class _Handler(BaseHTTPRequestHandler):
             payload, is_json = None, False
         user_id = payload.get("user_id") if isinstance(payload, dict) else None
         backend._record(
-            Recorded(
-                self.command, self.path, dict(self.headers.items()), body, payload, user_id, time.monotonic()
-            )
+            Recorded(self.command, self.path, dict(self.headers.items()), body, payload, user_id, time.monotonic())
         )
         path = urlsplit(self.path).path
         if path == backend.sync_path:
@@ -371,7 +413,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._respond(400, _error("body is not valid JSON"))
             return
         behaviour = backend._next_behaviour(user_id)
-        delay = behaviour.delay or backend.latency
+        with backend._answering() as in_flight:
+            if backend._refuses(in_flight):
+                self._respond(503, _error("overloaded"))
+                return
+            self._answer(payload, behaviour, behaviour.delay or backend._latency(in_flight))
+
+    def _answer(self, payload: Any, behaviour: Behaviour, delay: float) -> None:
+        """Answer a sync call as ``behaviour`` says, after ``delay`` seconds."""
         stopping = self.server.stopping
         if (delay > 0 and stopping.wait(delay)) or behaviour.close:
             self.close_connection = True  # stopped while waiting, or asked to drop the connection

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.backend import Backend, Behaviour
+from tests.backend import Backend, Behaviour, Overload
 
 ROOT = Path(__file__).resolve().parent.parent
 SYNC = "/api/v1/sync/start"
@@ -376,3 +376,37 @@ def test_program_prints_its_url_and_stops_on_sigterm(tmp_path: Path, session: re
             process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+def concurrent_syncs(backend: Backend, count: int) -> list[tuple[int, float]]:
+    """``count`` sync calls at once, each on its own connection: (status, seconds) of each."""
+
+    def one(user_id: int) -> tuple[int, float]:
+        with requests.Session() as client:
+            client.trust_env = False
+            started = time.monotonic()
+            status = sync(client, backend, user_id=user_id).status_code
+            return status, time.monotonic() - started
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def test_overload_latency_is_flat_up_to_the_knee() -> None:
+    with Backend(overload=Overload(base=0.2, knee=4, refuse=8)) as backend:
+        answers = concurrent_syncs(backend, 4)
+
+    assert [status for status, _ in answers] == [200] * 4
+    assert all(0.2 <= seconds < 0.4 for _, seconds in answers), answers
+
+
+def test_overload_latency_climbs_beyond_the_knee_and_the_cap_answers_503_at_once() -> None:
+    with Backend(overload=Overload(base=0.2, knee=2, refuse=4, slope=1.0)) as backend:
+        answers = concurrent_syncs(backend, 6)
+        refused, peak = backend.refused, backend.peak_in_flight
+
+    assert sorted(status for status, _ in answers) == [200] * 4 + [503] * 2
+    assert refused == 2
+    assert peak >= 5  # a 503 may be out before the last call comes in
+    assert max(seconds for status, seconds in answers if status == 200) >= 0.6  # the 4th: base x (1 + 2)
+    assert all(seconds < 0.2 for status, seconds in answers if status == 503)

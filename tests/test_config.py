@@ -192,6 +192,19 @@ def test_wrong_type_names_the_key_and_the_file(tmp_path: Path) -> None:
     assert "integer" in message
 
 
+def test_concurrency_may_be_auto_with_its_ceiling(tmp_path: Path) -> None:
+    loaded = load(config_file(tmp_path, backend={"concurrency": "auto", "max_concurrency": 128}), {})
+
+    assert (loaded.backend.concurrency, loaded.backend.max_concurrency) == ("auto", 128)
+
+
+def test_concurrency_neither_auto_nor_a_number_names_the_key_and_both_choices(tmp_path: Path) -> None:
+    path = config_file(tmp_path, backend={"concurrency": "automatic"})
+    message = error_of(path)
+    assert message.startswith(f"{path}: backend.concurrency ")
+    assert '"auto" or an integer between 1 and 1024' in message
+
+
 def test_bool_is_not_an_integer(tmp_path: Path) -> None:
     assert "backend.retries" in error_of(config_file(tmp_path, backend={"retries": True}))
 
@@ -347,6 +360,7 @@ ENV_SAMPLES = {
     "backend.read_timeout": ("2s", 2.0),
     "backend.call_timeout": ("1min 5s", 65.0),
     "backend.concurrency": ("3", 3),
+    "backend.max_concurrency": ("128", 128),
     "backend.max_rate": ("0.5", 0.5),
     "backend.retries": ("0", 0),
     "backend.retry_backoff": ("100ms", 0.1),

@@ -203,6 +203,8 @@ def plausible(key: Key) -> st.SearchStrategy[Any]:
     """Values of the key's kind, mostly valid: so that a good share of the generated configs load."""
     if key.dotted == "backend.max_rate":
         return st.floats(0, 100) | st.integers(0, 100)
+    if key.dotted == "backend.concurrency":
+        return st.integers(0, 60) | st.sampled_from(["auto", "AUTO", "automatic"])
     if isinstance(key.default, float):
         seconds = st.integers(1, 900)
         return seconds | seconds.map(lambda n: f"{n}s") | st.sampled_from(["250ms", "5m", "1h30m", "2d"])

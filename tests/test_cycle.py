@@ -240,9 +240,7 @@ def test_only_the_lease_holder_can_record_a_result(ok: bool, app_db: AppDb, stor
     assert (app_db.state(1).lease_owner, app_db.state(1).failures, app_db.state(1).last_error) == ("run-b", 0, None)
 
 
-def test_a_batch_of_the_largest_configurable_size_is_recorded(
-    app_db: AppDb, store_of: Callable[[str], Leases]
-) -> None:
+def test_a_batch_of_the_largest_configurable_size_is_recorded(app_db: AppDb, store_of: Callable[[str], Leases]) -> None:
     app_db.add_users(10_000)  # sync.batch_size's maximum
     store = store_of("run-a")
     claims = store.claim(store.next_page(10_000))

@@ -73,8 +73,9 @@ def test_an_email_changed_mid_call_keeps_the_user_synced_once(
     backend.script(1, Behaviour(delay=1.0))
     email_sync.configure(pg, backend)
     changer = threading.Thread(
-        target=lambda: backend.wait_for_sync_calls(2)
-        and pg.execute("UPDATE users SET email = 'new@example.com' WHERE id = 1")
+        target=lambda: (
+            backend.wait_for_sync_calls(2) and pg.execute("UPDATE users SET email = 'new@example.com' WHERE id = 1")
+        )
     )
     changer.start()
 

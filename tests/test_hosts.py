@@ -44,9 +44,7 @@ def assert_each_synced_once(pg: AppDb, backend: Backend, count: int, hosts: int)
     assert len(runs) == hosts and sum(run.synced for run in runs) == count
 
 
-def test_four_hosts_sync_twenty_thousand_users_exactly_once(
-    pg: AppDb, backend: Backend, email_sync: EmailSync
-) -> None:
+def test_four_hosts_sync_twenty_thousand_users_exactly_once(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
     pg.add_users(20_000)
     email_sync.configure(pg, backend, backend={"concurrency": 8}, logging={"level": "warning"})
 
