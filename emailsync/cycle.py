@@ -71,7 +71,7 @@ def run(config: Config, notifier: Notifier, stop: threading.Event) -> RunReport:
         runs.start(engine, run_id, config.sync.host_id, os.getpid())
         recorded = True
         leases = Leases(engine, config.users, config.sync, run_id)
-        backend.check_health(config.backend)
+        backend.check_health(config.backend, run_id)
         counts.due = leases.count_due()
         log.info("cycle_started", host=config.sync.host_id, due=counts.due, sync_url=config.backend.sync_url)
         Cycle(config, leases, notifier, stop, counts).sync_due_users()
