@@ -144,6 +144,33 @@ def optional_http_url(value: Any) -> str:
     return http_url(value) if text(value) else ""
 
 
+def ping_url(value: Any) -> str:
+    """A monitoring URL, query string allowed (an Uptime Kuma push URL has one); empty: off."""
+    given = text(value).strip()
+    if not given:
+        return ""
+    try:
+        parts = urlsplit(given)
+        parts.port  # noqa: B018 -- urlsplit validates the port only when asked
+    except ValueError:  # its message may quote the netloc
+        raise Invalid("must be an http(s) URL with a valid host and port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        raise Invalid("must be an http:// or https:// URL without credentials")
+    if parts.fragment:
+        raise Invalid("must not have a #fragment")
+    return given
+
+
+def one_of(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        given = text(value).strip().lower()
+        if given not in choices:
+            raise Invalid(f"must be one of {', '.join(choices)}, got {shown(value)}")
+        return given
+
+    return parse
+
+
 def log_level(value: Any) -> str:
     given = text(value).lower()
     if given not in _LOG_LEVELS:

@@ -107,6 +107,10 @@ class Backend:
         self.port = port  # the real port once started; a restart reuses it
         self.fail_every = fail_every  # every n-th sync call answers 500 (0: never)
         self.health_status = 200
+        # Requests under this path are monitoring pings (emailsync/monitor.py): answered monitor_status, "OK".
+        self.monitor_path = "/ping/"
+        self.monitor_status = 200
+        self.monitor_delay = 0.0  # seconds before a ping's answer
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._default = Behaviour()
@@ -133,9 +137,7 @@ class Backend:
                 server.server_close()
                 raise
             # Handshakes then happen in the handler threads, not in the accept loop.
-            server.socket = context.wrap_socket(
-                server.socket, server_side=True, do_handshake_on_connect=False
-            )
+            server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
         self.port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(
@@ -211,6 +213,11 @@ class Backend:
         """POSTs to the sync path, optionally only those for one user (compared after str())."""
         with self._lock:
             return self._sync_calls(user_id)
+
+    def pings(self) -> list[Recorded]:
+        """Requests to the monitoring path, in arrival order."""
+        with self._lock:
+            return [r for r in self._requests if urlsplit(r.path).path.startswith(self.monitor_path)]
 
     def wait_for_sync_calls(self, n: int, timeout: float = 10.0) -> bool:
         """Block until at least n sync calls have arrived; False on timeout."""
@@ -342,9 +349,7 @@ class _Handler(BaseHTTPRequestHandler):
             payload, is_json = None, False
         user_id = payload.get("user_id") if isinstance(payload, dict) else None
         backend._record(
-            Recorded(
-                self.command, self.path, dict(self.headers.items()), body, payload, user_id, time.monotonic()
-            )
+            Recorded(self.command, self.path, dict(self.headers.items()), body, payload, user_id, time.monotonic())
         )
         path = urlsplit(self.path).path
         if path == backend.sync_path:
@@ -358,6 +363,11 @@ class _Handler(BaseHTTPRequestHandler):
             status = backend.health_status
             health = {"status": "ok" if 200 <= status < 300 else "unhealthy"}
             self._respond(status, json.dumps(health).encode())
+        elif path.startswith(backend.monitor_path):
+            if backend.monitor_delay > 0 and self.server.stopping.wait(backend.monitor_delay):
+                self.close_connection = True
+                return
+            self._respond(backend.monitor_status, b"OK")
         else:
             self._respond(404, _error("not found"))
 
