@@ -172,7 +172,7 @@ class StatusConfig:
         values.integer(1, 1000), 3, "`status` exits non-zero when no run succeeded within this many timer intervals."
     )
     max_staleness: float = key(
-        values.duration,
+        values.duration_or_derived,
         0.0,
         """The freshness promise: every user synced within this. Broken when a user's last_sync (backoff included;
         never-synced users are counted, but do not break it) is older: `status` exits 2, the metrics say so and the

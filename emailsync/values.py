@@ -54,6 +54,11 @@ def duration(value: Any) -> float:
     return seconds
 
 
+def duration_or_derived(value: Any) -> float:
+    """A duration, or 0 (the number or "0"): the key's value is then derived from other keys."""
+    return 0.0 if value in (0, "0") and not isinstance(value, bool) else duration(value)
+
+
 def statement_timeout(value: Any) -> float:
     seconds = duration(value)
     low, high = _STATEMENT_TIMEOUT_MS
