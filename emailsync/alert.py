@@ -57,17 +57,24 @@ def _journal(unit: str, invocation: str) -> list[str]:
 
 
 def send(config: Config, alert: dict[str, Any]) -> bool:
-    """Deliver the alert to the webhook and/or the command; False when alerting is off."""
-    webhook, command = config.alert.webhook_url, config.alert.command
-    if not webhook and not command:
+    """Deliver a failed unit's alert; False when alerting is off."""
+    if not deliver(config, alert):
         log.info("alert_disabled", unit=alert["unit"], hint="set alert.webhook_url or alert.command")
         return False
-    body = json.dumps(alert)
+    log.info("alert_sent", unit=alert["unit"], result=alert["result"], exit_status=alert["exit_status"])
+    return True
+
+
+def deliver(config: Config, alert: dict[str, Any]) -> bool:
+    """POST the alert's JSON to the webhook and/or hand it to the command; False when alerting is off."""
+    webhook, command = config.alert.webhook_url, config.alert.command
+    if not webhook and not command:
+        return False
+    body = json.dumps(alert, default=str)
     if webhook:
         _post(config, webhook, body)
     if command:
         _run(command, body)
-    log.info("alert_sent", unit=alert["unit"], result=alert["result"], exit_status=alert["exit_status"])
     return True
 
 

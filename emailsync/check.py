@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, inspect
 
-from emailsync import backend, db, schema, systemctl, timespan
+from emailsync import backend, control, db, schema, systemctl, timespan
 from emailsync.config import Config
 from emailsync.credentials import BACKEND_TOKEN_CREDENTIAL, DATABASE_URL_CREDENTIAL
 from emailsync.errors import EmailSyncError, TemporaryError
@@ -129,6 +129,7 @@ def _database(config: Config) -> list[Check]:
             return [
                 Check("database", True, f"reachable, schema v{schema.SCHEMA_VERSION}, {config.users.table} ok"),
                 _app_index(engine, config),
+                _fleet(engine),
             ]
     except EmailSyncError as error:
         return [_database_failed(error)]
@@ -157,6 +158,13 @@ def _app_index(engine: Engine, config: Config) -> Check:
         "email-sync migrate --print-app-indexes shows the CREATE INDEX to run",
         warning=not indexed,
     )
+
+
+def _fleet(engine: Engine) -> Check:
+    """A paused fleet is no fault of the setup, but whoever checks it wonders why nothing is synced."""
+    with db.transaction(engine) as connection:
+        mode = control.read(connection)
+    return Check("fleet", mode.claims, mode.describe(), "`email-sync resume` when it is over", warning=not mode.claims)
 
 
 def _backend_health(config: Config, trace: str) -> Check:

@@ -26,8 +26,8 @@ EPILOG = f"""\
 exit codes:
   {EXIT_OK}   the command did its work (a run's per-user failures are reported, not fatal)
   {EXIT_BUG}   a bug: the traceback is in the log
-  {EXIT_NO}   the answer is no: `status` unhealthy, a `check` failed, `sync USER` failed
-  {EXIT_USAGE}  no such user (`sync`, `reset`)
+  {EXIT_NO}   the answer is no: `status` unhealthy, a `check` failed, `sync USER` failed or the user is parked
+  {EXIT_USAGE}  no such user (`sync`, `reset`, `park`, `unpark`), or `unpark` of a user not parked
   {EXIT_TEMPFAIL}  temporary: the database or the backend is unreachable or failing; the next run may succeed
   {EXIT_CONFIG}  configuration: bad config, wrong endpoint or token, missing schema; fix it, then run again
 
@@ -36,7 +36,8 @@ any key can be overridden by EMAIL_SYNC_<SECTION>_<KEY> (e.g. EMAIL_SYNC_BACKEND
 """
 
 
-NO_BACKEND = ("migrate", "status", "users", "reset", "alert")  # they work before the backend is configured
+# They work before the backend is configured.
+NO_BACKEND = ("migrate", "status", "users", "reset", "alert", "pause", "drain", "resume", "park", "unpark")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,7 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"email-sync {__version__}")
     parser.add_argument("--config", metavar="PATH", help="the TOML config file")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("run", help="run one sync cycle, then exit (what the systemd timer starts)")
+    run = commands.add_parser("run", help="run one sync cycle, then exit (what the systemd timer starts)")
+    run.add_argument(
+        "--dry-run", action="store_true", help="print whom a run would claim now, and exit: no lease, no call"
+    )
+    run.add_argument("--limit", type=int, default=10, help="with --dry-run: list this many (default 10)")
     migrate = commands.add_parser("migrate", help="create or upgrade email-sync's own tables")
     migrate.add_argument(
         "--print-app-indexes", action="store_true", help="print the index the app's users table should have, and exit"
@@ -59,15 +64,27 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("check", help="check config, secrets, interpreter, database, backend and endpoint")
     sync = commands.add_parser("sync", help="sync one user now (ignores interval and backoff, not leases)")
     sync.add_argument("user", metavar="USER", help="the user's id or email")
-    users = commands.add_parser("users", help="list users: due now (default), failing, or leased")
+    users = commands.add_parser("users", help="list users: due now (default), failing, leased or parked")
     which = users.add_mutually_exclusive_group()
-    for name in ("due", "failing", "leased"):
+    for name in ("due", "failing", "leased", "parked"):
         which.add_argument(f"--{name}", dest="which", action="store_const", const=name)
     users.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    reset = commands.add_parser("reset", help="clear a user's backoff so the next cycle retries it")
+    reset = commands.add_parser("reset", help="clear a user's backoff and quarantine so the next cycle retries it")
     target = reset.add_mutually_exclusive_group(required=True)
     target.add_argument("user", metavar="USER", nargs="?", help="the user's id or email")
     target.add_argument("--all-failing", action="store_true", help="every user in backoff")
+    for name, help_text in (
+        ("pause", "every host: claim nobody more, finish the calls in flight, give back the rest; until resume"),
+        ("drain", "every host: claim nobody more, finish every claim already held; until resume"),
+    ):
+        mode = commands.add_parser(name, help=help_text)
+        mode.add_argument("--reason", help="why, for `status`")
+    commands.add_parser("resume", help="every host: claim again, from the next run on")
+    park = commands.add_parser("park", help="set one user aside: no run syncs it until unpark")
+    park.add_argument("user", metavar="USER", help="the user's id or email")
+    park.add_argument("--reason", required=True, help="why, for `status` and `users --parked`")
+    unpark = commands.add_parser("unpark", help="return a parked or quarantined user, with its backoff cleared")
+    unpark.add_argument("user", metavar="USER", help="the user's id or email")
     alert = commands.add_parser("alert", help="send the failure alert (started by systemd's OnFailure=)")
     alert.add_argument("unit", metavar="UNIT", nargs="?", default="email-sync.service", help="the failed unit")
     reference = commands.add_parser("config", help="print the commented sample config or the key reference, and exit")
@@ -95,6 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sync": _sync,
         "users": _users,
         "reset": _reset,
+        "pause": _fleet_mode,
+        "drain": _fleet_mode,
+        "resume": _fleet_mode,
+        "park": _park,
+        "unpark": _unpark,
         "alert": _alert,
     }
     try:
@@ -122,8 +144,12 @@ def _load_config(path: str | None, command: str) -> Config:
     return loaded
 
 
-def _run(config: Config, _: argparse.Namespace) -> int:
-    from emailsync import cycle
+def _run(config: Config, args: argparse.Namespace) -> int:
+    from emailsync import cycle, operations
+
+    if args.dry_run:
+        print("\n".join(operations.dry_run(config, args.limit)))
+        return EXIT_OK
     from emailsync.notify import Notifier
 
     notifier = Notifier.from_env()
@@ -195,6 +221,28 @@ def _reset(config: Config, args: argparse.Namespace) -> int:
 
     count = operations.reset(config, None if args.all_failing else args.user)
     structlog.get_logger().info("backoff_reset", users=count)
+    return EXIT_OK
+
+
+def _fleet_mode(config: Config, args: argparse.Namespace) -> int:
+    from emailsync import control, operations
+
+    mode = {"pause": control.PAUSED, "drain": control.DRAINING, "resume": control.RUNNING}[args.command]
+    operations.set_fleet_mode(config, mode, getattr(args, "reason", None))
+    return EXIT_OK
+
+
+def _park(config: Config, args: argparse.Namespace) -> int:
+    from emailsync import operations
+
+    operations.park(config, args.user, args.reason)
+    return EXIT_OK
+
+
+def _unpark(config: Config, args: argparse.Namespace) -> int:
+    from emailsync import operations
+
+    operations.unpark(config, args.user)
     return EXIT_OK
 
 

@@ -112,6 +112,18 @@ class SyncConfig:
         3,
         "If the first this-many answers are all 404/405/3xx (or 401/403), the endpoint (or token) is wrong: exit 78.",
     )
+    quarantine_after: int = key(
+        values.integer(0, 1000),
+        5,
+        """Park a user whose calls failed permanently this many times in a row (0 = never): a run stops
+        retrying it, one alert names it, `email-sync unpark` or `reset` returns it.""",
+    )
+    quarantine_statuses: tuple[int, ...] = key(
+        values.statuses,
+        (),
+        """The answers that count as permanent failures, e.g. [410, 422]; empty: every 4xx but 401, 403, 404,
+        405, 408 and 429 (which say the configuration is wrong, or ask to retry).""",
+    )
 
 
 @dataclass(frozen=True)

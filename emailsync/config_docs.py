@@ -116,6 +116,8 @@ def toml_value(key: config.Key) -> str:
         return f'"{duration(default)}"' if default else "0"  # 0: a duration derived from other keys
     if isinstance(default, bool):
         return str(default).lower()
+    if isinstance(default, tuple):
+        return "[" + ", ".join(str(one) for one in default) + "]"
     if isinstance(default, int | float):
         return f"{default:g}" if isinstance(default, float) else str(default)
     return '"' + str(default).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -5,7 +5,9 @@ pool's threads talk HTTP, and touch the database only to lease the fleet's call 
 (emailsync/budget.py, one thread at a time). The cycle ends when no due user is left or ``max_users_per_run`` were
 claimed; early when asked to stop (SIGTERM), when the endpoint or token is wrong for everyone (78), or when the
 backend keeps failing (75). Ending early always means: start no new call, give in-flight calls ``shutdown_grace``
-to finish and record them, release every lease we did not use.
+to finish and record them, release every lease we did not use. An operator's `pause` or `drain`
+(emailsync/control.py) ends it gently: it claims nobody more and lets every call in flight finish; a pause also
+gives back the claims not yet started.
 """
 
 from __future__ import annotations
@@ -19,18 +21,20 @@ from dataclasses import dataclass, field
 import structlog
 from sqlalchemy import Engine
 
-from emailsync import backend, budget, db, metrics, runs, schema, status
+from emailsync import alert, backend, budget, control, db, metrics, runs, schema, status
 from emailsync.backend import CallPool, Client
 from emailsync.config import Config
+from emailsync.control import FleetMode, FleetWatch
 from emailsync.errors import (
     CircuitOpen,
     ConfigError,
     DatabaseUnavailable,
     EmailSyncError,
     EndpointError,
+    TemporaryError,
 )
 from emailsync.leases import PAGE, DuePages, Leases
-from emailsync.model import Claim, Kind, Outcome, Result, RunCounts
+from emailsync.model import Claim, Kind, Outcome, Result, RunCounts, is_permanent
 from emailsync.monitor import Pinger
 from emailsync.notify import Notifier
 
@@ -74,11 +78,17 @@ def run(config: Config, notifier: Notifier, stop: threading.Event) -> RunReport:
         recorded = True
         pings.start()
         leases = Leases(engine, config.users, config.sync, run_id)
-        backend.check_health(config.backend, run_id)
+        fleet = FleetWatch(engine)
         counts.due = leases.count_due()
-        log.info("cycle_started", host=config.sync.host_id, due=counts.due, sync_url=config.backend.sync_url)
-        Cycle(config, leases, notifier, stop, counts).sync_due_users()
-        outcome = "interrupted" if stop.is_set() else "ok"
+        mode = fleet.current()
+        if not mode.claims:  # the backend may be down for the very maintenance the pause is for
+            outcome = _halted(mode)
+        else:
+            backend.check_health(config.backend, run_id)
+            log.info("cycle_started", host=config.sync.host_id, due=counts.due, sync_url=config.backend.sync_url)
+            cycle = Cycle(config, leases, fleet, notifier, stop, counts)
+            cycle.sync_due_users()
+            outcome = "interrupted" if stop.is_set() else _halted(cycle.halted) if cycle.halted else "ok"
     except EmailSyncError as failure:
         outcome, error = failure.event, failure
         raise
@@ -87,6 +97,12 @@ def run(config: Config, notifier: Notifier, stop: threading.Event) -> RunReport:
         _report(report, error, engine if recorded else None, config, pings)
         engine.dispose()
     return report
+
+
+def _halted(mode: FleetMode) -> str:
+    """The outcome of a run that the fleet's mode stopped: healthy, as a run stopped by systemd is."""
+    log.info("fleet_halted", mode=mode.mode, changed_by=mode.changed_by, reason=mode.reason)
+    return "paused" if mode.mode == control.PAUSED else "drained"
 
 
 def _report(
@@ -140,7 +156,7 @@ def _ping_end(report: RunReport, backlog: status.Backlog | None, config: Config,
     pings.finish(report.outcome in runs.HEALTHY_OUTCOMES and bool(facts["freshness_ok"]), facts)
 
 
-def result_of(outcome: Outcome) -> Result:
+def result_of(outcome: Outcome, permanent_statuses: tuple[int, ...]) -> Result:
     """The result to record for a finished call, logged as it is decided."""
     ok = outcome.kind is Kind.SYNCED
     fields = {
@@ -153,7 +169,8 @@ def result_of(outcome: Outcome) -> Result:
         log.info("user_synced", **fields, emails_synced=outcome.emails_synced)
     else:
         log.warning("user_failed", **fields, kind=outcome.kind.value, error=outcome.error)
-    return Result(outcome.claim, ok, outcome.duration_ms, outcome.error)
+    permanent = not ok and is_permanent(outcome.status, permanent_statuses)
+    return Result(outcome.claim, ok, outcome.duration_ms, outcome.error, permanent)
 
 
 @dataclass
@@ -200,10 +217,19 @@ class Verdict:
 
 class Cycle:
     def __init__(
-        self, config: Config, leases: Leases, notifier: Notifier, stop: threading.Event, counts: RunCounts
+        self,
+        config: Config,
+        leases: Leases,
+        fleet: FleetWatch,
+        notifier: Notifier,
+        stop: threading.Event,
+        counts: RunCounts,
     ) -> None:
         self.config = config
         self.leases = leases
+        self.fleet = fleet
+        self.halted: FleetMode | None = None  # the pause or drain that ended this run's claiming
+        self.quarantined: list[Result] = []
         self.notifier = notifier
         self.stop = stop
         self.counts = counts
@@ -233,11 +259,15 @@ class Cycle:
             raise
         finally:
             self.notifier.status(self.status_line())
+            if self.quarantined:
+                self._alert_quarantined()
 
     def _call_until_done(self, pool: CallPool) -> None:
         last_flush = time.monotonic()
         progress_seen = -1
         while self.in_flight or not self._done_claiming():
+            if not self._done_claiming():
+                self._heed_fleet(pool)
             if not self._done_claiming():
                 self._claim_more(pool)
                 if not self.in_flight and self._done_claiming():
@@ -260,7 +290,22 @@ class Cycle:
         self._flush()
 
     def _done_claiming(self) -> bool:
-        return self.due.done or self.stop.is_set() or self.claimed >= self.config.sync.max_users_per_run
+        return (
+            self.due.done
+            or self.stop.is_set()
+            or self.halted is not None
+            or self.claimed >= self.config.sync.max_users_per_run
+        )
+
+    def _heed_fleet(self, pool: CallPool) -> None:
+        """A pause or drain typed on any host reaches this run within control.READ_EVERY: claim nobody more; on
+        a pause also give back the claims not started yet. Calls in flight finish and are recorded either way."""
+        mode = self.fleet.current()
+        if mode.claims:
+            return
+        self.halted = mode
+        if mode.mode == control.PAUSED:
+            self._give_back(pool.take_unstarted())
 
     def _claim_more(self, pool: CallPool) -> None:
         """Claim when the queue runs low, up to two claims per thread in flight (one running, one queued): enough
@@ -301,15 +346,21 @@ class Cycle:
             self.counts.skipped += 1
             self.to_release.append(outcome.claim)
             return
-        self.to_record.append(result_of(outcome))
+        self.to_record.append(result_of(outcome, self.config.sync.quarantine_statuses))
         if outcome.kind is Kind.SYNCED:
             self.counts.synced += 1
         else:
             self.counts.failed += 1
 
+    def _give_back(self, claims: list[Claim]) -> None:
+        """Claims whose call never started: skipped, their leases released with the next flush."""
+        for claim in claims:
+            self.in_flight.pop(claim.key, None)
+            self._account(Outcome(claim, Kind.NOT_STARTED, None, 0, 0))
+
     def _flush(self) -> None:
         batch, self.to_record = self.to_record, []
-        self.leases.record(batch)
+        self.quarantined += self.leases.record(batch)
         unused, self.to_release = self.to_release, []
         self.leases.release(unused)
 
@@ -323,9 +374,7 @@ class Cycle:
         self.notifier.stopping()
         unstarted = pool.take_unstarted() + [s.claim for s in self.verdict.suspects]
         self.verdict.suspects = []
-        for claim in unstarted:
-            self.in_flight.pop(claim.key, None)
-            self._account(Outcome(claim, Kind.NOT_STARTED, None, 0, 0))
+        self._give_back(unstarted)
         deadline = time.monotonic() + self.config.sync.shutdown_grace
         while self.in_flight and time.monotonic() < deadline:
             outcome = pool.next_outcome(min(POLL, max(0.0, deadline - time.monotonic())))
@@ -338,6 +387,24 @@ class Cycle:
         self._flush()
         if self.in_flight:
             log.warning("calls_abandoned", count=len(self.in_flight), lease_s=self.config.sync.lease)
+
+    def _alert_quarantined(self) -> None:
+        """One alert per run names every user it quarantined; a failing alert is logged, it does not fail the run."""
+        users = [{"user_id": r.claim.user_id, "reason": r.error} for r in self.quarantined]
+        log.warning("users_quarantined", count=len(users), users=users)
+        try:
+            alert.deliver(
+                self.config,
+                {
+                    "event": "users_quarantined",
+                    "host": self.config.sync.host_id,
+                    "run_id": self.leases.owner,
+                    "quarantine_after": self.config.sync.quarantine_after,
+                    "users": users,
+                },
+            )
+        except TemporaryError as error:
+            log.warning("alert_failed", error=str(error))
 
     def status_line(self) -> str:
         return f"synced {self.counts.synced}/{self.counts.due}, {self.counts.failed} failed"

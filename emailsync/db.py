@@ -25,6 +25,7 @@ STATE = "email_sync_user_state"
 RUNS = "email_sync_runs"
 VERSION_TABLE = "email_sync_schema"
 BUDGET = "email_sync_budget"
+FLEET = "email_sync_fleet"
 MAX_ERROR_CHARS = 500  # of an error stored in our tables: enough to act on, never a whole answer body
 URL_FROM = "email_sync_url_from"  # an execution option: where the URL came from, for errors that name it
 

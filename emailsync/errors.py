@@ -47,6 +47,13 @@ class UsageError(EmailSyncError):
     event = "usage_error"
 
 
+class Refused(EmailSyncError):
+    """The command cannot be done in the state things are in (e.g. `sync` of a parked user)."""
+
+    exit_code = EXIT_NO
+    event = "refused"
+
+
 class TemporaryError(EmailSyncError):
     """Something we depend on is down; the next timer tick may succeed."""
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import BindParameter, Connection, Engine, bindparam, text
 
+from emailsync import control
 from emailsync.config import SyncConfig, UsersConfig
 from emailsync.db import MAX_ERROR_CHARS, STATE, dialect_of, with_retry
 from emailsync.logs import redact_and_truncate
@@ -126,16 +127,22 @@ class Leases:
         return bool(claimed)
 
     def reset(self, keys: Sequence[str] | None) -> int:
-        """Clear the backoff of these users (None: of every failing user), so the next cycle retries them."""
+        """Clear the backoff of these users (None: of every failing user), and their quarantine, so the next cycle
+        retries them. A park by an operator stays: only `unpark` ends it."""
         where = "failures > 0" if keys is None else "user_id = :key"
         params: list[dict[str, str]] = [{}] if keys is None else [{"key": key} for key in keys]
+        quarantined = f"parked_by = '{control.QUARANTINE}'"
         return with_retry(
             self.engine,
             lambda connection: sum(
                 connection.execute(
                     text(
-                        f"UPDATE {STATE} SET failures = 0, next_attempt_at = NULL, last_error = NULL, "
-                        f"updated_at = {self.d.now} WHERE {where}"
+                        f"""UPDATE {STATE} SET {control.CLEAN_SLATE},
+                                parked_at = CASE WHEN {quarantined} THEN NULL ELSE parked_at END,
+                                parked_reason = CASE WHEN {quarantined} THEN NULL ELSE parked_reason END,
+                                parked_by = CASE WHEN {quarantined} THEN NULL ELSE parked_by END,
+                                updated_at = {self.d.now}
+                            WHERE {where}"""
                     ),
                     one,
                 ).rowcount
@@ -143,15 +150,21 @@ class Leases:
             ),
         )
 
-    def record(self, results: Sequence[Result]) -> None:
-        """Write a batch of results in one transaction, retried on a fresh connection while the database is away."""
-        if results:
-            with_retry(self.engine, lambda connection: self._record(connection, results))
+    def record(self, results: Sequence[Result]) -> list[Result]:
+        """Write a batch of results in one transaction, retried on a fresh connection while the database is away.
+        Returns the users this batch quarantined."""
+        if not results:
+            return []
+        return with_retry(self.engine, lambda connection: self._record(connection, results))
 
-    def _record(self, connection: Connection, results: Sequence[Result]) -> None:
+    def _record(self, connection: Connection, results: Sequence[Result]) -> list[Result]:
         """Three statements at most, whatever the batch's size (Debian's SQLite takes 250,000 parameters; a batch
-        of sync.batch_size's maximum, 10,000 failures, needs 40,000): last_sync of the synced users whose lease we
-        still hold (the app's row first, as a claim locks it), then their state, then the failed users' state."""
+        of sync.batch_size's maximum, 10,000 failures, needs 50,000): last_sync of the synced users whose lease we
+        still hold (the app's row first, as a claim locks it), then their state, then the failed users' state.
+
+        A failure that is permanent (Result.permanent) counts towards quarantine, any other outcome starts the
+        count again; the failure that reaches sync.quarantine_after parks the user, unless an operator parked it
+        meanwhile."""
         d = self.d
         synced = [r for r in results if r.ok]
         failed = [r for r in results if not r.ok]
@@ -168,37 +181,57 @@ class Leases:
                 connection,
                 "ms",
                 [(r.claim.key, r.duration_ms) for r in synced],
-                f"""failures = 0, next_attempt_at = NULL, last_error = NULL, last_success_at = {d.now},
-                    last_duration_ms = batch.ms""",
+                f"""failures = 0, permanent_failures = 0, next_attempt_at = NULL, last_error = NULL,
+                    last_success_at = {d.now}, last_duration_ms = batch.ms""",
             )
-        if failed:
-            self._update_held(
-                connection,
-                "ms, delay, error",
-                [
-                    (
-                        r.claim.key,
-                        r.duration_ms,
-                        failure_backoff(self.sync, r.claim.failures),
-                        redact_and_truncate(r.error or "failed", MAX_ERROR_CHARS),
-                    )
-                    for r in failed
-                ],
-                f"""failures = failures + 1, next_attempt_at = {d.shifted("batch.delay")}, last_error = batch.error,
-                    last_duration_ms = batch.ms""",
-            )
+        if not failed:
+            return []
+        after = self.sync.quarantine_after
+        quarantine = f"batch.permanent = 1 AND {after} > 0 AND permanent_failures + 1 >= {after} AND parked_at IS NULL"
+        rows = self._update_held(
+            connection,
+            "ms, delay, error, permanent",
+            [
+                (
+                    r.claim.key,
+                    r.duration_ms,
+                    failure_backoff(self.sync, r.claim.failures),
+                    redact_and_truncate(r.error or "failed", MAX_ERROR_CHARS),
+                    int(r.permanent),
+                )
+                for r in failed
+            ],
+            f"""failures = failures + 1, next_attempt_at = {d.shifted("batch.delay")}, last_error = batch.error,
+                last_duration_ms = batch.ms,
+                permanent_failures = CASE WHEN batch.permanent = 1 THEN permanent_failures + 1 ELSE 0 END,
+                parked_by = CASE WHEN {quarantine} THEN '{control.QUARANTINE}' ELSE parked_by END,
+                parked_reason = CASE WHEN {quarantine} THEN batch.error ELSE parked_reason END,
+                parked_at = CASE WHEN {quarantine} THEN {d.now} ELSE parked_at END""",
+            returning="user_id, parked_by, permanent_failures",
+        )
+        newly = {
+            row.user_id
+            for row in rows
+            if row.parked_by == control.QUARANTINE and row.permanent_failures == self.sync.quarantine_after
+        }
+        return [r for r in failed if r.claim.key in newly]
 
-    def _update_held(self, connection: Connection, columns: str, rows: Sequence[tuple[Any, ...]], sets: str) -> None:
+    def _update_held(
+        self, connection: Connection, columns: str, rows: Sequence[tuple[Any, ...]], sets: str, returning: str = ""
+    ) -> list[Any]:
         """End the leases we still hold on the batch's users (``rows`` start with the key), setting ``sets`` from
-        the batch's other columns. The batch travels as a VALUES list, which PostgreSQL and SQLite both join."""
+        the batch's other columns; the ``returning`` columns of the rows written. The batch travels as a VALUES
+        list, which PostgreSQL and SQLite both join. In ``sets``, a bare column is the row's value before."""
         params = {f"v{i}_{j}": cell for i, row in enumerate(rows) for j, cell in enumerate(row)}
         values = ", ".join("(" + ", ".join(f":v{i}_{j}" for j in range(len(row))) + ")" for i, row in enumerate(rows))
-        connection.execute(
+        result = connection.execute(
             text(f"""WITH batch (key, {columns}) AS (VALUES {values})
                      UPDATE {STATE} SET lease_owner = NULL, lease_until = NULL, updated_at = {self.d.now}, {sets}
-                     FROM batch WHERE {STATE}.user_id = batch.key AND {STATE}.lease_owner = :owner"""),
+                     FROM batch WHERE {STATE}.user_id = batch.key AND {STATE}.lease_owner = :owner
+                     {f"RETURNING {returning}" if returning else ""}"""),
             {**params, "owner": self.owner},
         )
+        return list(result) if returning else []
 
     def release(self, claims: Sequence[Claim]) -> None:
         """Give back leases of users we did not call, so the next run can take them at once."""

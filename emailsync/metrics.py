@@ -43,6 +43,7 @@ def render(outcome: str, duration_s: float, users: dict[str, int], backlog: Back
             {"": backlog.oldest_age_s or 0.0},
         )
         metric("users_in_backoff", "Users waiting after failures.", {"": float(backlog.in_backoff)})
+        metric("users_parked", "Users parked by an operator or quarantined.", {"": float(backlog.parked)})
         fresh = backlog.freshness
         metric(
             "oldest_sync_age_seconds",

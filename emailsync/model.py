@@ -8,6 +8,8 @@ from enum import Enum
 from typing import Any
 
 TRANSIENT = frozenset({429, 502, 503, 504})  # worth retrying within the call
+# 4xx answers that blame the configuration (401/403/404/405) or ask to come back (408/429): never the user's own.
+NOT_PERMANENT = frozenset({401, 403, 404, 405, 408, 429})
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Result:
     ok: bool
     duration_ms: int
     error: str | None = None
+    permanent: bool = False  # a failure that retrying will not cure: what quarantine counts
 
 
 @dataclass
@@ -80,6 +83,14 @@ def kind_of(status: int) -> Kind | None:
     if status in (401, 403):
         return Kind.AUTH
     return Kind.SERVER_ERROR if status >= 500 else Kind.USER_ERROR
+
+
+def is_permanent(status: int | None, listed: tuple[int, ...]) -> bool:
+    """Whether an answer says this user's sync fails however often it is retried: one of the ``listed``
+    statuses (sync.quarantine_statuses), or by default any 4xx that is not in NOT_PERMANENT."""
+    if status is None:
+        return False
+    return status in listed if listed else 400 <= status < 500 and status not in NOT_PERMANENT
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,21 @@
-"""What an operator does by hand: sync one user now, clear backoff, list users. The work behind `email-sync sync`,
-`reset` and `users`, so that cli.py only parses and dispatches."""
+"""What an operator does by hand: sync one user now, clear backoff, list users, pause or drain the fleet, park a
+user, see what a run would do. The work behind those commands, so that cli.py only parses and dispatches."""
 
 from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import structlog
+from sqlalchemy import Engine
 
-from emailsync import backend, budget, db, schema, status
+from emailsync import backend, budget, control, db, schema, status
 from emailsync.backend import Client
 from emailsync.config import Config
 from emailsync.cycle import Verdict, result_of
-from emailsync.errors import TemporaryError, UsageError
+from emailsync.errors import Refused, TemporaryError, UsageError
 from emailsync.leases import Leases
 from emailsync.model import Claim, Outcome
 
@@ -21,10 +24,14 @@ def sync_user(config: Config, who: str) -> Outcome:
     """`email-sync sync USER`: one user now, whatever its interval or backoff, but never under a live lease."""
     run_id = str(uuid.uuid4())
     structlog.contextvars.bind_contextvars(run_id=run_id)
-    with db.connected(config.database) as engine:
-        schema.check_ready(engine, config.users)
+    with _ready(config) as engine:
         leases = Leases(engine, config.users, config.sync, run_id)
         claim = _the_user(leases, who, config)
+        park = control.parked(engine, claim.key)
+        if park is not None:
+            raise Refused(
+                f"user {claim.key} is parked by {park.parked_by}: {park.reason}; `email-sync unpark` it first"
+            )
         if not leases.claim_user(claim):
             raise TemporaryError(f"user {claim.key} is being synced by a run right now; try again later")
         with backend.Session(config.backend, run_id) as session:
@@ -34,28 +41,91 @@ def sync_user(config: Config, who: str) -> Outcome:
         if outcome.kind.blames_configuration:
             leases.release([claim])
             raise Verdict(1, config.backend.sync_url, [outcome]).error()
-        leases.record([result_of(outcome)])
+        leases.record([result_of(outcome, config.sync.quarantine_statuses)])
         return outcome
 
 
 def reset(config: Config, who: str | None) -> int:
-    """Clear the backoff of one user (None: of every failing user), so the next cycle retries. How many."""
-    with db.connected(config.database) as engine:
-        schema.check_ready(engine, config.users)
+    """Clear the backoff and quarantine of one user (None: of every failing user), so the next cycle retries it.
+    How many."""
+    with _ready(config) as engine:
         leases = Leases(engine, config.users, config.sync, "reset")
         keys = None if who is None else [_the_user(leases, who, config).key]
         return leases.reset(keys)
 
 
 def list_users(config: Config, which: str | None, limit: int) -> list[str]:
-    """One line per user: due now (the default, oldest first), failing, or leased."""
+    """One line per user: due now (the default, oldest first), failing, leased or parked."""
     with db.connected(config.database) as engine:
         if which in (None, "due"):
-            return [
-                f"{user:<24} {'never synced' if age is None else 'last synced ' + status.duration(age) + ' ago'}"
-                for user, age in status.list_due(engine, config, limit)
-            ]
+            return _due_lines(engine, config, limit)
+        if which == "parked":
+            with db.transaction(engine) as connection:
+                return [
+                    status.render_parked(user)
+                    for user in control.parked_users(connection, db.dialect_of(engine), limit)
+                ]
         return [status.render_user(user) for user in status.list_users(engine, config, which, limit)]
+
+
+def _due_lines(engine: Engine, config: Config, limit: int) -> list[str]:
+    return [
+        f"{user:<24} {'never synced' if age is None else 'last synced ' + status.duration(age) + ' ago'}"
+        for user, age in status.list_due(engine, config, limit)
+    ]
+
+
+def dry_run(config: Config, limit: int) -> list[str]:
+    """`email-sync run --dry-run`: whom a run would claim now and in which order; no lease, no call, no run row."""
+    with _ready(config) as engine:
+        with db.transaction(engine) as connection:
+            mode = control.read(connection)
+        now = status.backlog(engine, config)
+        claims = min(now.due, config.sync.max_users_per_run) if mode.claims else 0
+        lines = [
+            f"fleet: {mode.describe()}",
+            f"due now: {now.due}; a run would claim {claims} (sync.max_users_per_run {config.sync.max_users_per_run})",
+        ]
+        if not mode.claims:
+            return [*lines, "a run claims nobody until `email-sync resume`"]
+        if now.due:
+            oldest = "-" if now.oldest_age_s is None else f"last synced {status.duration(now.oldest_age_s)} ago"
+            lines.append(f"oldest due: {oldest} ({now.never_synced} never synced)")
+            lines.append(f"the first {min(limit, now.due)}, in the order a run takes them:")
+            lines += ["  " + line for line in _due_lines(engine, config, limit)]
+        return lines
+
+
+def set_fleet_mode(config: Config, mode: str, reason: str | None) -> None:
+    """`pause`, `drain`, `resume`: every host's runs see it within a second."""
+    by = control.operator()
+    with _ready(config) as engine:
+        control.set_mode(engine, mode, by, reason)
+    structlog.get_logger().info("fleet_mode_set", mode=mode, changed_by=by, reason=reason)
+
+
+def park(config: Config, who: str, reason: str) -> None:
+    by = control.operator()
+    with _ready(config) as engine:
+        claim = _the_user(Leases(engine, config.users, config.sync, "park"), who, config)
+        control.park(engine, claim.key, by, reason)
+    structlog.get_logger().info("user_parked", user_id=claim.user_id, parked_by=by, reason=reason)
+
+
+def unpark(config: Config, who: str) -> None:
+    with _ready(config) as engine:
+        claim = _the_user(Leases(engine, config.users, config.sync, "unpark"), who, config)
+        if not control.unpark(engine, claim.key):
+            raise UsageError(f"user {claim.key} is not parked")
+    structlog.get_logger().info("user_unparked", user_id=claim.user_id)
+
+
+@contextmanager
+def _ready(config: Config) -> Iterator[Engine]:
+    """An engine on a database whose schema is current, for one command."""
+    with db.connected(config.database) as engine:
+        schema.check_ready(engine, config.users)
+        yield engine
 
 
 def _the_user(leases: Leases, who: str, config: Config) -> Claim:

@@ -11,7 +11,8 @@ from emailsync.db import MAX_ERROR_CHARS, RUNS, Dialect, dialect_of, with_retry
 from emailsync.logs import redact_and_truncate
 from emailsync.model import RunCounts
 
-HEALTHY_OUTCOMES = ("ok", "interrupted")  # a stopped run is a healthy one: systemd asked it to stop
+# A stopped run is a healthy one: systemd asked it to stop, or an operator paused or drained the fleet.
+HEALTHY_OUTCOMES = ("ok", "interrupted", "paused", "drained")
 
 
 def start(engine: Engine, run_id: str, host: str, pid: int) -> None:

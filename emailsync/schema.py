@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from emailsync.config import UsersConfig
-from emailsync.db import BUDGET, RUNS, STATE, VERSION_TABLE, Dialect, dialect_of, transaction
+from emailsync.db import BUDGET, FLEET, RUNS, STATE, VERSION_TABLE, Dialect, dialect_of, transaction
 from emailsync.db_failures import describe
 from emailsync.errors import ConfigError, SchemaError
 
@@ -72,7 +72,27 @@ def _fleet_budget(d: Dialect) -> list[str]:
     ]
 
 
-STEPS: tuple[Step, ...] = (Step(1, _v1_state_and_runs), Step(2, _fleet_budget))
+def _fleet_control(d: Dialect) -> list[str]:
+    """Parked users (by an operator, or quarantined after permanent failures in a row) and the fleet's mode
+    (running, paused, draining): one row every run reads (emailsync.control)."""
+    ts = d.timestamp
+    return [
+        f"ALTER TABLE {STATE} ADD COLUMN parked_at {ts}",
+        f"ALTER TABLE {STATE} ADD COLUMN parked_by text",
+        f"ALTER TABLE {STATE} ADD COLUMN parked_reason text",
+        f"ALTER TABLE {STATE} ADD COLUMN permanent_failures integer NOT NULL DEFAULT 0",
+        f"CREATE INDEX IF NOT EXISTS {STATE}_parked ON {STATE} (parked_at) WHERE parked_at IS NOT NULL",
+        f"""CREATE TABLE IF NOT EXISTS {FLEET} (
+            name text PRIMARY KEY,
+            mode text NOT NULL,
+            changed_at {ts} NOT NULL,
+            changed_by text NOT NULL,
+            reason text
+        )""",
+    ]
+
+
+STEPS: tuple[Step, ...] = (Step(1, _v1_state_and_runs), Step(2, _fleet_budget), Step(3, _fleet_control))
 SCHEMA_VERSION = STEPS[-1].version
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from emailsync import control, systemctl
 from emailsync import runs as runs_table
-from emailsync import systemctl
 from emailsync.config import Config
 from emailsync.db import RUNS, STATE, dialect_of, transaction
 from emailsync.schema import schema_version
@@ -60,6 +60,10 @@ class Status:
     leased: int
     leases: list[UserRow]
     last_success_age_s: float | None
+    fleet: control.FleetMode
+    parked: int
+    quarantined: int
+    parked_users: list[control.Parked]
     timer: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
@@ -99,6 +103,9 @@ def gather(engine: Engine, config: Config) -> Status:
         leased = connection.execute(
             text(f"SELECT count(*) FROM {STATE} WHERE lease_owner IS NOT NULL AND lease_until > {d.now}")
         ).scalar()
+        fleet = control.read(connection)
+        parked, quarantined = control.count_parked(connection)
+        parked_users = control.parked_users(connection, d, LISTED)
     now = backlog(engine, config)
     status = Status(
         schema_version=version,
@@ -112,6 +119,10 @@ def gather(engine: Engine, config: Config) -> Status:
         leased=int(leased or 0),
         leases=list_users(engine, config, "leased", LISTED),
         last_success_age_s=None if last_success is None else round(last_success),
+        fleet=fleet,
+        parked=parked,
+        quarantined=quarantined,
+        parked_users=parked_users,
         timer=timer_state(),
     )
     status.problems = _problems(status, config)
@@ -145,6 +156,7 @@ class Backlog:
     never_synced: int
     oldest_age_s: float | None  # since the oldest due user's last sync (None: none due, or all never synced)
     in_backoff: int
+    parked: int
     freshness: Freshness
 
 
@@ -172,10 +184,11 @@ def backlog(engine: Engine, config: Config) -> Backlog:
             {"interval": config.sync.interval},
         ).one()
         in_backoff = connection.execute(
-            text(f"SELECT count(*) FROM {STATE} WHERE failures > 0 AND next_attempt_at > {d.now}")
+            text(f"SELECT count(*) FROM {STATE} WHERE failures > 0 AND next_attempt_at > {d.now} AND parked_at IS NULL")
         ).scalar()
+        parked = control.count_parked(connection)[0]
     freshness = Freshness(limit, _rounded(fresh[0]), int(fresh[1]))
-    return Backlog(int(due[0]), int(due[1]), _rounded(due[2]), int(in_backoff or 0), freshness)
+    return Backlog(int(due[0]), int(due[1]), _rounded(due[2]), int(in_backoff or 0), parked, freshness)
 
 
 def _problems(status: Status, config: Config) -> list[str]:
@@ -194,10 +207,10 @@ def _problems(status: Status, config: Config) -> list[str]:
 
 
 def list_users(engine: Engine, config: Config, which: str, limit: int) -> list[UserRow]:
-    """Users in our state table: ``failing`` (in backoff or failed last time) or ``leased``."""
+    """Users in our state table: ``failing`` (in backoff or failed last time, not parked) or ``leased``."""
     d = dialect_of(engine)
     where = {
-        "failing": "s.failures > 0 ORDER BY s.next_attempt_at",
+        "failing": "s.failures > 0 AND s.parked_at IS NULL ORDER BY s.next_attempt_at",
         "leased": f"s.lease_owner IS NOT NULL AND s.lease_until > {d.now} ORDER BY s.lease_until",
     }[which]
     with transaction(engine) as connection:
@@ -263,6 +276,8 @@ def render(status: Status) -> str:
     """The human report, at most 80 columns wide."""
     lines = [f"email-sync: {'healthy' if status.healthy else 'UNHEALTHY'} (schema v{status.schema_version})"]
     lines += [f"  ! {problem}"[:80] for problem in status.problems]
+    if not status.fleet.claims:
+        lines.append(f"fleet: {status.fleet.describe()}, since {_utc(status.fleet.changed_at or '-')[:19]}"[:80])
     if status.timer:
         lines.append(
             f"timer: {status.timer.get('ActiveState', '?')}, last {status.timer.get('LastTriggerUSec', '-')}"[:80]
@@ -287,6 +302,8 @@ def render(status: Status) -> str:
     lines += ["  " + render_user(user) for user in status.backoff]
     lines.append(f"leased now: {status.leased}")
     lines += ["  " + render_user(user) for user in status.leases]
+    lines.append(f"parked: {status.parked} ({status.quarantined} quarantined)")
+    lines += [("  " + render_parked(user))[:80] for user in status.parked_users]
     return "\n".join(lines)
 
 
@@ -301,6 +318,12 @@ def render_user(user: UserRow) -> str:
         error = (user.last_error or "").replace("\n", " ")
         line = f"{user.user_id[:20]:<21}x{user.failures:<3} retry in {duration(user.next_attempt_in_s):<7} {error}"
     return line[:78]
+
+
+def render_parked(user: control.Parked) -> str:
+    """One parked user on one line: who parked it, how long ago, and the whole reason (`status` cuts it short)."""
+    reason = (user.reason or "").replace("\n", " ")
+    return f"{user.user_id[:20]:<21}by {user.parked_by[:24]} {duration(user.age_s)} ago: {reason}"
 
 
 def _n(value: int | None) -> str:

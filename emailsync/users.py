@@ -42,8 +42,8 @@ class UsersTable:
 
     def due_from(self, only: str = "") -> str:
         """FROM and WHERE of the due users (``:interval`` seconds): stale by the database clock, not in backoff, not
-        leased by a live run. ``only`` narrows the join to our state table, so a lookup of a few users can use its
-        primary key."""
+        leased by a live run, not parked. ``only`` narrows the join to our state table, so a lookup of a few users
+        can use its primary key."""
         d = self.d
         narrowed = f"AND ({self.config.filter})" if self.config.filter else ""
         return f"""
@@ -51,7 +51,8 @@ class UsersTable:
             WHERE {d.older_than(self.last_sync, "interval")}
               AND (s.user_id IS NULL OR (
                     (s.lease_owner IS NULL OR s.lease_until < {d.now})
-                AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= {d.now})))
+                AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= {d.now})
+                AND s.parked_at IS NULL))
               {narrowed}"""
 
     @property

@@ -83,6 +83,20 @@ def integer(minimum: int, maximum: int) -> Callable[[Any], int]:
     return parse
 
 
+def statuses(value: Any) -> tuple[int, ...]:
+    """HTTP statuses from a TOML list ([410, 422]) or, from the environment, a comma-separated string."""
+    usage = "must be a list of HTTP statuses from 400 to 599, like [410, 422]"
+    if isinstance(value, str):
+        value = [part for part in re.split(r"[\s,]+", value) if part]
+    if not isinstance(value, list):
+        raise Invalid(f"{usage}, got {shown(value)}")
+    parse = integer(400, 599)
+    try:
+        return tuple(sorted({parse(one) for one in value}))
+    except Invalid as error:
+        raise Invalid(f"{usage}: {error}") from None
+
+
 def rate(value: Any) -> float:
     if isinstance(value, str):
         try:

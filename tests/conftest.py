@@ -121,7 +121,7 @@ class AppDb:
         return self.rows(f"SELECT * FROM {db.RUNS} ORDER BY started_at")
 
 
-OUR_TABLES = (db.STATE, db.RUNS, db.VERSION_TABLE, db.BUDGET)
+OUR_TABLES = (db.STATE, db.RUNS, db.VERSION_TABLE, db.BUDGET, db.FLEET)
 
 USERS_DDL = {
     "postgresql": "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, last_sync timestamptz)",

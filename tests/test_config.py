@@ -336,6 +336,8 @@ ENV_SAMPLES = {
     "sync.failure_backoff_max": ("1d", 86400.0),
     "sync.circuit_breaker": ("11", 11),
     "sync.endpoint_probe": ("2", 2),
+    "sync.quarantine_after": ("0", 0),
+    "sync.quarantine_statuses": ("422, 410", (410, 422)),
     "backend.base_url": ("https://b.example", "https://b.example"),
     "backend.sync_path": ("/sync", "/sync"),
     "backend.health_path": ("/up", "/up"),

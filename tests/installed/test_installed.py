@@ -90,10 +90,36 @@ def test_status_as_root(installed: Installed) -> None:
     assert "email-sync: healthy" in done.stdout and "timer: active" in done.stdout, done.stdout
 
 
+def test_a_pause_typed_on_the_host_holds_the_services_runs_until_resume(installed: Installed) -> None:
+    c = installed.container
+    synced = installed.database.synced()
+    installed.database.add_users(3)
+    c.run("email-sync", "pause", "--reason", "backend maintenance")
+
+    state = start_and_wait(installed)
+    assert (state["Result"], state["ExecMainStatus"]) == ("success", "0"), state
+    assert installed.database.synced() == synced, "a run of a paused fleet synced someone"
+    status = c.run("email-sync", "status", check=False)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "fleet: paused by root@" in status.stdout and "backend maintenance" in status.stdout, status.stdout
+    assert "a run would claim 0" in c.run("email-sync", "run", "--dry-run").stdout
+
+    c.run("email-sync", "resume")
+    state = start_and_wait(installed)
+    assert (state["Result"], state["ExecMainStatus"]) == ("success", "0"), state
+    assert installed.database.synced() == synced + 3
+
+
+def start_and_wait(installed: Installed) -> dict[str, str]:
+    installed.container.run("systemctl", "start", UNIT)
+    return installed.wait_finished(installed.unit(UNIT, "InvocationID")["InvocationID"])
+
+
 def test_apt_upgrade_during_a_running_cycle_keeps_the_cycle_and_the_timers_next_run(installed: Installed) -> None:
     c = installed.container
     # 10 waves of 8 calls (backend.concurrency) of 20 s each (under read_timeout, 30 s): the cycle runs for minutes,
     # far longer than the upgrade; once the upgrade is done the backend answers at once and the cycle ends.
+    synced = installed.database.synced()
     installed.database.add_users(80)
     installed.backend.latency = 20.0
     c.run("systemctl", "start", UNIT)
@@ -107,7 +133,7 @@ def test_apt_upgrade_during_a_running_cycle_keeps_the_cycle_and_the_timers_next_
     installed.backend.latency = 0.0
     state = installed.wait_finished(running["InvocationID"])
     assert (state["Result"], state["ExecMainStatus"]) == ("success", "0"), state
-    assert installed.database.synced() == USERS + 80
+    assert installed.database.synced() == synced + 80
     timer = installed.unit(TIMER, "UnitFileState", "ActiveState", "NextElapseUSecMonotonic")
     assert (timer["UnitFileState"], timer["ActiveState"]) == ("enabled", "active"), timer
     assert timer["NextElapseUSecMonotonic"] not in ("", "0", "infinity"), f"the timer has no next run: {timer}"

@@ -87,3 +87,11 @@ def test_configured_names_are_quoted_schema_and_table_apart() -> None:
     assert users.table == '"app"."Users"'
     assert users.last_sync == 'u."LastSync"' and users.last_sync_target == '"LastSync"'
     assert 'ORDER BY u."LastSync" ASC NULLS FIRST' in users.page_query
+
+
+def test_a_parked_user_is_not_due(database: sqlite3.Connection) -> None:
+    add(database, 1, None)
+    add(database, 2, None)
+    state(database, 1, failures=0, parked_at="'2026-01-01 00:00:00'", parked_by="'quarantine'")
+
+    assert due(database, users_table()) == [2]

@@ -7,13 +7,13 @@ import psycopg2
 import pytest
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from emailsync import schema
+from emailsync import schema, values
 from emailsync.config import SyncConfig
 from emailsync.cycle import Verdict
 from emailsync.db_failures import classify
 from emailsync.errors import ConfigError, DatabaseUnavailable, EndpointError
 from emailsync.leases import failure_backoff
-from emailsync.model import Claim, Kind, Outcome, kind_of
+from emailsync.model import NOT_PERMANENT, Claim, Kind, Outcome, is_permanent, kind_of
 
 SYNC = SyncConfig(3600, 100, 50, 10, 600, 5, "host", 300, 86400, 20, 3)
 
@@ -121,3 +121,29 @@ def test_the_migration_steps_are_numbered_one_to_the_latest() -> None:
 )
 def test_one_rule_says_what_each_status_means(status: int, kind: Kind | None) -> None:
     assert kind_of(status) is kind
+
+
+@pytest.mark.parametrize(
+    ("status", "permanent"),
+    [(400, True), (410, True), (422, True), (451, True), (None, False), (500, False), (503, False)]
+    + [(status, False) for status in sorted(NOT_PERMANENT)],
+)
+def test_by_default_a_4xx_that_is_not_about_the_configuration_or_a_retry_is_permanent(
+    status: int | None, permanent: bool
+) -> None:
+    assert is_permanent(status, ()) is permanent
+
+
+def test_listed_statuses_replace_the_default_rule() -> None:
+    assert [is_permanent(status, (410, 500)) for status in (410, 500, 422)] == [True, True, False]
+
+
+@pytest.mark.parametrize(("given", "parsed"), [([422, 410, 422], (410, 422)), ("410, 422", (410, 422)), ([], ())])
+def test_quarantine_statuses_are_a_list_or_a_comma_separated_string(given: object, parsed: tuple[int, ...]) -> None:
+    assert values.statuses(given) == parsed
+
+
+@pytest.mark.parametrize("given", [[200], [600], "4xx", 422, [True]])
+def test_anything_but_a_list_of_error_statuses_is_refused(given: object) -> None:
+    with pytest.raises(values.Invalid, match="list of HTTP statuses from 400 to 599"):
+        values.statuses(given)
