@@ -132,7 +132,8 @@ def gather(engine: Engine, config: Config) -> Status:
 @dataclass(frozen=True)
 class Freshness:
     """The promise "every user synced within status.max_staleness", over every user of the app (the filter's), in
-    backoff or leased too: their mail is as stale. A user never synced has no age, so cannot break it: a new user
+    backoff or leased too: their mail is as stale. Parked users are not: an operator (or the quarantine, which
+    alerts once) set them aside. A user never synced has no age, so cannot break it: a new user
     is due at once anyway, and a run's failures show elsewhere (failed counts, backoff)."""
 
     max_staleness_s: float
@@ -172,7 +173,8 @@ def backlog(engine: Engine, config: Config) -> Backlog:
             text(
                 f"SELECT max({d.age(users.last_sync)}), "
                 f"coalesce(sum(CASE WHEN {d.age(users.last_sync)} > :max_staleness THEN 1 ELSE 0 END), 0) "
-                f"FROM {users.table} AS u WHERE {users.last_sync} IS NOT NULL {narrowed}"
+                f"FROM {users.table} AS u LEFT JOIN {STATE} AS s ON s.user_id = {users.key} "
+                f"WHERE {users.last_sync} IS NOT NULL AND s.parked_at IS NULL {narrowed}"
             ),
             {"max_staleness": limit},
         ).one()

@@ -108,6 +108,21 @@ def test_never_synced_users_do_not_break_the_promise(
     assert end.json is not None and end.json["failed"] == 2 and end.json["freshness_ok"] is True
 
 
+def test_parked_users_do_not_break_the_promise(
+    pg: AppDb, backend: Backend, monitor: Backend, email_sync: EmailSync
+) -> None:
+    pg.add_users(1, age=3 * 3600)
+    pg.add_users(1, start=2)
+    email_sync.configure(pg, backend, monitor={"ping_url": ping_url(monitor)}, status={"max_staleness": "90min"})
+    assert email_sync("park", "1", "--reason", "mailbox being migrated").code == EXIT_OK
+
+    assert email_sync("run").code == EXIT_OK
+
+    end = monitor.pings()[-1]
+    assert where(end) == ("POST", "")
+    assert end.json is not None and end.json["users_over_max_staleness"] == 0
+
+
 def test_a_failed_run_pings_fail(pg: AppDb, backend: Backend, monitor: Backend, email_sync: EmailSync) -> None:
     pg.add_users(1)
     backend.health_status = 503
