@@ -188,7 +188,8 @@ class StatusConfig:
         0.0,
         """The freshness promise: every user synced within this. Broken when a user's last_sync (backoff included,
         parked users not; never-synced users are counted, but do not break it) is older: `status` exits 2, the
-        metrics say so and the end-of-run ping is a failure. 0: sync.interval + missed_intervals x timer_interval (4500s by default).""",
+        metrics say so and the end-of-run ping is a failure. 0: sync.interval + missed_intervals x timer_interval
+        (4500s by default).""",
     )
 
     @property
