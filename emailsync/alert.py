@@ -12,14 +12,13 @@ import os
 import shlex
 import shutil
 import subprocess
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import structlog
 import urllib3
 
+from emailsync import outbound
 from emailsync.config import Config
 from emailsync.errors import TemporaryError
 from emailsync.logs import redact_and_truncate
@@ -80,30 +79,13 @@ def deliver(config: Config, alert: dict[str, Any]) -> bool:
 
 
 def _post(config: Config, url: str, body: str) -> None:
+    timeout = urllib3.Timeout(connect=config.backend.connect_timeout, read=config.backend.read_timeout)
     try:
-        response = _pool_for(url).request(
-            "POST",
-            url,
-            body=body.encode(),
-            headers={"Content-Type": "application/json"},
-            timeout=urllib3.Timeout(connect=config.backend.connect_timeout, read=config.backend.read_timeout),
-            retries=False,
-            redirect=False,
-        )
+        status = outbound.request("POST", url, body.encode(), {"Content-Type": "application/json"}, timeout)
     except urllib3.exceptions.HTTPError as error:
         raise TemporaryError(f"alert webhook unreachable: {type(error).__name__}") from None
-    if not 200 <= response.status < 300:
-        raise TemporaryError(f"alert webhook answered {response.status}")
-
-
-def _pool_for(url: str) -> urllib3.PoolManager:
-    """Through the environment's proxy when it names one for this URL (http_proxy, https_proxy, no_proxy), as
-    curl does: a webhook often has to leave the site through one. The backend calls never use it."""
-    parts = urlsplit(url)
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
-        return urllib3.ProxyManager(proxy)
-    return urllib3.PoolManager()
+    if not 200 <= status < 300:
+        raise TemporaryError(f"alert webhook answered {status}")
 
 
 def _run(command: str, body: str) -> None:

@@ -5,6 +5,9 @@ retried (exponential backoff, full jitter, Retry-After honoured); 404/405/3xx sa
 that the token is (the cycle decides whether that is everyone's problem); any other status is this user's failure.
 Redirects are never followed, so the Authorization header only ever goes to the configured backend.
 
+Every request carries a W3C ``traceparent``: the run id (a uuid4) as its trace id and a fresh span id per attempt,
+so the backend's traces of a run join that run's log lines (whose run_id is the same 32 hex digits, dashed).
+
 Every request has a deadline, backend.call_timeout from its start (see emailsync.deadline): urllib3's timeouts bound
 each wait for a byte, so an answer trickling in a byte at a time would otherwise hold a worker (and a run started by
 hand) for hours. A request cut off at its deadline is a transport failure, retried like one, each retry with a
@@ -84,8 +87,9 @@ class Session:
     header only ever goes to the configured backend, and retries are ours.
     """
 
-    def __init__(self, config: BackendConfig) -> None:
+    def __init__(self, config: BackendConfig, run_id: str) -> None:
         self.headers = {"User-Agent": f"email-sync/{__version__}", "Accept": "*/*"}
+        self.trace_id = uuid.UUID(run_id).hex
         if config.token:
             self.headers["Authorization"] = f"Bearer {config.token}"
         tls: dict[str, Any] = {}
@@ -120,7 +124,7 @@ class Session:
                     method,
                     request_target(url),
                     body=body,
-                    headers={**self.headers, **(headers or {})},
+                    headers={**self.headers, "traceparent": self.traceparent(), **(headers or {})},
                     retries=False,
                     redirect=False,
                     preload_content=False,
@@ -144,6 +148,10 @@ class Session:
         response.release_conn()
         return Reply(response.status, response.headers, answer)
 
+    def traceparent(self) -> str:
+        """This attempt's W3C trace context: the run's trace, a span of its own (never all zeros), sampled."""
+        return f"00-{self.trace_id}-{random.getrandbits(64) or 1:016x}-01"
+
     def _failed(self, status: int | None, deadline: float, description: str) -> CallFailed:
         """A call without a complete answer."""
         return self._cut_off(status) if time.monotonic() >= deadline else CallFailed(status, description)
@@ -160,9 +168,9 @@ def request_target(url: str) -> str:
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
-def check_health(config: BackendConfig) -> None:
+def check_health(config: BackendConfig, run_id: str) -> None:
     """Preflight: the backend answers its health path. Down → 75; a path it does not know → 78."""
-    with Session(config) as session:
+    with Session(config, run_id) as session:
         try:
             status = session.call("GET", config.health_url).status
         except CallFailed as failure:
@@ -333,7 +341,7 @@ class CallPool:
                 return taken
 
     def _work(self) -> None:
-        session = Session(self.client.config)
+        session = Session(self.client.config, self.client.run_id)
         while True:
             claim = self.jobs.get()
             if self.halt.is_set():

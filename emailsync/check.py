@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import sys
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +56,9 @@ def run_checks(config: Config) -> list[Check]:
     checks.append(_interpreter())
     checks.append(_dependencies())
     checks += _database(config)
-    checks.append(_guarded("backend health", lambda: _backend_health(config)))
-    checks.append(_guarded("sync endpoint", lambda: _sync_endpoint(config)))
+    trace = str(uuid.uuid4())  # the check's requests share a trace, as a run's do (their traceparent)
+    checks.append(_guarded("backend health", lambda: _backend_health(config, trace)))
+    checks.append(_guarded("sync endpoint", lambda: _sync_endpoint(config, trace)))
     checks.append(_watchdog(config))
     return checks
 
@@ -165,14 +167,14 @@ def _fleet(engine: Engine) -> Check:
     return Check("fleet", mode.claims, mode.describe(), "`email-sync resume` when it is over", warning=not mode.claims)
 
 
-def _backend_health(config: Config) -> Check:
-    backend.check_health(config.backend)
+def _backend_health(config: Config, trace: str) -> Check:
+    backend.check_health(config.backend, trace)
     return Check("backend health", True, f"{config.backend.health_url} answered 2xx")
 
 
-def _sync_endpoint(config: Config) -> Check:
+def _sync_endpoint(config: Config, trace: str) -> Check:
     url = config.backend.sync_url
-    with backend.Session(config.backend) as session:
+    with backend.Session(config.backend, trace) as session:
         try:
             status = session.call("OPTIONS", url).status
         except backend.CallFailed as failure:

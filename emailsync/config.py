@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 from emailsync import credentials, values
 from emailsync.credentials import BACKEND_TOKEN_CREDENTIAL, DATABASE_URL_CREDENTIAL
@@ -20,6 +21,7 @@ from emailsync.errors import ConfigError
 
 DEFAULT_PATH = "/etc/email-sync/email-sync.toml"
 ENV_PREFIX = "EMAIL_SYNC_"
+PING_STYLES = ("healthchecks", "uptime-kuma", "ntfy")  # what monitor.ping_url points at (emailsync/monitor.py)
 
 
 @dataclass(frozen=True)
@@ -189,10 +191,46 @@ class StatusConfig:
     missed_intervals: int = key(
         values.integer(1, 1000), 3, "`status` exits non-zero when no run succeeded within this many timer intervals."
     )
+    max_staleness: float = key(
+        values.duration_or_derived,
+        0.0,
+        """The freshness promise: every user synced within this. Broken when a user's last_sync (backoff included,
+        parked users not; never-synced users are counted, but do not break it) is older: `status` exits 2, the
+        metrics say so and the end-of-run ping is a failure. 0: sync.interval + missed_intervals x timer_interval
+        (4500s by default).""",
+    )
 
     @property
     def stale_after(self) -> float:
         return self.timer_interval * self.missed_intervals
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    ping_url: str = key(
+        values.ping_url,
+        "",
+        """Ping this monitoring URL at each run's start and end; success only when the run ended healthy and the
+        freshness promise holds (off when empty). Its key (path segments, query values) is a secret.""",
+        secret=True,
+    )
+    ping_style: str = key(
+        values.one_of(*PING_STYLES),
+        "healthchecks",
+        """healthchecks: POST /start, then the URL itself or /fail, ?rid=<run id>, the run's counts as the body;
+        uptime-kuma: at the end, GET with status=up|down, msg and ping (the duration); ntfy: at the end, a message
+        (priority min when all is well, high with a warning tag when not).""",
+    )
+    ping_timeout: float = key(values.duration, 10.0, "A ping, its one retry included, gives up after this.")
+
+    @property
+    def url_secrets(self) -> tuple[str, ...]:
+        """The parts of the ping URL that let anyone ping in our name: the UUID, ping key, push token or topic in
+        its path and the values of its query (an access token), 8 characters or more (shorter are plain words)."""
+        parts = urlsplit(self.ping_url)
+        found = [segment for segment in parts.path.split("/") if len(segment) >= 8]
+        found += [value for _, value in parse_qsl(parts.query) if len(value) >= 8]
+        return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -215,6 +253,7 @@ SECTIONS: dict[str, type[Any]] = {
     "status": StatusConfig,
     "metrics": MetricsConfig,
     "alert": AlertConfig,
+    "monitor": MonitorConfig,
 }
 KEYS: tuple[Key, ...] = tuple(
     Key(section, f.name, **f.metadata) for section, cls in SECTIONS.items() for f in fields(cls) if f.metadata
@@ -235,12 +274,13 @@ class Config:
     status: StatusConfig
     metrics: MetricsConfig
     alert: AlertConfig
+    monitor: MonitorConfig
     warnings: tuple[str, ...]
 
     @property
     def secrets(self) -> tuple[str, ...]:
         """Strings that must never reach a log line, a table or an error message."""
-        found = [self.backend.token or "", self.alert.webhook_url]
+        found = [self.backend.token or "", self.alert.webhook_url, *self.monitor.url_secrets]
         found.extend(credentials.url_secrets(self.database.url))
         return tuple(s for s in found if len(s) >= 4)
 
@@ -371,9 +411,16 @@ def _build(path: str, v: dict[str, Any], env: Mapping[str, str], need_database: 
         sync=sync,
         backend=backend,
         logging=_section(LoggingConfig, "logging", v),
-        status=_section(StatusConfig, "status", v),
+        status=_section(
+            StatusConfig,
+            "status",
+            v,
+            max_staleness=v["status.max_staleness"]
+            or v["sync.interval"] + v["status.missed_intervals"] * v["status.timer_interval"],
+        ),
         metrics=_section(MetricsConfig, "metrics", v),
         alert=_section(AlertConfig, "alert", v),
+        monitor=_section(MonitorConfig, "monitor", v),
         warnings=tuple(warnings),
     )
 

@@ -113,7 +113,7 @@ def toml_value(key: config.Key) -> str:
     if default is config.REQUIRED or default == "":
         return '""'
     if _is_duration(key):
-        return f'"{duration(default)}"'
+        return f'"{duration(default)}"' if default else "0"  # 0: a duration derived from other keys
     if isinstance(default, bool):
         return str(default).lower()
     if isinstance(default, tuple):

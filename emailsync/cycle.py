@@ -36,6 +36,7 @@ from emailsync.errors import (
 from emailsync.leases import PAGE, DuePages, Leases
 from emailsync.limiter import Admission
 from emailsync.model import Claim, Kind, Outcome, Result, RunCounts, is_permanent
+from emailsync.monitor import Pinger
 from emailsync.notify import Notifier
 
 log = structlog.get_logger()
@@ -72,11 +73,13 @@ def run(config: Config, notifier: Notifier, stop: threading.Event) -> RunReport:
     counts = RunCounts()
     outcome, error, recorded = "crashed", None, False
     gate = limiter.admission(config.backend)
+    pings = Pinger(config.monitor, run_id)
     engine = db.connect(config.database)
     try:
         schema.check_ready(engine, config.users)
         runs.start(engine, run_id, config.sync.host_id, os.getpid())
         recorded = True
+        pings.start()
         leases = Leases(engine, config.users, config.sync, run_id)
         fleet = FleetWatch(engine)
         counts.due = leases.count_due()
@@ -84,7 +87,7 @@ def run(config: Config, notifier: Notifier, stop: threading.Event) -> RunReport:
         if not mode.claims:  # the backend may be down for the very maintenance the pause is for
             outcome = _halted(mode)
         else:
-            backend.check_health(config.backend)
+            backend.check_health(config.backend, run_id)
             log.info("cycle_started", host=config.sync.host_id, due=counts.due, sync_url=config.backend.sync_url)
             cycle = Cycle(config, leases, fleet, notifier, stop, counts)
             cycle.sync_due_users(gate)
@@ -94,7 +97,7 @@ def run(config: Config, notifier: Notifier, stop: threading.Event) -> RunReport:
         raise
     finally:
         report = RunReport(run_id, counts, outcome, int((time.monotonic() - started) * 1000), gate.limit)
-        _report(report, error, engine if recorded else None, config)
+        _report(report, error, engine if recorded else None, config, pings)
         engine.dispose()
     return report
 
@@ -105,9 +108,12 @@ def _halted(mode: FleetMode) -> str:
     return "paused" if mode.mode == control.PAUSED else "drained"
 
 
-def _report(report: RunReport, error: EmailSyncError | None, engine: Engine | None, config: Config) -> None:
+def _report(
+    report: RunReport, error: EmailSyncError | None, engine: Engine | None, config: Config, pings: Pinger
+) -> None:
     """What every run leaves behind, however it ended: the log line, its row (``engine``: where the run's row
-    was started), the metrics."""
+    was started), the metrics, the end ping (a failure when the database could not tell whether the freshness
+    promise holds, e.g. when it was unreachable)."""
     counts = report.counts
     log.info(
         "cycle_finished",
@@ -123,13 +129,35 @@ def _report(report: RunReport, error: EmailSyncError | None, engine: Engine | No
     backlog = None
     if engine is not None and not isinstance(error, DatabaseUnavailable):  # the database is there to write to
         runs.finish(engine, report.run_id, counts, report.outcome, str(error) if error else None)
-        backlog = status.backlog(engine, config) if textfile else None
+        backlog = status.backlog(engine, config) if textfile or pings.on else None
     if textfile:
         users = {"due": counts.due, "synced": counts.synced, "failed": counts.failed, "skipped": counts.skipped}
         try:
             metrics.write(textfile, report.outcome, report.duration_ms / 1000, users, backlog, report.concurrency_limit)
         except OSError as error:  # the run's own outcome decides the exit code, not its report's file
             log.warning("metrics_not_written", textfile=textfile, error=f"{error.strerror}: {error.filename}")
+    if pings.on:
+        _ping_end(report, backlog, config, pings)
+
+
+def _ping_end(report: RunReport, backlog: status.Backlog | None, config: Config, pings: Pinger) -> None:
+    """Success only when the run ended healthy and every user is fresh: a monitor cares about stale mail, not
+    about runs; without a backlog (no database) nobody can say the promise holds."""
+    counts, fresh = report.counts, backlog.freshness if backlog else None
+    facts = {
+        "outcome": report.outcome,
+        "host": config.sync.host_id,
+        "due": counts.due,
+        "synced": counts.synced,
+        "failed": counts.failed,
+        "skipped": counts.skipped,
+        "duration_ms": report.duration_ms,
+        "oldest_due_age_s": backlog.oldest_age_s if backlog else None,
+        "oldest_sync_age_s": fresh.oldest_sync_age_s if fresh else None,
+        "users_over_max_staleness": fresh.over if fresh else None,
+        "freshness_ok": fresh.holds if fresh else False,
+    }
+    pings.finish(report.outcome in runs.HEALTHY_OUTCOMES and bool(facts["freshness_ok"]), facts)
 
 
 def result_of(outcome: Outcome, permanent_statuses: tuple[int, ...]) -> Result:

@@ -56,6 +56,19 @@ def render(
         )
         metric("users_in_backoff", "Users waiting after failures.", {"": float(backlog.in_backoff)})
         metric("users_parked", "Users parked by an operator or quarantined.", {"": float(backlog.parked)})
+        fresh = backlog.freshness
+        metric(
+            "oldest_sync_age_seconds",
+            "Since the least recently synced user's last sync, backoff included (0: nobody synced yet).",
+            {"": fresh.oldest_sync_age_s or 0.0},
+        )
+        metric(
+            "max_staleness_seconds", "status.max_staleness: every user synced within this.", {"": fresh.max_staleness_s}
+        )
+        metric(
+            "users_over_max_staleness", "Users whose last sync is older than max_staleness.", {"": float(fresh.over)}
+        )
+        metric("freshness_ok", "1 while every user is synced within max_staleness, else 0.", {"": float(fresh.holds)})
     return "\n".join(lines) + "\n"
 
 

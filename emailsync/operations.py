@@ -35,7 +35,7 @@ def sync_user(config: Config, who: str) -> Outcome:
             )
         if not leases.claim_user(claim):
             raise TemporaryError(f"user {claim.key} is being synced by a run right now; try again later")
-        with backend.Session(config.backend) as session:
+        with backend.Session(config.backend, run_id) as session:
             pace = budget.for_backend(engine, config.backend, config.sync.host_id)
             client = Client(config.backend, config.sync.max_emails, run_id, threading.Event(), lambda: None, pace)
             outcome = client.sync(session, claim, Fixed(1))

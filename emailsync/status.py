@@ -54,6 +54,7 @@ class Status:
     due_now: int
     never_synced_due: int
     oldest_due_age_s: float | None
+    freshness: Freshness
     in_backoff: int
     backoff: list[UserRow]
     leased: int
@@ -112,6 +113,7 @@ def gather(engine: Engine, config: Config) -> Status:
         due_now=now.due,
         never_synced_due=now.never_synced,
         oldest_due_age_s=now.oldest_age_s,
+        freshness=now.freshness,
         in_backoff=now.in_backoff,
         backoff=list_users(engine, config, "failing", LISTED),
         leased=int(leased or 0),
@@ -128,19 +130,54 @@ def gather(engine: Engine, config: Config) -> Status:
 
 
 @dataclass(frozen=True)
+class Freshness:
+    """The promise "every user synced within status.max_staleness", over every user of the app (the filter's), in
+    backoff or leased too: their mail is as stale. Parked users are not: an operator (or the quarantine, which
+    alerts once) set them aside. A user never synced has no age, so cannot break it: a new user
+    is due at once anyway, and a run's failures show elsewhere (failed counts, backoff)."""
+
+    max_staleness_s: float
+    oldest_sync_age_s: float | None  # since the least recently synced user's last sync (None: nobody synced yet)
+    over: int  # users whose last sync is older than max_staleness
+
+    @property
+    def holds(self) -> bool:
+        return self.over == 0
+
+    def problem(self) -> str:
+        return (
+            f"{self.over} users not synced within status.max_staleness ({self.max_staleness_s:g}s); "
+            f"the oldest {duration(self.oldest_sync_age_s)} ago"
+        )
+
+
+@dataclass(frozen=True)
 class Backlog:
     due: int
     never_synced: int
     oldest_age_s: float | None  # since the oldest due user's last sync (None: none due, or all never synced)
     in_backoff: int
     parked: int
+    freshness: Freshness
 
 
 def backlog(engine: Engine, config: Config) -> Backlog:
-    """Who is waiting right now: the numbers `status` shows and the metrics export."""
+    """Who is waiting right now, and whether the freshness promise holds: what `status` shows, the metrics export
+    and the end-of-run ping reports."""
     d = dialect_of(engine)
     users = UsersTable(config.users, d)
+    narrowed = f"AND ({config.users.filter})" if config.users.filter else ""
+    limit = config.status.max_staleness
     with transaction(engine) as connection:
+        fresh = connection.execute(
+            text(
+                f"SELECT max({d.age(users.last_sync)}), "
+                f"coalesce(sum(CASE WHEN {d.age(users.last_sync)} > :max_staleness THEN 1 ELSE 0 END), 0) "
+                f"FROM {users.table} AS u LEFT JOIN {STATE} AS s ON s.user_id = {users.key} "
+                f"WHERE {users.last_sync} IS NOT NULL AND s.parked_at IS NULL {narrowed}"
+            ),
+            {"max_staleness": limit},
+        ).one()
         due = connection.execute(
             text(
                 f"SELECT count(*), count(*) - count({users.last_sync}), max({d.age(users.last_sync)}) "
@@ -152,7 +189,8 @@ def backlog(engine: Engine, config: Config) -> Backlog:
             text(f"SELECT count(*) FROM {STATE} WHERE failures > 0 AND next_attempt_at > {d.now} AND parked_at IS NULL")
         ).scalar()
         parked = control.count_parked(connection)[0]
-    return Backlog(int(due[0]), int(due[1]), _rounded(due[2]), int(in_backoff or 0), parked)
+    freshness = Freshness(limit, _rounded(fresh[0]), int(fresh[1]))
+    return Backlog(int(due[0]), int(due[1]), _rounded(due[2]), int(in_backoff or 0), parked, freshness)
 
 
 def _problems(status: Status, config: Config) -> list[str]:
@@ -165,6 +203,8 @@ def _problems(status: Status, config: Config) -> list[str]:
         problems.append(
             f"no successful run in the last {stale:g}s ({config.status.missed_intervals} x status.timer_interval)"
         )
+    if not status.freshness.holds:
+        problems.append(status.freshness.problem())
     return problems
 
 
@@ -247,6 +287,11 @@ def render(status: Status) -> str:
         lines.append(f"       next {status.timer.get('NextElapseUSecRealtime', '-')}"[:80])
     backlog = "none" if status.oldest_due_age_s is None else f"oldest synced {duration(status.oldest_due_age_s)} ago"
     lines.append(f"due now: {status.due_now} ({status.never_synced_due} never synced; {backlog})")
+    fresh = status.freshness
+    lines.append(
+        f"freshness: {'holds' if fresh.holds else 'BROKEN'}, {fresh.over} over {duration(fresh.max_staleness_s)}; "
+        f"least recently synced {duration(fresh.oldest_sync_age_s)} ago"
+    )
     lines.append("")
     lines.append(f"{'last runs (started)':<27}{'host':<12}{'due':>7}{'synced':>7}{'failed':>7}{'skip':>5} outcome")
     for run in status.runs:

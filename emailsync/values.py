@@ -54,6 +54,11 @@ def duration(value: Any) -> float:
     return seconds
 
 
+def duration_or_derived(value: Any) -> float:
+    """A duration, or 0 (the number or "0"): the key's value is then derived from other keys."""
+    return 0.0 if value in (0, "0") and not isinstance(value, bool) else duration(value)
+
+
 def statement_timeout(value: Any) -> float:
     seconds = duration(value)
     low, high = _STATEMENT_TIMEOUT_MS
@@ -169,6 +174,33 @@ def http_url(value: Any) -> str:
 
 def optional_http_url(value: Any) -> str:
     return http_url(value) if text(value) else ""
+
+
+def ping_url(value: Any) -> str:
+    """A monitoring URL, query string allowed (an Uptime Kuma push URL has one); empty: off."""
+    given = text(value).strip()
+    if not given:
+        return ""
+    try:
+        parts = urlsplit(given)
+        parts.port  # noqa: B018 -- urlsplit validates the port only when asked
+    except ValueError:  # its message may quote the netloc
+        raise Invalid("must be an http(s) URL with a valid host and port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        raise Invalid("must be an http:// or https:// URL without credentials")
+    if parts.fragment:
+        raise Invalid("must not have a #fragment")
+    return given
+
+
+def one_of(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        given = text(value).strip().lower()
+        if given not in choices:
+            raise Invalid(f"must be one of {', '.join(choices)}, got {shown(value)}")
+        return given
+
+    return parse
 
 
 def log_level(value: Any) -> str:

@@ -128,6 +128,10 @@ class Backend:
         self.peak_in_flight = 0
         self.refused = 0  # sync calls the overload model answered 503
         self.health_status = 200
+        # Requests under this path are monitoring pings (emailsync/monitor.py): answered monitor_status, "OK".
+        self.monitor_path = "/ping/"
+        self.monitor_status = 200
+        self.monitor_delay = 0.0  # seconds before a ping's answer
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._default = Behaviour()
@@ -230,6 +234,11 @@ class Backend:
         """POSTs to the sync path, optionally only those for one user (compared after str())."""
         with self._lock:
             return self._sync_calls(user_id)
+
+    def pings(self) -> list[Recorded]:
+        """Requests to the monitoring path, in arrival order."""
+        with self._lock:
+            return [r for r in self._requests if urlsplit(r.path).path.startswith(self.monitor_path)]
 
     def wait_for_sync_calls(self, n: int, timeout: float = 10.0) -> bool:
         """Block until at least n sync calls have arrived; False on timeout."""
@@ -400,6 +409,11 @@ class _Handler(BaseHTTPRequestHandler):
             status = backend.health_status
             health = {"status": "ok" if 200 <= status < 300 else "unhealthy"}
             self._respond(status, json.dumps(health).encode())
+        elif path.startswith(backend.monitor_path):
+            if backend.monitor_delay > 0 and self.server.stopping.wait(backend.monitor_delay):
+                self.close_connection = True
+                return
+            self._respond(backend.monitor_status, b"OK")
         else:
             self._respond(404, _error("not found"))
 

@@ -368,9 +368,16 @@ ENV_SAMPLES = {
     "logging.level": ("ERROR", "error"),
     "status.timer_interval": ("10m", 600.0),
     "status.missed_intervals": ("5", 5),
+    "status.max_staleness": ("3h", 10800.0),
     "metrics.textfile": ("/var/lib/node_exporter/email_sync.prom", "/var/lib/node_exporter/email_sync.prom"),
     "alert.webhook_url": ("https://hooks.example.com/T1", "https://hooks.example.com/T1"),
     "alert.command": ("/usr/local/bin/page-me", "/usr/local/bin/page-me"),
+    "monitor.ping_url": (
+        "https://hc-ping.com/5f0c8a1e-3b7d-4c2a-9e61-d0b4a7c3f218",
+        "https://hc-ping.com/5f0c8a1e-3b7d-4c2a-9e61-d0b4a7c3f218",
+    ),
+    "monitor.ping_style": ("Uptime-Kuma", "uptime-kuma"),
+    "monitor.ping_timeout": ("3s", 3.0),
 }
 
 
