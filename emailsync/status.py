@@ -104,7 +104,6 @@ def gather(engine: Engine, config: Config) -> Status:
             text(f"SELECT count(*) FROM {STATE} WHERE lease_owner IS NOT NULL AND lease_until > {d.now}")
         ).scalar()
         fleet = control.read(connection)
-        parked, quarantined = control.count_parked(connection)
         parked_users = control.parked_users(connection, d, LISTED)
     now = backlog(engine, config)
     status = Status(
@@ -120,8 +119,8 @@ def gather(engine: Engine, config: Config) -> Status:
         leases=list_users(engine, config, "leased", LISTED),
         last_success_age_s=None if last_success is None else round(last_success),
         fleet=fleet,
-        parked=parked,
-        quarantined=quarantined,
+        parked=now.parked,
+        quarantined=now.quarantined,
         parked_users=parked_users,
         timer=timer_state(),
     )
@@ -158,6 +157,7 @@ class Backlog:
     oldest_age_s: float | None  # since the oldest due user's last sync (None: none due, or all never synced)
     in_backoff: int
     parked: int
+    quarantined: int  # of the parked
     freshness: Freshness
 
 
@@ -166,15 +166,13 @@ def backlog(engine: Engine, config: Config) -> Backlog:
     and the end-of-run ping reports."""
     d = dialect_of(engine)
     users = UsersTable(config.users, d)
-    narrowed = f"AND ({config.users.filter})" if config.users.filter else ""
     limit = config.status.max_staleness
     with transaction(engine) as connection:
         fresh = connection.execute(
             text(
                 f"SELECT max({d.age(users.last_sync)}), "
                 f"coalesce(sum(CASE WHEN {d.age(users.last_sync)} > :max_staleness THEN 1 ELSE 0 END), 0) "
-                f"FROM {users.table} AS u LEFT JOIN {STATE} AS s ON s.user_id = {users.key} "
-                f"WHERE {users.last_sync} IS NOT NULL AND s.parked_at IS NULL {narrowed}"
+                f"{users.promised_from}"
             ),
             {"max_staleness": limit},
         ).one()
@@ -188,9 +186,9 @@ def backlog(engine: Engine, config: Config) -> Backlog:
         in_backoff = connection.execute(
             text(f"SELECT count(*) FROM {STATE} WHERE failures > 0 AND next_attempt_at > {d.now} AND parked_at IS NULL")
         ).scalar()
-        parked = control.count_parked(connection)[0]
+        parked, quarantined = control.count_parked(connection)
     freshness = Freshness(limit, _rounded(fresh[0]), int(fresh[1]))
-    return Backlog(int(due[0]), int(due[1]), _rounded(due[2]), int(in_backoff or 0), parked, freshness)
+    return Backlog(int(due[0]), int(due[1]), _rounded(due[2]), int(in_backoff or 0), parked, quarantined, freshness)
 
 
 def _problems(status: Status, config: Config) -> list[str]:

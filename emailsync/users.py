@@ -40,20 +40,33 @@ class UsersTable:
         """The column as an UPDATE's SET names it: unqualified."""
         return self.d.quote(self.config.last_sync_column)
 
+    def joined(self, only: str = "") -> str:
+        """The app's users joined to our state as ``s`` (NULLs for a user no run has touched yet)."""
+        return f"FROM {self.table} AS u LEFT JOIN {STATE} AS s ON s.user_id = {self.key} {only}"
+
+    @property
+    def narrowed(self) -> str:
+        """users.filter as one more condition of a WHERE, or nothing."""
+        return f"AND ({self.config.filter})" if self.config.filter else ""
+
+    @property
+    def promised_from(self) -> str:
+        """FROM and WHERE of the users the freshness promise is about: synced at least once, not parked."""
+        return f"{self.joined()} WHERE {self.last_sync} IS NOT NULL AND s.parked_at IS NULL {self.narrowed}"
+
     def due_from(self, only: str = "") -> str:
         """FROM and WHERE of the due users (``:interval`` seconds): stale by the database clock, not in backoff, not
         leased by a live run, not parked. ``only`` narrows the join to our state table, so a lookup of a few users
         can use its primary key."""
         d = self.d
-        narrowed = f"AND ({self.config.filter})" if self.config.filter else ""
         return f"""
-            FROM {self.table} AS u LEFT JOIN {STATE} AS s ON s.user_id = {self.key} {only}
+            {self.joined(only)}
             WHERE {d.older_than(self.last_sync, "interval")}
               AND (s.user_id IS NULL OR (
                     (s.lease_owner IS NULL OR s.lease_until < {d.now})
                 AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= {d.now})
                 AND s.parked_at IS NULL))
-              {narrowed}"""
+              {self.narrowed}"""
 
     @property
     def oldest_first(self) -> str:
@@ -81,7 +94,4 @@ class UsersTable:
     @property
     def find_query(self) -> str:
         """The users whose id (as text) or email is ``:who``: what an operator types. Two at most: one is an answer."""
-        return self.claims_from(
-            f"FROM {self.table} AS u LEFT JOIN {STATE} AS s ON s.user_id = {self.key} "
-            f"WHERE {self.key} = :who OR {self.email} = :who LIMIT 2"
-        )
+        return self.claims_from(f"{self.joined()} WHERE {self.key} = :who OR {self.email} = :who LIMIT 2")
