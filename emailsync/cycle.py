@@ -91,7 +91,7 @@ def run(config: Config, notifier: Notifier, stop: threading.Event) -> RunReport:
             log.info("cycle_started", host=config.sync.host_id, due=counts.due, sync_url=config.backend.sync_url)
             cycle = Cycle(config, leases, fleet, notifier, stop, counts)
             cycle.sync_due_users(gate)
-            outcome = "interrupted" if stop.is_set() else _halted(cycle.halted) if cycle.halted else "ok"
+            outcome = "interrupted" if stop.is_set() else cycle.halted or "ok"
     except EmailSyncError as failure:
         outcome, error = failure.event, failure
         raise
@@ -103,7 +103,8 @@ def run(config: Config, notifier: Notifier, stop: threading.Event) -> RunReport:
 
 
 def _halted(mode: FleetMode) -> str:
-    """The outcome of a run that the fleet's mode stopped: healthy, as a run stopped by systemd is."""
+    """The outcome of a run that the fleet's mode stopped (healthy, as a run stopped by systemd is), logged when the
+    run heeds it."""
     log.info("fleet_halted", mode=mode.mode, changed_by=mode.changed_by, reason=mode.reason)
     return "paused" if mode.mode == control.PAUSED else "drained"
 
@@ -232,7 +233,7 @@ class Cycle:
         self.config = config
         self.leases = leases
         self.fleet = fleet
-        self.halted: FleetMode | None = None  # the pause or drain that ended this run's claiming
+        self.halted: str | None = None  # the outcome once a pause or drain ended this run's claiming
         self.quarantined: list[Result] = []
         self.notifier = notifier
         self.stop = stop
@@ -307,7 +308,7 @@ class Cycle:
         mode = self.fleet.current()
         if mode.claims:
             return
-        self.halted = mode
+        self.halted = _halted(mode)
         if mode.mode == control.PAUSED:
             self._give_back(pool.take_unstarted())
 
