@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from emailsync import timespan
 
@@ -157,13 +157,18 @@ def url_path(value: Any) -> str:
     return given
 
 
-def http_url(value: Any) -> str:
-    given = text(value).rstrip("/")
+def _split(url: str) -> SplitResult:
     try:
-        parts = urlsplit(given)
+        parts = urlsplit(url)
         parts.port  # noqa: B018 -- urlsplit validates the port only when asked
     except ValueError:  # its message may quote the netloc, credentials included
         raise Invalid("must be an http(s) URL with a valid host and port") from None
+    return parts
+
+
+def http_url(value: Any) -> str:
+    given = text(value).rstrip("/")
+    parts = _split(given)
     # Before any message that shows the URL: credentials or a token in the query must not be echoed.
     if parts.username or parts.password or parts.query or parts.fragment:
         raise Invalid("must not contain credentials, a query or a fragment (the token goes in backend.token_file)")
@@ -181,11 +186,7 @@ def ping_url(value: Any) -> str:
     given = text(value).strip()
     if not given:
         return ""
-    try:
-        parts = urlsplit(given)
-        parts.port  # noqa: B018 -- urlsplit validates the port only when asked
-    except ValueError:  # its message may quote the netloc
-        raise Invalid("must be an http(s) URL with a valid host and port") from None
+    parts = _split(given)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
         raise Invalid("must be an http:// or https:// URL without credentials")
     if parts.fragment:
@@ -203,8 +204,4 @@ def one_of(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
-def log_level(value: Any) -> str:
-    given = text(value).lower()
-    if given not in _LOG_LEVELS:
-        raise Invalid(f"must be one of {', '.join(_LOG_LEVELS)}, got {value!r}")
-    return given
+log_level = one_of(*_LOG_LEVELS)
