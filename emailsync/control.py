@@ -24,6 +24,8 @@ from emailsync.logs import redact_and_truncate
 RUNNING, PAUSED, DRAINING = "running", "paused", "draining"
 QUARANTINE = "quarantine"  # parked_by of a user parked by the run itself, after permanent failures in a row
 READ_EVERY = 1.0  # seconds: how stale a run's view of the fleet's mode may be
+# What returning a user sets in our state table: no backoff, no count of failures of either kind.
+CLEAN_SLATE = "failures = 0, permanent_failures = 0, next_attempt_at = NULL, last_error = NULL"
 
 
 @dataclass(frozen=True)
@@ -120,9 +122,6 @@ def unpark(engine: Engine, key: str) -> bool:
         ),
     )
     return bool(count)
-
-
-CLEAN_SLATE = "failures = 0, permanent_failures = 0, next_attempt_at = NULL, last_error = NULL"
 
 
 @dataclass(frozen=True)
