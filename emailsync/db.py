@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -87,6 +87,15 @@ class Dialect:
         if self.postgres:
             return f"{value} = ANY(ARRAY({subquery}))"
         return f"{value} IN ({subquery})"
+
+    def json_rows(self, param: str, columns: Sequence[tuple[str, str]]) -> str:
+        """A SELECT of the rows of ``:param``, a JSON array of arrays, as ``columns`` (name, PostgreSQL type): a
+        batch of any size in one parameter and one statement text, which SQLAlchemy then compiles only once."""
+        if self.postgres:
+            cells = ", ".join(f"CAST(r ->> {i} AS {kind}) AS {name}" for i, (name, kind) in enumerate(columns))
+            return f"SELECT {cells} FROM json_array_elements(CAST(:{param} AS json)) AS r"
+        cells = ", ".join(f"json_extract(value, '$[{i}]') AS {name}" for i, (name, _) in enumerate(columns))
+        return f"SELECT {cells} FROM json_each(:{param})"
 
     def quote(self, name: str) -> str:
         """A configured table or column name (already validated as [schema.]identifier), quoted."""
