@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import queue
 import random
 import threading
@@ -209,15 +210,19 @@ class Client:
         self.on_attempt = on_attempt
         self.pace = pace
 
-    def sync(self, session: Session, claim: Claim, gate: Admission) -> Outcome:
+    def sync(self, session: Session, claim: Claim, gate: Admission, start_by: float = math.inf) -> Outcome:
         """The user's call with its retries, each attempt let in by ``gate``; NOT_STARTED when the run stops before
-        the gate lets the first one in."""
+        the gate lets the first one in, or when it is let in after ``start_by`` (monotonic): a call started later
+        could outlast the user's lease, and another run may then call the same user."""
         started = time.monotonic()
         number = 0
         attempt: Attempt | None = None
         while gate.enter(self.stop):
-            number += 1
             self.pace.wait(self.stop)
+            if attempt is None and time.monotonic() > start_by:
+                gate.withdraw()
+                break
+            number += 1
             sent = time.monotonic()
             attempt = self._attempt(session, claim)
             gate.leave(time.monotonic() - sent if attempt.kind is Kind.SYNCED else None, overloaded(attempt))
@@ -313,13 +318,14 @@ class CallPool:
         self.client = client
         self.gate = gate
         self.halt = halt
-        self.jobs: queue.SimpleQueue[Claim] = queue.SimpleQueue()
+        self.jobs: queue.SimpleQueue[tuple[Claim, float]] = queue.SimpleQueue()  # with the time to start it by
         self.outcomes: queue.SimpleQueue[Outcome | Exception] = queue.SimpleQueue()
         for number in range(gate.threads):
             threading.Thread(target=self._work, name=f"call-{number}", daemon=True).start()
 
-    def submit(self, claim: Claim) -> None:
-        self.jobs.put(claim)
+    def submit(self, claim: Claim, start_by: float) -> None:
+        """Call this user unless the call cannot start by ``start_by`` (monotonic; see Client.sync)."""
+        self.jobs.put((claim, start_by))
 
     def next_outcome(self, timeout: float) -> Outcome | None:
         """The next finished call; a bug in a thread is raised here, in the main thread, rather than lost."""
@@ -336,18 +342,18 @@ class CallPool:
         taken = []
         while True:
             try:
-                taken.append(self.jobs.get_nowait())
+                taken.append(self.jobs.get_nowait()[0])
             except queue.Empty:
                 return taken
 
     def _work(self) -> None:
         session = Session(self.client.config, self.client.run_id)
         while True:
-            claim = self.jobs.get()
+            claim, start_by = self.jobs.get()
             if self.halt.is_set():
                 self.outcomes.put(Outcome(claim, Kind.NOT_STARTED, None, 0, 0))
                 continue
             try:
-                self.outcomes.put(self.client.sync(session, claim, self.gate))
+                self.outcomes.put(self.client.sync(session, claim, self.gate, start_by))
             except Exception as bug:  # noqa: BLE001 -- handed to the main thread, which raises it
                 self.outcomes.put(bug)

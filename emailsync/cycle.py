@@ -247,6 +247,8 @@ class Cycle:
         self.due = DuePages(leases, min(PAGE, config.sync.max_users_per_run))
         self.failing_in_a_row = 0
         self.verdict = Verdict(config.sync.endpoint_probe, config.backend.sync_url)
+        # sync.lease >= 2 x the longest call (config), so a claim has at least one longest call to start in.
+        self.start_within = config.sync.lease - config.backend.longest_call
         pace = budget.for_backend(leases.engine, config.backend, config.sync.host_id)
         self.client = Client(config.backend, config.sync.max_emails, leases.owner, stop, self._attempt_done, pace)
 
@@ -313,21 +315,24 @@ class Cycle:
             self._give_back(pool.take_unstarted())
 
     def _claim_more(self, pool: CallPool) -> None:
-        """Claim when the queue runs low, up to two claims per call the gate lets in (one running, one queued):
-        enough to stay busy, a claim round trip per `concurrency` users at least, and no lease waiting in the queue
-        longer than one call, which is what sync.lease >= 2 x the longest call covers. Under concurrency = "auto"
-        that is the limit of the moment, not the ceiling's threads."""
-        concurrency = pool.gate.limit
-        if len(self.in_flight) > concurrency:
+        """Keep claims ahead of the calls the gate lets run (under concurrency = "auto", the limit of the moment,
+        not the ceiling's threads): one to two times as many again queued behind them, a batch at most, so that no
+        call thread waits for the next claim's round trip. Not more: a claim of a whole batch holds the GIL long
+        enough for the calls in flight to look slower, which "auto" would take for an overloaded backend. A claim
+        that waits in the queue until its lease could end before its call does is not called (Client.sync's
+        start_by)."""
+        calls, batch = pool.gate.limit, self.config.sync.batch_size
+        ahead = min(batch, calls)
+        if len(self.in_flight) >= calls + ahead:
             return
-        room = 2 * concurrency - len(self.in_flight)
+        start_by = time.monotonic() + self.start_within  # read before the claim: its leases start later, not earlier
         claims = self.due.claim(
-            min(self.config.sync.batch_size, room, self.config.sync.max_users_per_run - self.claimed)
+            min(calls + 2 * ahead - len(self.in_flight), batch, self.config.sync.max_users_per_run - self.claimed)
         )
         self.claimed += len(claims)
         for claim in claims:
             self.in_flight[claim.key] = claim
-            pool.submit(claim)
+            pool.submit(claim, start_by)
 
     def _handle(self, outcome: Outcome) -> None:
         del self.in_flight[outcome.claim.key]

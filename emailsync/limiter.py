@@ -152,6 +152,8 @@ class Admission(Protocol):
 
     def leave(self, rtt: float | None, overloaded: bool) -> None: ...
 
+    def withdraw(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class Fixed:
@@ -171,6 +173,9 @@ class Fixed:
         return True
 
     def leave(self, rtt: float | None, overloaded: bool) -> None:
+        return None
+
+    def withdraw(self) -> None:
         return None
 
 
@@ -211,6 +216,13 @@ class Gate:
             else:
                 self.changed.notify()
             self._log_change()
+
+    def withdraw(self) -> None:
+        """A call let in that will not be made after all: its room goes to the next, and the limiter learns
+        nothing from it."""
+        with self.changed:
+            self.in_flight -= 1
+            self.changed.notify()
 
     def _log_change(self) -> None:
         """concurrency_changed when the limit has moved a meaningful step since the last line, at most every

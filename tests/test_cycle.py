@@ -185,6 +185,39 @@ def test_user_leased_by_a_live_run_is_left_alone(app_db: AppDb, backend: Backend
     assert app_db.state(1).lease_owner == "other-run"
 
 
+def test_a_claim_that_waits_too_long_for_its_call_is_given_back_uncalled(
+    app_db: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    # Claims run a batch ahead of the calls. With one call at a time of 0.7 s and a lease of 2 s that must cover
+    # a longest call of 1 s, a claim that is still queued 1 s after it was taken is not called (its lease could
+    # end before the call does, and another run could then call the same user): it is given back, due again (and
+    # maybe claimed again by this very run).
+    app_db.add_users(5)
+    backend.set_default(Behaviour(delay=0.7))
+    email_sync.configure(
+        app_db,
+        backend,
+        backend={
+            "concurrency": 1,
+            "retries": 0,
+            "call_timeout": "900ms",
+            "read_timeout": "900ms",
+            "retry_backoff_max": "100ms",
+        },
+        sync={"lease": "2s"},
+    )
+
+    result = email_sync("run")
+
+    assert result.code == 0, result.stdout
+    finished = result.event("cycle_finished")
+    called = [call.user_id for call in backend.sync_calls()]
+    assert finished["skipped"] >= 1
+    assert len(called) == len(set(called)) == finished["synced"]
+    assert app_db.synced_ids() == set(called)
+    assert app_db.leased() == []
+
+
 def test_expired_lease_of_a_crashed_run_is_taken_over(app_db: AppDb, backend: Backend, email_sync: EmailSync) -> None:
     app_db.add_users(1)
     app_db.lease(1, "crashed", -1)
