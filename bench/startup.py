@@ -60,16 +60,12 @@ def cpu_of(argv: list[str]) -> tuple[float, float, int]:
     return usage.ru_utime, usage.ru_stime, os.waitstatus_to_exitcode(status)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=9)
-    parser.add_argument("--users", type=int, default=1000, help="users in the app's table, none of them due")
-    parser.add_argument("--command", default="run", help="the email-sync command to measure (default: run)")
-    args = parser.parse_args()
+def measure(runs: int, users: int, command: str = "run") -> list[tuple[float, float, float]]:
+    """(user+sys, user, sys) CPU seconds of ``runs`` fresh `email-sync COMMAND` processes, nobody due."""
     dbname = f"email_sync_startup_{uuid.uuid4().hex[:10]}"
     admin(f'CREATE DATABASE "{dbname}"')
     try:
-        seed(dbname, args.users)
+        seed(dbname, users)
         with tempfile.TemporaryDirectory() as workdir, Backend() as backend:
             config = Path(workdir) / "email-sync.toml"
             config.write_text(
@@ -77,19 +73,29 @@ def main() -> None:
                 f'[backend]\nbase_url = "{backend.base_url}"\nconcurrency = 32\n\n'
                 '[sync]\ninterval = "1h"\n'
             )
-            command = [str(EMAIL_SYNC), "--config", str(config)]
-            if cpu_of([*command, "migrate"])[2] != 0:
+            argv = [str(EMAIL_SYNC), "--config", str(config)]
+            if cpu_of([*argv, "migrate"])[2] != 0:
                 raise SystemExit("email-sync migrate failed")
             samples = []
-            for _ in range(args.runs):
-                user, system, code = cpu_of([*command, args.command])
+            for _ in range(runs):
+                user, system, code = cpu_of([*argv, command])
                 if code != 0:
-                    raise SystemExit(f"email-sync {args.command} exited {code}")
+                    raise SystemExit(f"email-sync {command} exited {code}")
                 samples.append((user + system, user, system))
-            if args.command == "run" and backend.sync_calls():
+            if command == "run" and backend.sync_calls():
                 raise SystemExit("somebody was due: the measurement is not of an empty run")
     finally:
         admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--users", type=int, default=1000, help="users in the app's table, none of them due")
+    parser.add_argument("--command", default="run", help="the email-sync command to measure (default: run)")
+    args = parser.parse_args()
+    samples = measure(args.runs, args.users, args.command)
     total = statistics.median(s[0] for s in samples)
     print(f"email-sync {args.command}, {args.runs} runs, nobody due: median CPU {total:.3f} s (user+sys)")
     print("runs: " + ", ".join(f"{s[0]:.3f} ({s[1]:.3f}+{s[2]:.3f})" for s in samples))
