@@ -316,13 +316,11 @@ class Cycle:
 
     def _claim_more(self, pool: CallPool) -> None:
         """Keep claims ahead of the calls the gate lets run (under concurrency = "auto", the limit of the moment,
-        not the ceiling's threads): one to two times as many again queued behind them, a batch at most, so that no
-        call thread waits for the next claim's round trip. Not more: a claim of a whole batch holds the GIL long
-        enough for the calls in flight to look slower, which "auto" would take for an overloaded backend. A claim
-        that waits in the queue until its lease could end before its call does is not called (Client.sync's
-        start_by)."""
+        not the ceiling's threads): one to two times the gate's ``ahead`` queued behind them, so that no call
+        thread waits for the next claim's round trip. A claim that waits in the queue until its lease could end
+        before its call does is not called (Client.sync's start_by)."""
         calls, batch = pool.gate.limit, self.config.sync.batch_size
-        ahead = min(batch, calls)
+        ahead = pool.gate.ahead(batch)
         if len(self.in_flight) >= calls + ahead:
             return
         start_by = time.monotonic() + self.start_within  # read before the claim: its leases start later, not earlier

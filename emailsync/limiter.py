@@ -154,6 +154,8 @@ class Admission(Protocol):
 
     def withdraw(self) -> None: ...
 
+    def ahead(self, batch: int) -> int: ...
+
 
 @dataclass(frozen=True)
 class Fixed:
@@ -177,6 +179,11 @@ class Fixed:
 
     def withdraw(self) -> None:
         return None
+
+    def ahead(self, batch: int) -> int:
+        """Claims to keep queued behind the calls: a whole batch, the fewest claim transactions, as nothing here
+        is measured that a long claim could disturb."""
+        return batch
 
 
 class Gate:
@@ -223,6 +230,12 @@ class Gate:
         with self.changed:
             self.in_flight -= 1
             self.changed.notify()
+
+    def ahead(self, batch: int) -> int:
+        """Claims to keep queued behind the calls: as many as the limit, a batch at most. A claim of a whole batch
+        holds the GIL long enough for the calls in flight to look slower, which the limiter takes for a backend
+        under load."""
+        return min(batch, self.limiter.limit)
 
     def _log_change(self) -> None:
         """concurrency_changed when the limit has moved a meaningful step since the last line, at most every

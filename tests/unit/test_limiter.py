@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from emailsync.limiter import INITIAL, Gate, Limiter
+from emailsync.limiter import INITIAL, Fixed, Gate, Limiter
 
 FLAT = 0.1  # seconds: the backend without a queue
 
@@ -163,3 +163,15 @@ def test_a_call_that_leaves_the_gate_lets_the_next_one_in() -> None:
     stop.set()
 
     assert gate.enter(stop) is True
+
+
+def test_under_a_fixed_concurrency_claims_run_a_whole_batch_ahead() -> None:
+    assert Fixed(32).ahead(100) == 100
+
+
+def test_under_auto_claims_run_as_far_ahead_as_the_limit_and_no_further_than_a_batch() -> None:
+    gate = Gate(1024)
+
+    assert gate.ahead(100) == INITIAL
+    gate.limiter.limit = 512
+    assert gate.ahead(100) == 100
