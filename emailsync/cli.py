@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from emailsync import __version__
 from emailsync.errors import EXIT_BUG, EXIT_CONFIG, EXIT_NO, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE, EmailSyncError
@@ -28,7 +28,8 @@ exit codes:
   {EXIT_OK}   the command did its work (a run's per-user failures are reported, not fatal)
   {EXIT_BUG}   a bug: the traceback is in the log
   {EXIT_NO}   the answer is no: `status` unhealthy, a `check` failed, `sync USER` failed or the user is parked
-  {EXIT_USAGE}  no such user (`sync`, `reset`, `park`, `unpark`), or `unpark` of a user not parked
+  {EXIT_USAGE}  usage: an unknown command or option; no such user (`sync`, `reset`, `park`, `unpark`),
+      or `unpark` of a user not parked
   {EXIT_TEMPFAIL}  temporary: the database or the backend is unreachable or failing; the next run may succeed
   {EXIT_CONFIG}  configuration: bad config, wrong endpoint or token, missing schema; fix it, then run again
 
@@ -41,8 +42,17 @@ any key can be overridden by EMAIL_SYNC_<SECTION>_<KEY> (e.g. EMAIL_SYNC_BACKEND
 NO_BACKEND = ("migrate", "status", "users", "reset", "alert", "pause", "drain", "resume", "park", "unpark")
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error exits 64 (EX_USAGE, as sysexits means it), not argparse's 2: here 2 means that `status` found
+    the service unhealthy, and a monitoring script with a typo in its command line must not read as that."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="email-sync",
         description="Sync the mailboxes of users whose last sync is older than the interval, once per run.",
         epilog=EPILOG,

@@ -906,6 +906,22 @@ def test_help_mentions_exit_codes_75_and_78(capsys: pytest.CaptureFixture[str]) 
     assert "EMAIL_SYNC_CONFIG" in out
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["stattus"], ["status", "--jsno"], ["park"]],
+    ids=["unknown command", "unknown option", "missing argument"],
+)
+def test_a_usage_error_exits_64_not_2_which_means_unhealthy(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == 64  # EX_USAGE
+    error = capsys.readouterr().err
+    assert "error:" in error
+    assert "Traceback" not in error
+
+
 def test_outside_the_unit_the_credstore_file_stands_in_for_the_credential(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
