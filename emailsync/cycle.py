@@ -43,6 +43,7 @@ log = structlog.get_logger()
 
 FLUSH_EVERY = 1.0  # seconds: results reach the database at least this often
 POLL = 0.2  # seconds: how long the main loop waits for an outcome before looking at the clock again
+AHEAD = 1.0  # seconds of the calls' pace that claims run ahead of them, at most (see Cycle._claim_more)
 
 
 @dataclass
@@ -244,6 +245,7 @@ class Cycle:
         self.to_record: list[Result] = []
         self.to_release: list[Claim] = []
         self.claimed = 0
+        self.began = time.monotonic()
         self.due = DuePages(leases, min(PAGE, config.sync.max_users_per_run))
         self.failing_in_a_row = 0
         self.verdict = Verdict(config.sync.endpoint_probe, config.backend.sync_url)
@@ -316,11 +318,14 @@ class Cycle:
 
     def _claim_more(self, pool: CallPool) -> None:
         """Keep claims ahead of the calls the gate lets run (under concurrency = "auto", the limit of the moment,
-        not the ceiling's threads): one to two times the gate's ``ahead`` queued behind them, so that no call
-        thread waits for the next claim's round trip. A claim that waits in the queue until its lease could end
-        before its call does is not called (Client.sync's start_by)."""
+        not the ceiling's threads): one to two times ``ahead`` queued behind them, so that no call thread waits
+        for the next claim's round trip. ``ahead`` is as many as the calls, or AHEAD of the run's pace so far if
+        that is more, within the gate's cap (Admission.ahead): fast calls get claims of a whole batch, the fewest
+        transactions, and slow ones do not hold leases on users that other hosts could be calling. A claim that
+        waits in the queue until its lease could end before its call does is not called (Client.sync's
+        start_by)."""
         calls, batch = pool.gate.limit, self.config.sync.batch_size
-        ahead = pool.gate.ahead(batch)
+        ahead = min(pool.gate.ahead(batch), max(calls, int(self._pace() * AHEAD)))
         if len(self.in_flight) >= calls + ahead:
             return
         start_by = time.monotonic() + self.start_within  # read before the claim: its leases start later, not earlier
@@ -331,6 +336,11 @@ class Cycle:
         for claim in claims:
             self.in_flight[claim.key] = claim
             pool.submit(claim, start_by)
+
+    def _pace(self) -> float:
+        """Users finished per second since the cycle began."""
+        finished = self.counts.synced + self.counts.failed + self.counts.skipped
+        return finished / max(time.monotonic() - self.began, POLL)
 
     def _handle(self, outcome: Outcome) -> None:
         del self.in_flight[outcome.claim.key]

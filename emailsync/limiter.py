@@ -181,8 +181,8 @@ class Fixed:
         return None
 
     def ahead(self, batch: int) -> int:
-        """Claims to keep queued behind the calls: a whole batch, the fewest claim transactions, as nothing here
-        is measured that a long claim could disturb."""
+        """How far claims may run ahead of the calls: a whole batch, as nothing here is measured that a long
+        claim could disturb."""
         return batch
 
 
@@ -232,9 +232,9 @@ class Gate:
             self.changed.notify()
 
     def ahead(self, batch: int) -> int:
-        """Claims to keep queued behind the calls: as many as the limit, a batch at most. A claim of a whole batch
-        holds the GIL long enough for the calls in flight to look slower, which the limiter takes for a backend
-        under load."""
+        """How far claims may run ahead of the calls: as many as the limit, a batch at most. A claim of a whole
+        batch holds the GIL long enough for the calls in flight to look slower, which the limiter takes for a
+        backend under load."""
         return min(batch, self.limiter.limit)
 
     def _log_change(self) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import text
 
+from emailsync.db import STATE
 from emailsync.leases import DuePages, Leases
 from emailsync.model import Result
 from tests.backend import Backend, Behaviour
@@ -185,13 +187,45 @@ def test_user_leased_by_a_live_run_is_left_alone(app_db: AppDb, backend: Backend
     assert app_db.state(1).lease_owner == "other-run"
 
 
+def test_slow_calls_hold_leases_on_about_a_second_of_their_pace_not_on_whole_batches(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    # One call at a time of 0.25 s: 4 users a second. Claims run ahead by as many as the calls, or a second of
+    # their pace: at most 1 + 2 x 4 users leased at once. A whole batch ahead would lease all 30 at the start,
+    # users another host could be calling meanwhile.
+    pg.add_users(30)
+    backend.set_default(Behaviour(delay=0.25))
+    email_sync.configure(pg, backend, backend={"concurrency": 1}, sync={"batch_size": 50})
+    most_leased = 0
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal most_leased
+        while not done.wait(0.02):
+            leased = pg.scalar(f"SELECT count(*) FROM {STATE} WHERE lease_owner IS NOT NULL")
+            most_leased = max(most_leased, leased)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        result = email_sync("run")
+    finally:
+        done.set()
+        watcher.join()
+
+    assert result.code == 0, result.stdout
+    assert len(pg.synced_ids()) == 30
+    # Queued and calling: 1 + 2 x 4; called, their leases ended by the next batch write: a second's worth, 4.
+    assert 1 <= most_leased <= 1 + 2 * 4 + 4
+
+
 def test_a_claim_that_waits_too_long_for_its_call_is_given_back_uncalled(
     app_db: AppDb, backend: Backend, email_sync: EmailSync
 ) -> None:
-    # Claims run a batch ahead of the calls. With one call at a time of 0.7 s and a lease of 2 s that must cover
-    # a longest call of 1 s, a claim that is still queued 1 s after it was taken is not called (its lease could
-    # end before the call does, and another run could then call the same user): it is given back, due again (and
-    # maybe claimed again by this very run).
+    # Claims run ahead of the calls: here two wait behind the one calling. With one call at a time of 0.7 s and a
+    # lease of 2 s that must cover a longest call of 1 s, a claim that is still queued 1 s after it was taken is
+    # not called (its lease could end before the call does, and another run could then call the same user): it is
+    # given back, due again (and maybe claimed again by this very run).
     app_db.add_users(5)
     backend.set_default(Behaviour(delay=0.7))
     email_sync.configure(

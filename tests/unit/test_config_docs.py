@@ -29,5 +29,5 @@ def test_the_config_command_prints_its_form_without_reading_any_config(
 def test_the_config_command_needs_a_form(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         cli.main(["config"])
-    assert exit_.value.code == 2
+    assert exit_.value.code == 64  # a usage error (EX_USAGE)
     assert "one of the arguments --sample --markdown is required" in capsys.readouterr().err
