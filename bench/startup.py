@@ -83,7 +83,6 @@ def measure(runs: int, users: int, command: str = "run") -> list[tuple[float, fl
                 '[sync]\ninterval = "1h"\n'
             )
             argv = [str(EMAIL_SYNC), "--config", str(config)]
-            compile_as_installed()
             if cpu_of([*argv, "migrate"])[2] != 0:
                 raise SystemExit("email-sync migrate failed")
             samples = []
@@ -105,6 +104,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000, help="users in the app's table, none of them due")
     parser.add_argument("--command", default="run", help="the email-sync command to measure (default: run)")
     args = parser.parse_args()
+    compile_as_installed()
     samples = measure(args.runs, args.users, args.command)
     total = statistics.median(s[0] for s in samples)
     print(f"email-sync {args.command}, {args.runs} runs, nobody due: median CPU {total:.3f} s (user+sys)")
