@@ -16,7 +16,9 @@ deadline of its own.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import http.client
 import json
 import math
 import queue
@@ -27,7 +29,6 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
@@ -44,6 +45,8 @@ MAX_BODY = 64 * 1024  # we only need a count from the body; a 10 MB answer is cu
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 OVERLOAD_STATUSES = (429, 503, 504)  # with a timeout or no connection: what cuts concurrency = "auto"
 COOLDOWN_STATUSES = (429, 503)  # with Retry-After: the backend asks everyone to wait, so the whole fleet does
+# A request without a complete answer: no connection, a timeout, TLS, a broken or malformed answer.
+TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("6b0e1e53-8a0b-4c1a-9a43-53b0f2a54e0c")
 
 
@@ -82,10 +85,11 @@ class Reply:
 class Session:
     """One kept-alive connection to the backend, for one thread at a time.
 
-    urllib3 itself rather than requests on top of it: requests' per-call machinery (cookies, hooks, environment
-    merging, its response object) was half the CPU of a call or more (bench/clientcost.py), and we use none of it.
-    No proxies from the environment, no .netrc, no redirects, no retries of urllib3's own: the Authorization
-    header only ever goes to the configured backend, and retries are ours.
+    urllib3's connection rather than requests on top of it, and rather than urllib3's pool: requests' per-call
+    machinery (cookies, hooks, environment merging, its response object) was half the CPU of a call or more, and a
+    pool of one connection still spent a sixth of a call on checking it out and back in (bench/clientcost.py).
+    We use none of it. No proxies from the environment, no .netrc, no redirects, no retries of urllib3's own: the
+    Authorization header only ever goes to the configured backend, and retries are ours.
     """
 
     def __init__(self, config: BackendConfig, run_id: str) -> None:
@@ -93,68 +97,78 @@ class Session:
         self.trace_id = uuid.UUID(run_id).hex
         if config.token:
             self.headers["Authorization"] = f"Bearer {config.token}"
-        tls: dict[str, Any] = {}
-        if urlsplit(config.base_url).scheme == "https":
-            ca_file = config.ca_file or (SYSTEM_CA_BUNDLE if Path(SYSTEM_CA_BUNDLE).exists() else None)
-            tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": ca_file}
+        self.connect_timeout = config.connect_timeout
+        self.read_timeout = config.read_timeout
         self.call_timeout = config.call_timeout
-        self.pool = urllib3.connection_from_url(
-            config.base_url,
-            maxsize=1,
-            retries=False,
-            # total= cuts connecting short too, before the reaper knows the socket
-            timeout=urllib3.Timeout(
-                connect=config.connect_timeout, read=config.read_timeout, total=config.call_timeout
-            ),
-            **tls,
-        )
-        self.pool.ConnectionCls = WatchedTLSConnection if tls else WatchedConnection
+        url = urlsplit(config.base_url)
+        self.connection: WatchedConnection
+        if url.scheme == "https":
+            ca_file = config.ca_file or (SYSTEM_CA_BUNDLE if Path(SYSTEM_CA_BUNDLE).exists() else None)
+            self.connection = WatchedTLSConnection(
+                url.hostname or "", url.port, cert_reqs="CERT_REQUIRED", ca_certs=ca_file
+            )
+        else:
+            self.connection = WatchedConnection(url.hostname or "", url.port)
 
     def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.pool.close()
+        self.connection.close()
 
     def call(self, method: str, url: str, body: bytes | None = None, headers: Mapping[str, str] | None = None) -> Reply:
         """One request and the start of its answer, by its deadline; CallFailed when there is no complete answer."""
         deadline = time.monotonic() + self.call_timeout
+        headers = {**self.headers, "traceparent": self.traceparent(), **(headers or {})}
         with REAPER.deadline(deadline):
             try:
-                response = self.pool.urlopen(
-                    method,
-                    request_target(url),
-                    body=body,
-                    headers={**self.headers, "traceparent": self.traceparent(), **(headers or {})},
-                    retries=False,
-                    redirect=False,
-                    preload_content=False,
-                )
-            except urllib3.exceptions.HTTPError as failure:
-                raise self._failed(None, deadline, _describe(failure)) from None
+                response = self._send(method, request_target(url), body, headers, deadline)
+            except TRANSPORT_ERRORS as failure:
+                raise self._failed(None, deadline, self._describe(failure)) from None
             try:
                 answer = response.read(MAX_BODY + 1)
-            except (urllib3.exceptions.HTTPError, OSError) as failure:
-                response.close()
-                response.release_conn()
-                raise self._failed(response.status, deadline, f"reading the answer: {_describe(failure)}") from None
+            except TRANSPORT_ERRORS as failure:
+                description = f"reading the answer: {self._describe(failure)}"
+                raise self._failed(response.status, deadline, description) from None
         if time.monotonic() >= deadline:
             # Cut off, or ended just as it was: what was read may look whole (a shut socket ends headers and body
             # like a closing server), so it does not count, and the connection may be shut down.
-            response.close()
-            response.release_conn()
+            self.connection.close()
             raise self._cut_off(response.status)
         if len(answer) > MAX_BODY:  # the rest is still on the wire: this connection cannot carry another call
-            response.close()
-        response.release_conn()
+            self.connection.close()
         return Reply(response.status, response.headers, answer)
+
+    def _send(
+        self, method: str, target: str, body: bytes | None, headers: Mapping[str, str], deadline: float
+    ) -> urllib3.HTTPResponse:
+        """The request on the kept-alive connection, or on a new one if the backend has closed it, and the head of
+        its answer; the connect and read timeouts never reach past the call's deadline."""
+        connection = self.connection
+        if connection.sock is not None and not connection.is_connected:  # closed by the backend while kept alive
+            connection.close()
+        connection.timeout = min(self.connect_timeout, deadline - time.monotonic())
+        # The backend may have answered and closed before reading all of the request: its answer is read all the same.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            connection.request(method, target, body=body, headers=headers, preload_content=False)
+        connection.timeout = min(self.read_timeout, deadline - time.monotonic())
+        if connection.timeout <= 0:
+            raise TimeoutError("no time left for the answer")
+        return connection.getresponse()
 
     def traceparent(self) -> str:
         """This attempt's W3C trace context: the run's trace, a span of its own (never all zeros), sampled."""
         return f"00-{self.trace_id}-{random.getrandbits(64) or 1:016x}-01"
 
+    def _describe(self, failure: BaseException) -> str:
+        """A transport failure in one line; a timeout while awaiting the answer names the setting that set it."""
+        if isinstance(failure, TimeoutError):
+            return f"read timed out: no answer within backend.read_timeout ({self.read_timeout:g}s)"
+        return _describe(failure)
+
     def _failed(self, status: int | None, deadline: float, description: str) -> CallFailed:
-        """A call without a complete answer."""
+        """A call without a complete answer: its connection cannot carry another call."""
+        self.connection.close()
         return self._cut_off(status) if time.monotonic() >= deadline else CallFailed(status, description)
 
     def _cut_off(self, status: int | None) -> CallFailed:

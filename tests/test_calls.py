@@ -100,7 +100,7 @@ def test_read_timeout_is_retried_then_fails_the_user(one_user: AppDb, backend: B
     assert result.code == 0
     assert len(backend.sync_calls(1)) == 2
     state = one_user.state(1)
-    assert state.failures == 1 and "timed out" in state.last_error.lower()
+    assert state.failures == 1 and state.last_error == "read timed out: no answer within backend.read_timeout (0.3s)"
 
 
 def test_answer_after_the_read_timeout_is_a_failure_not_a_sync(
