@@ -2,8 +2,10 @@
 
 Every POST answers 200 {"emails_synced": 1} after ``--latency`` seconds (asyncio.sleep, so thousands of calls can
 wait at once); GET /health answers 200; GET /_stats answers the counters as JSON (requests, syncs, connections,
-peak in-flight calls, peak open connections). Prints its port on stdout, then serves until SIGTERM/SIGINT or
-``--max-seconds``. Stdlib only; binds 127.0.0.1 only.
+peak in-flight calls, peak open connections); GET /_turnaround answers the client's turnaround since it was last
+asked: from a sync answer sent to the next request's head read on the same connection, what the client spends
+between two calls (this stand-in's own scheduling included), as a count, a mean and percentiles in ms. Prints its
+port on stdout, then serves until SIGTERM/SIGINT or ``--max-seconds``. Stdlib only; binds 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -34,9 +36,20 @@ class Stats:
         self.peak_open = 0
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.turnarounds: list[float] = []
 
     def as_json(self) -> bytes:
-        return json.dumps(self.__dict__).encode()
+        return json.dumps({k: v for k, v in self.__dict__.items() if k != "turnarounds"}).encode()
+
+    def take_turnaround(self) -> bytes:
+        """The turnarounds since the last call, summarized, and forgotten."""
+        samples, self.turnarounds = sorted(self.turnarounds), []
+        summary: dict[str, float] = {"count": len(samples)}
+        if samples:
+            summary["mean_ms"] = 1000 * sum(samples) / len(samples)
+            for p in (50, 90, 99):
+                summary[f"p{p}_ms"] = 1000 * samples[min(len(samples) - 1, len(samples) * p // 100)]
+        return json.dumps(summary).encode()
 
 
 def answer(status: str, body: bytes, close: bool = False) -> bytes:
@@ -56,12 +69,17 @@ async def serve(latency: float, max_seconds: float, port: int) -> None:
         stats.connections += 1
         stats.open += 1
         stats.peak_open = max(stats.peak_open, stats.open)
+        loop = asyncio.get_running_loop()
+        answered_at: float | None = None  # when this connection's last sync answer was sent
         try:
             while True:
                 try:
                     head = await reader.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                     return
+                if answered_at is not None:
+                    stats.turnarounds.append(loop.time() - answered_at)
+                    answered_at = None
                 lines = head.split(b"\r\n")
                 parts = lines[0].split(b" ")
                 if len(parts) != 3:
@@ -94,6 +112,9 @@ async def serve(latency: float, max_seconds: float, port: int) -> None:
                         await asyncio.sleep(latency)
                     stats.in_flight -= 1
                     writer.write(SYNC_ANSWER if not close else answer("200 OK", BODY, close=True))
+                    answered_at = loop.time()
+                elif path == b"/_turnaround":
+                    writer.write(answer("200 OK", stats.take_turnaround(), close))
                 elif path == b"/_stats":
                     writer.write(answer("200 OK", stats.as_json(), close))
                 else:  # /health and anything else

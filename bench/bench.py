@@ -51,6 +51,7 @@ ADMIN_DSN = f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname=postgres sslmo
 RUN_TIMEOUT = 900.0  # seconds: no single email-sync run may take longer (it is killed, the benchmark fails)
 EMPTY_RUN_CPU_GOAL = 0.3  # seconds of CPU for a run that finds nobody due (issue 14)
 SAMPLE_EVERY = 0.1  # seconds between /proc and pg_stat_activity samples
+MEASURED: list[Path] = []  # the emailsync/ directory the measured venv imports, found (and compiled) at start
 
 
 @dataclass
@@ -137,11 +138,18 @@ class Backend(Child):
         self.latency = latency
 
     def stats(self) -> dict[str, Any]:
+        return self._get("/_stats")
+
+    def turnaround(self) -> dict[str, Any]:
+        """The client's turnaround between two calls on a connection since the last asking (see backend.py)."""
+        return self._get("/_turnaround")
+
+    def _get(self, path: str) -> dict[str, Any]:
         import http.client
 
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
-            connection.request("GET", "/_stats")
+            connection.request("GET", path)
             return json.loads(connection.getresponse().read())
         finally:
             connection.close()
@@ -320,12 +328,12 @@ def background_cpu(seconds: float = 1.0) -> float:
     return (busy1 - busy0) / max(total1 - total0, 1.0)
 
 
-def emailsync_source_hash() -> str:
-    """Which email-sync code a run measured: the venv installs emailsync/ editable, and others edit it meanwhile."""
+def emailsync_source_hash(package: Path) -> str:
+    """Which email-sync code a run measured: others may edit an editable install's emailsync/ meanwhile."""
     import hashlib
 
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "emailsync").glob("*.py")):
+    for path in sorted(package.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
@@ -342,7 +350,7 @@ def email_sync_run(
     """ONE real `email-sync run` through the counting proxy; returns its measurements."""
     counts_file = workdir / f"pgproxy-{uuid.uuid4().hex[:6]}.json"
     background = background_cpu()
-    source = emailsync_source_hash()
+    source = emailsync_source_hash(MEASURED[0])
     proxy = Child(
         [str(PYTHON), str(HERE / "pgproxy.py"), "--out", str(counts_file), "--max-seconds", str(RUN_TIMEOUT + 60)],
         "pgproxy",
@@ -358,6 +366,7 @@ def email_sync_run(
     )
     log_path = workdir / f"email-sync-{level}.log"
     before_backend = backend.stats()["syncs"]
+    backend.turnaround()  # forget what came before this run
     backend_ticks = process_cpu_ticks(backend.process.pid)
     xact_before = db.xacts()
     busy0, total0 = cpu_times()
@@ -398,6 +407,7 @@ def email_sync_run(
     )
     synced_rows = db.sql("SELECT count(*) FROM users WHERE last_sync IS NOT NULL")[0][0]
     backend_calls = backend.stats()["syncs"] - before_backend
+    turnaround = backend.turnaround()
     if process.returncode != 0 or not run_row:
         tail = log_path.read_text()[-3000:]
         raise RuntimeError(f"email-sync run exited {process.returncode}:\n{tail}")
@@ -442,6 +452,7 @@ def email_sync_run(
         "statements_per_user_excl_begin_commit": statements.get("statements_excluding_begin_commit", 0)
         / max(synced, 1),
         "round_trips_per_user": statements.get("round_trips", 0) / max(synced, 1),
+        "client_turnaround_ms": turnaround,
         "log_lines": log_path.read_bytes().count(b"\n"),
         "log_bytes": log_path.stat().st_size,
     }
@@ -452,6 +463,13 @@ def email_sync_run(
         problems.append(f"backend got {backend_calls} calls for {synced} synced users")
     result["problems"] = problems
     return result
+
+
+def turnaround_text(summary: dict[str, Any]) -> str:
+    """A client's turnaround between calls (backend.py's /_turnaround) in a few words."""
+    if not summary.get("count"):
+        return "-"
+    return f"ms p50 {summary['p50_ms']:.2f}, p90 {summary['p90_ms']:.2f}, p99 {summary['p99_ms']:.2f}"
 
 
 def wait_for_grandchild(pid: int, timeout: float = 10.0) -> int:
@@ -527,6 +545,9 @@ def machine_facts() -> dict[str, Any]:
         "email_sync": email_sync_version.strip(),
         "git_head": git.stdout.strip(),
         "emailsync_dirty": bool(dirty.stdout.strip()),
+        "emailsync_measured": str(MEASURED[0]),
+        "emailsync_measured_is_the_tree": emailsync_source_hash(MEASURED[0])
+        == emailsync_source_hash(ROOT / "emailsync"),
     }
 
 
@@ -632,12 +653,15 @@ def run_scenario(
     try:
         migrate(db, workdir, backend, sc)
         if sc.latency > 0:  # can the backend itself hold concurrency/latency? (a loadgen at the same shape)
+            backend.turnaround()
             check = loadgen(backend.port, sc.concurrency, max(2.0, 4 * sc.latency), 1)
+            check["client_turnaround_ms"] = backend.turnaround()
             out["backend_check"] = check
             ideal = sc.concurrency / sc.latency
             print(
                 f"  backend alone at concurrency {sc.concurrency}, latency {sc.latency * 1000:.0f} ms: "
-                f"{check['rate']:,.0f} req/s ({check['rate'] / ideal:.0%} of {ideal:,.0f})",
+                f"{check['rate']:,.0f} req/s ({check['rate'] / ideal:.0%} of {ideal:,.0f}), "
+                f"load generator's turnaround {turnaround_text(check['client_turnaround_ms'])}",
                 flush=True,
             )
         runs, baselines = [], []
@@ -651,6 +675,7 @@ def run_scenario(
                 f"pg conns {run['peak_pg_connections']}, {run['statements_per_user']:.3f} statements/user, "
                 f"cpu ms/user: email-sync {run['cpu_ms_per_user']:.2f}, postgres {run['pg_cpu_ms_per_user']:.2f}, "
                 f"backend {run['backend_cpu_ms_per_user']:.2f}, proxy {run['pgproxy_cpu_ms_per_user']:.2f}; "
+                f"turnaround {turnaround_text(run['client_turnaround_ms'])}; "
                 f"machine busy {run['machine_cpu_busy']:.0%} "
                 f"(others' load just before: {run['background_cpu_busy_before']:.0%})"
                 + (f"  PROBLEMS: {run['problems']}" if run["problems"] else ""),
@@ -857,7 +882,7 @@ def main() -> int:
         raise SystemExit(f"{EMAIL_SYNC} is missing: run `make venv` first")
     from startup import compile_as_installed, measure  # bench/ is on sys.path as the script's folder
 
-    compile_as_installed()  # every scenario runs email-sync as the package installs it
+    MEASURED.append(compile_as_installed())  # every scenario runs email-sync as the package installs it
 
     began = time.monotonic()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -867,7 +892,9 @@ def main() -> int:
     print(
         f"machine: {facts['nproc']} CPUs ({facts['cpu_model']}), {facts['python']}, "
         f"{facts['postgresql'].split(' on ')[0]}; email-sync {facts['git_head']}"
-        + (" (emailsync/ has uncommitted changes)" if facts["emailsync_dirty"] else ""),
+        + (" (emailsync/ has uncommitted changes)" if facts["emailsync_dirty"] else "")
+        + f"\nmeasured: {EMAIL_SYNC} importing {facts['emailsync_measured']}"
+        + ("" if facts["emailsync_measured_is_the_tree"] else " -- NOT the same code as this tree's emailsync/"),
         flush=True,
     )
     report: dict[str, Any] = {"timestamp": stamp, "machine": facts, "options": vars(args), "scenarios": [], "notes": []}

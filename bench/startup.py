@@ -63,10 +63,16 @@ def cpu_of(argv: list[str]) -> tuple[float, float, int]:
     return usage.ru_utime, usage.ru_stime, os.waitstatus_to_exitcode(status)
 
 
-def compile_as_installed() -> None:
-    """Byte-compile the emailsync package of the measured venv, as the package's postinst does."""
-    code = "import compileall, emailsync, os; compileall.compile_dir(os.path.dirname(emailsync.__file__), quiet=1)"
-    subprocess.run([str(VENV_BIN / "python"), "-c", code], check=True)
+def compile_as_installed() -> Path:
+    """Byte-compile the emailsync package of the measured venv, as the package's postinst does; returns its
+    directory (PYTHONPATH, if set, decides which one that is)."""
+    code = (
+        "import compileall, emailsync, os; where = os.path.dirname(emailsync.__file__); "
+        "compileall.compile_dir(where, quiet=1); print(where)"
+    )
+    # -P: not the current directory (a checkout's emailsync/ would shadow the venv's), as the email-sync script does
+    done = subprocess.run([str(VENV_BIN / "python"), "-P", "-c", code], check=True, capture_output=True, text=True)
+    return Path(done.stdout.strip())
 
 
 def measure(runs: int, users: int, command: str = "run") -> list[tuple[float, float, float]]:
