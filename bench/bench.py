@@ -46,6 +46,7 @@ ROOT = HERE.parent
 VENV_BIN = Path(os.environ.get("BENCH_VENV_BIN", ROOT / ".venv" / "bin"))
 EMAIL_SYNC = VENV_BIN / "email-sync"
 PYTHON = VENV_BIN / "python"
+RIG_PYTHON = Path(sys.executable)  # the stand-in, the proxy, the load generator, the baseline: not what is measured
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 ADMIN_DSN = f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname=postgres sslmode=disable"
 RUN_TIMEOUT = 900.0  # seconds: no single email-sync run may take longer (it is killed, the benchmark fails)
@@ -133,7 +134,7 @@ class Child:
 class Backend(Child):
     def __init__(self, latency: float) -> None:
         super().__init__(
-            [str(PYTHON), str(HERE / "backend.py"), "--latency", str(latency), "--max-seconds", "3600"], "backend"
+            [str(RIG_PYTHON), str(HERE / "backend.py"), "--latency", str(latency), "--max-seconds", "3600"], "backend"
         )
         self.latency = latency
 
@@ -158,7 +159,7 @@ class Backend(Child):
 def loadgen(port: int, connections: int, duration: float, procs: int) -> dict[str, Any]:
     out = subprocess.run(
         [
-            str(PYTHON),
+            str(RIG_PYTHON),
             str(HERE / "loadgen.py"),
             "--port",
             str(port),
@@ -352,7 +353,7 @@ def email_sync_run(
     background = background_cpu()
     source = emailsync_source_hash(MEASURED[0])
     proxy = Child(
-        [str(PYTHON), str(HERE / "pgproxy.py"), "--out", str(counts_file), "--max-seconds", str(RUN_TIMEOUT + 60)],
+        [str(RIG_PYTHON), str(HERE / "pgproxy.py"), "--out", str(counts_file), "--max-seconds", str(RUN_TIMEOUT + 60)],
         "pgproxy",
     )
     config = write_config(
@@ -488,7 +489,7 @@ def wait_for_grandchild(pid: int, timeout: float = 10.0) -> int:
 def baseline_run(db: BenchDb, backend: Backend, limit: int) -> dict[str, Any]:
     out = subprocess.run(
         [
-            str(PYTHON),
+            str(RIG_PYTHON),
             str(HERE / "baseline.py"),
             "--dsn",
             db.dsn(),

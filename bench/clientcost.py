@@ -1,6 +1,7 @@
 """CPU per request of the HTTP client styles email-sync could use, one thread, keep-alive, against bench/backend.py
 at latency 0: requests.Session.post (stream=True, raw.read: what `Client._attempt` used until issue 6), urllib3's
-HTTPConnectionPool.urlopen (what backend.Session uses now) and http.client. The numbers behind leaving requests.
+HTTPConnectionPool.urlopen (what backend.Session used until issue 14), one urllib3 HTTPConnection kept by the
+caller (what it uses now) and http.client. The numbers behind leaving requests, then the pool.
 
     .venv/bin/python bench/clientcost.py [--requests 3000]
 """
@@ -69,6 +70,25 @@ def with_urllib3(port: int, n: int) -> None:
         json.loads(body)
 
 
+def with_urllib3_connection(port: int, n: int) -> None:
+    connection = urllib3.connection.HTTPConnection("127.0.0.1", port, timeout=30)
+    for i in range(n):
+        if connection.sock is not None and not connection.is_connected:
+            connection.close()
+        connection.request(
+            "POST",
+            "/api/v1/sync/start",
+            body=json.dumps(PAYLOAD).encode(),
+            headers={
+                "User-Agent": "email-sync/0.1.0",
+                "Content-Type": "application/json",
+                "Idempotency-Key": str(uuid.uuid5(NS, f"r/{i}")),
+            },
+            preload_content=False,
+        )
+        json.loads(connection.getresponse().read(65537))
+
+
 def with_http_client(port: int, n: int) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     for i in range(n):
@@ -99,6 +119,7 @@ def main() -> None:
         for name, fn in (
             ("requests.Session.post (until issue 6)", with_requests),
             ("urllib3 urlopen", with_urllib3),
+            ("urllib3 HTTPConnection", with_urllib3_connection),
             ("http.client", with_http_client),
         ):
             fn(port, 200)  # warm up
