@@ -85,11 +85,11 @@ class Reply:
 class Session:
     """One kept-alive connection to the backend, for one thread at a time.
 
-    urllib3's connection rather than requests on top of it, and rather than urllib3's pool: requests' per-call
-    machinery (cookies, hooks, environment merging, its response object) was half the CPU of a call or more, and a
-    pool of one connection still spent a sixth of a call on checking it out and back in (bench/clientcost.py).
-    We use none of it. No proxies from the environment, no .netrc, no redirects, no retries of urllib3's own: the
-    Authorization header only ever goes to the configured backend, and retries are ours.
+    urllib3's connection, without requests on top of it or urllib3's pool around it: requests' per-call machinery
+    (cookies, hooks, environment merging, its response object) was half the CPU of a call or more, and a pool of
+    one connection still spent about a tenth on checking it out and back in (bench/clientcost.py); we use none of
+    that. No proxies from the environment, no .netrc, no redirects, no retries of urllib3's own: the Authorization
+    header only ever goes to the configured backend, and retries are ours.
     """
 
     def __init__(self, config: BackendConfig, run_id: str) -> None:

@@ -132,6 +132,10 @@ class Backend:
         self.monitor_path = "/ping/"
         self.monitor_status = 200
         self.monitor_delay = 0.0  # seconds before a ping's answer
+        # Seconds a kept-alive connection may sit idle before the server closes it without a word, as a keep-alive
+        # timeout does (nginx's keepalive_timeout); None: never.
+        self.idle_timeout: float | None = None
+        self.connections = 0  # accepted so far
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._default = Behaviour()
@@ -359,6 +363,11 @@ class _Handler(BaseHTTPRequestHandler):
         """Register the connection so that stop() can close it."""
         super().setup()
         self.server.track(self.connection, True)
+        backend = self.server.backend
+        with backend._lock:
+            backend.connections += 1
+        if backend.idle_timeout is not None:
+            self.connection.settimeout(backend.idle_timeout)  # http.server closes the connection on a timeout
 
     def handle(self) -> None:
         """Finish the TLS handshake (if any), then serve requests until the connection closes."""

@@ -91,6 +91,21 @@ def test_dropped_connection_is_retried(one_user: AppDb, backend: Backend, email_
     assert one_user.synced_ids() == {1}
 
 
+def test_a_kept_alive_connection_the_backend_closed_while_idle_costs_no_failed_call(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    pg.add_users(3)
+    backend.idle_timeout = 0.1  # closed long before the next call: max_rate spaces them 1 s apart
+    email_sync.configure(pg, backend, backend={"concurrency": 1, "max_rate": 1})
+
+    result = email_sync("run")
+
+    assert result.code == 0 and pg.synced_ids() == {1, 2, 3}
+    synced = [e for e in result.events if e["event"] == "user_synced"]
+    assert [e["attempts"] for e in synced] == [1, 1, 1]  # a request sent on the closed connection would fail
+    assert backend.connections >= 4  # the health check's, then one per call: each was closed while idle
+
+
 def test_read_timeout_is_retried_then_fails_the_user(one_user: AppDb, backend: Backend, email_sync: EmailSync) -> None:
     backend.set_default(Behaviour(hang=True))
     email_sync.configure(one_user, backend, backend={"read_timeout": "300ms", "retries": 1})
