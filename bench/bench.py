@@ -757,9 +757,9 @@ def judge(s: dict[str, Any], sc: Scenario, latency0_rate: float | None) -> None:
 def profile(args: argparse.Namespace, workdir: Path, outdir: Path) -> dict[str, Any]:
     """Scenario (c) under py-spy: `record --gil` (who holds the GIL), `record --idle` (where every thread waits),
     and `dump` snapshots of a plain run."""
-    py_spy = shutil.which("py-spy", path=str(VENV_BIN)) or shutil.which("py-spy")
+    py_spy = shutil.which("py-spy", path=f"{VENV_BIN}:{RIG_PYTHON.parent}") or shutil.which("py-spy")
     if not py_spy:
-        raise SystemExit(f"--profile needs py-spy: {VENV_BIN / 'pip'} install py-spy")
+        raise SystemExit(f"--profile needs py-spy: {RIG_PYTHON.parent / 'pip'} install py-spy")
     sc = scenarios(args.quick)[0]
     outdir.mkdir(parents=True, exist_ok=True)
     db = BenchDb(sc.users)
