@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import requests
 import urllib3
@@ -70,40 +71,34 @@ def with_urllib3(port: int, n: int) -> None:
         json.loads(body)
 
 
+def sync_request(i: int) -> dict[str, Any]:
+    """The i-th call's request as the connection-level clients send it."""
+    return {
+        "method": "POST",
+        "url": "/api/v1/sync/start",
+        "body": json.dumps(PAYLOAD).encode(),
+        "headers": {
+            "User-Agent": "email-sync/0.1.0",
+            "Content-Type": "application/json",
+            "Idempotency-Key": str(uuid.uuid5(NS, f"r/{i}")),
+        },
+    }
+
+
 def with_urllib3_connection(port: int, n: int) -> None:
     connection = urllib3.connection.HTTPConnection("127.0.0.1", port, timeout=30)
     for i in range(n):
         if connection.sock is not None and not connection.is_connected:
             connection.close()
-        connection.request(
-            "POST",
-            "/api/v1/sync/start",
-            body=json.dumps(PAYLOAD).encode(),
-            headers={
-                "User-Agent": "email-sync/0.1.0",
-                "Content-Type": "application/json",
-                "Idempotency-Key": str(uuid.uuid5(NS, f"r/{i}")),
-            },
-            preload_content=False,
-        )
+        connection.request(**sync_request(i), preload_content=False)
         json.loads(connection.getresponse().read(65537))
 
 
 def with_http_client(port: int, n: int) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     for i in range(n):
-        connection.request(
-            "POST",
-            "/api/v1/sync/start",
-            body=json.dumps(PAYLOAD).encode(),
-            headers={
-                "User-Agent": "email-sync/0.1.0",
-                "Content-Type": "application/json",
-                "Idempotency-Key": str(uuid.uuid5(NS, f"r/{i}")),
-            },
-        )
-        response = connection.getresponse()
-        json.loads(response.read(65537))
+        connection.request(**sync_request(i))
+        json.loads(connection.getresponse().read(65537))
 
 
 def main() -> None:
