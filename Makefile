@@ -49,7 +49,7 @@ clean:
 # backend, compares with the old sequential loop, writes bench/results/<timestamp>.json. About 15-20 minutes;
 # `make bench BENCH_ARGS=--quick` for a 2-minute smoke run. See bench/bench.py --help for the options.
 # It measures email-sync as the package runs it: in a venv of Debian's /usr/bin/python3 (the interpreter the .deb's
-# venv is bound to; .venv's may be another build, e.g. pyenv's, 10-20 % slower), with the locked dependencies and
+# venv is bound to; .venv's may be another build, e.g. pyenv's without PGO, and slower), with the locked deps and
 # this tree's emailsync installed afresh, not editable. BENCH_VENV_BIN=.venv/bin measures the development venv.
 BENCH_VENV := .bench-venv
 BENCH_VENV_BIN ?= $(BENCH_VENV)/bin
