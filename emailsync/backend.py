@@ -8,21 +8,21 @@ Redirects are never followed, so the Authorization header only ever goes to the 
 Every request carries a W3C ``traceparent``: the run id (a uuid4) as its trace id and a fresh span id per attempt,
 so the backend's traces of a run join that run's log lines (whose run_id is the same 32 hex digits, dashed).
 
-Every request has a deadline, backend.call_timeout from its start (see emailsync.deadline): urllib3's timeouts bound
-each wait for a byte, so an answer trickling in a byte at a time would otherwise hold a worker (and a run started by
-hand) for hours. A request cut off at its deadline is a transport failure, retried like one, each retry with a
-deadline of its own.
+Every request has a deadline, backend.call_timeout from its start, that bounds every wait for a byte of it (see
+emailsync.http1): a timeout per wait alone would let an answer trickling in a byte at a time hold a worker (and a
+run started by hand) for hours. A request cut off at its deadline is a transport failure, retried like one, each
+retry with a deadline of its own.
 """
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
-import http.client
+import functools
 import json
 import math
 import queue
 import random
+import ssl
 import threading
 import time
 import uuid
@@ -31,13 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import urllib3
-
 from emailsync import __version__
 from emailsync.budget import Pace
 from emailsync.config import BackendConfig
-from emailsync.deadline import REAPER, WatchedConnection, WatchedTLSConnection
 from emailsync.errors import BackendUnavailable, ConfigError
+from emailsync.http1 import BadAnswer, Connection
 from emailsync.limiter import Admission
 from emailsync.model import Claim, Kind, Outcome, kind_of
 
@@ -46,7 +44,7 @@ SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 OVERLOAD_STATUSES = (429, 503, 504)  # with a timeout or no connection: what cuts concurrency = "auto"
 COOLDOWN_STATUSES = (429, 503)  # with Retry-After: the backend asks everyone to wait, so the whole fleet does
 # A request without a complete answer: no connection, a timeout, TLS, a broken or malformed answer.
-TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+TRANSPORT_ERRORS = (BadAnswer, OSError)
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("6b0e1e53-8a0b-4c1a-9a43-53b0f2a54e0c")
 
 
@@ -78,37 +76,32 @@ class CallFailed(Exception):
 @dataclass(frozen=True)
 class Reply:
     status: int
-    headers: Mapping[str, str]
+    headers: Mapping[str, str]  # names in lower case
     body: bytes  # at most MAX_BODY + 1 bytes: one more than we read tells that the answer was cut
 
 
 class Session:
     """One kept-alive connection to the backend, for one thread at a time.
 
-    urllib3's connection, without requests on top of it or urllib3's pool around it: requests' per-call machinery
-    (cookies, hooks, environment merging, its response object) was half the CPU of a call or more, and a pool of
-    one connection still spent about a tenth on checking it out and back in (bench/clientcost.py); we use none of
-    that. No proxies from the environment, no .netrc, no redirects, no retries of urllib3's own: the Authorization
-    header only ever goes to the configured backend, and retries are ours.
+    HTTP/1.1 of our own (emailsync.http1) rather than urllib3 over http.client, which spent three times the CPU on a
+    call, and a run at latency 0 is bound by that CPU. No proxies from the environment, no .netrc, no redirects, no
+    retries of its own: the Authorization header only ever goes to the configured backend, and retries are ours.
     """
 
     def __init__(self, config: BackendConfig, run_id: str) -> None:
-        self.headers = {"User-Agent": f"email-sync/{__version__}", "Accept": "*/*"}
+        url = urlsplit(config.base_url)
+        self.fixed_headers = f"Host: {url.netloc}\r\nUser-Agent: email-sync/{__version__}\r\nAccept: */*\r\n" + (
+            f"Authorization: Bearer {config.token}\r\n" if config.token else ""
+        )
         self.trace_id = uuid.UUID(run_id).hex
-        if config.token:
-            self.headers["Authorization"] = f"Bearer {config.token}"
         self.connect_timeout = config.connect_timeout
         self.read_timeout = config.read_timeout
         self.call_timeout = config.call_timeout
-        url = urlsplit(config.base_url)
-        self.connection: WatchedConnection
         if url.scheme == "https":
             ca_file = config.ca_file or (SYSTEM_CA_BUNDLE if Path(SYSTEM_CA_BUNDLE).exists() else None)
-            self.connection = WatchedTLSConnection(
-                url.hostname or "", url.port, cert_reqs="CERT_REQUIRED", ca_certs=ca_file
-            )
+            self.connection = Connection(url.hostname or "", url.port or 443, tls_context(ca_file))
         else:
-            self.connection = WatchedConnection(url.hostname or "", url.port)
+            self.connection = Connection(url.hostname or "", url.port or 80, None)
 
     def __enter__(self) -> Session:
         return self
@@ -119,64 +112,58 @@ class Session:
     def call(self, method: str, url: str, body: bytes | None = None, headers: Mapping[str, str] | None = None) -> Reply:
         """One request and the start of its answer, by its deadline; CallFailed when there is no complete answer."""
         deadline = time.monotonic() + self.call_timeout
-        headers = {**self.headers, "traceparent": self.traceparent(), **(headers or {})}
-        with REAPER.deadline(deadline):
-            try:
-                response = self._send(method, request_target(url), body, headers, deadline)
-            except TRANSPORT_ERRORS as failure:
-                raise self._failed(None, deadline, self._describe(failure)) from None
-            try:
-                answer = response.read(MAX_BODY + 1)
-            except TRANSPORT_ERRORS as failure:
-                description = f"reading the answer: {self._describe(failure)}"
-                raise self._failed(response.status, deadline, description) from None
-        if time.monotonic() >= deadline:
-            # Cut off, or ended just as it was: what was read may look whole (a shut socket ends headers and body
-            # like a closing server), so it does not count, and the connection may be shut down.
-            self.connection.close()
-            raise self._cut_off(response.status)
-        if len(answer) > MAX_BODY:  # the rest is still on the wire: this connection cannot carry another call
-            self.connection.close()
-        return Reply(response.status, response.headers, answer)
-
-    def _send(
-        self, method: str, target: str, body: bytes | None, headers: Mapping[str, str], deadline: float
-    ) -> urllib3.HTTPResponse:
-        """The request on the kept-alive connection, or on a new one if the backend has closed it, and the head of
-        its answer; the connect and read timeouts never reach past the call's deadline."""
+        request = self.request(method, url, body, headers or {})
         connection = self.connection
-        if connection.sock is not None and not connection.is_connected:  # closed by the backend while kept alive
-            connection.close()
-        connection.timeout = min(self.connect_timeout, deadline - time.monotonic())
-        # The backend may have answered and closed before reading all of the request: its answer is read all the same.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            connection.request(method, target, body=body, headers=headers, preload_content=False)
-        connection.timeout = min(self.read_timeout, deadline - time.monotonic())
-        if connection.timeout <= 0:
-            raise TimeoutError("no time left for the answer")
-        return connection.getresponse()
+        try:
+            connection.send(request, min(self.connect_timeout, deadline - time.monotonic()))
+        except TRANSPORT_ERRORS as failure:
+            timed_out = f"no connection within backend.connect_timeout ({self.connect_timeout:g}s)"
+            raise self._failed(None, deadline, _describe(failure, timed_out)) from None
+        try:
+            head = connection.read_head(self.read_timeout, deadline)
+        except TRANSPORT_ERRORS as failure:
+            raise self._failed(None, deadline, _describe(failure, self._read_timed_out())) from None
+        try:
+            answer = connection.read_body(head, MAX_BODY + 1, self.read_timeout, deadline)
+        except TRANSPORT_ERRORS as failure:
+            description = f"reading the answer: {_describe(failure, self._read_timed_out())}"
+            raise self._failed(head.status, deadline, description) from None
+        return Reply(head.status, head.headers, answer)
+
+    def request(self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]) -> bytes:
+        """The request as it goes on the wire: the head, then the body."""
+        head = [f"{method} {request_target(url)} HTTP/1.1\r\n{self.fixed_headers}traceparent: {self.traceparent()}\r\n"]
+        head += [f"{name}: {value}\r\n" for name, value in headers.items()]
+        if body is not None:
+            head.append(f"Content-Length: {len(body)}\r\n")
+        head.append("\r\n")
+        return "".join(head).encode("latin-1") + (body or b"")
 
     def traceparent(self) -> str:
         """This attempt's W3C trace context: the run's trace, a span of its own (never all zeros), sampled."""
         return f"00-{self.trace_id}-{random.getrandbits(64) or 1:016x}-01"
 
-    def _describe(self, failure: BaseException) -> str:
-        """A transport failure in one line; a timeout while awaiting the answer names the setting that set it."""
-        if isinstance(failure, TimeoutError):
-            return f"read timed out: no answer within backend.read_timeout ({self.read_timeout:g}s)"
-        return _describe(failure)
+    def _read_timed_out(self) -> str:
+        return f"read timed out: no answer within backend.read_timeout ({self.read_timeout:g}s)"
 
     def _failed(self, status: int | None, deadline: float, description: str) -> CallFailed:
-        """A call without a complete answer: its connection cannot carry another call."""
+        """A call without a complete answer: its connection cannot carry another call; past the deadline, whatever
+        the failure, it was cut off."""
         self.connection.close()
-        return self._cut_off(status) if time.monotonic() >= deadline else CallFailed(status, description)
-
-    def _cut_off(self, status: int | None) -> CallFailed:
-        """A call cut off at its deadline: a transport failure, whatever its status line said."""
+        if time.monotonic() < deadline:
+            return CallFailed(status, description)
         late = f"HTTP {status}, then " if status else ""
         return CallFailed(None, f"{late}no complete answer within backend.call_timeout ({self.call_timeout:g}s)")
 
 
+@functools.cache
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """The backend's certificate checked against ``ca_file`` (None: the system's CAs) and its name; one context for
+    every session of a run, so the CA bundle is read once."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
+@functools.cache
 def request_target(url: str) -> str:
     """The path and query of a URL on the configured backend: what goes on the request line."""
     parts = urlsplit(url)
@@ -274,11 +261,11 @@ class Client:
             return Attempt(kind, status, emails_synced=_emails_synced(body))
         error = f"HTTP {status}"  # the URL is the same for everyone: cycle_started logs it
         if 300 <= status < 400:
-            error += f" redirecting to {reply.headers.get('Location', '?')} (not followed)"
+            error += f" redirecting to {reply.headers.get('location', '?')} (not followed)"
         elif body:
             error += f": {body[:300].decode('utf-8', 'replace')}"
         if kind is None:
-            return Attempt(None, status, error, retry_after=_retry_after(reply.headers.get("Retry-After")))
+            return Attempt(None, status, error, retry_after=_retry_after(reply.headers.get("retry-after")))
         return Attempt(kind, status, error)
 
 
@@ -312,13 +299,17 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _describe(error: BaseException) -> str:
-    """A transport error in one line, without the nested repr chains urllib3 produces."""
-    reason: BaseException = error
+def _describe(failure: BaseException, timed_out: str) -> str:
+    """A transport failure in one line; a timeout is said as ``timed_out``, which names the setting that set it."""
+    if isinstance(failure, TimeoutError):
+        return timed_out
+    if isinstance(failure, BadAnswer):
+        return str(failure)
+    reason: BaseException = failure
     while reason.__context__ is not None and not str(reason):
         reason = reason.__context__
     text = str(reason).splitlines()[0] if str(reason) else type(reason).__name__
-    return f"{type(error).__name__}: {text}"
+    return f"{type(failure).__name__}: {text}"
 
 
 class CallPool:

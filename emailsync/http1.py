@@ -1,0 +1,231 @@
+"""HTTP/1.1 on one kept-alive connection, as the backend's calls need it: a request in one write, the answer parsed
+from what arrives, and every wait for a byte bounded by the call's deadline.
+
+Our own rather than urllib3 over http.client because a run at latency 0 is bound by the CPU of its calls, and that
+stack spent about 280 µs of CPU on one small POST and its small answer (email.feedparser for the headers, two
+writes, urllib3's wrappers), this about 80 (bench/clientcost.py). It speaks only what those calls need: no proxy,
+no redirect, no compression, no upgrade, no pipelining, no HEAD; what it cannot read is a BadAnswer, a transport
+failure like a broken connection. Alerts and monitoring pings, which go to any URL and may need a proxy, keep
+urllib3.
+
+Every read is ours, so the deadline needs no watcher: each wait for a byte is bounded by what is left of it, and
+an answer trickling in a byte at a time ends when the call's time does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+
+MAX_HEAD = 64 * 1024  # the status line and the headers; a larger head is no answer we can use
+RECEIVE = 64 * 1024
+NO_BODY = (204, 304)
+HEX = b"0123456789abcdefABCDEF"
+
+
+class BadAnswer(Exception):
+    """What the backend sent is not an HTTP/1.x answer we can read, or it ended before the answer did."""
+
+
+@dataclass(frozen=True)
+class Head:
+    """An answer's status and headers, and how its body ends."""
+
+    status: int
+    headers: dict[str, str]  # names in lower case; a repeated header's values joined by ", "
+    length: int | None  # the body's length; None: chunked, or until the backend closes the connection
+    chunked: bool
+    keep_alive: bool  # the backend keeps the connection once this answer has been read whole
+
+
+class Connection:
+    """One TCP (or TLS) connection to the backend, opened when a request needs it and again after it ended."""
+
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None) -> None:
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.sock: socket.socket | None = None
+        self.buffer = bytearray()  # what has arrived and is not parsed yet
+        self.reusable = False  # the last answer was read whole and the backend keeps the connection
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self.buffer.clear()
+        self.reusable = False
+
+    def send(self, request: bytes, timeout: float) -> None:
+        """The whole request, on the kept-alive connection unless the backend has closed it meanwhile; connecting
+        and writing each within ``timeout`` seconds."""
+        if timeout <= 0:
+            raise TimeoutError("no time left to send the request")
+        if self.sock is not None and not (self.reusable and _idle(self.sock)):
+            self.close()
+        if self.sock is None:
+            self.sock = self._connect(timeout)
+        self.reusable = False  # until this request's answer has been read whole
+        self.sock.settimeout(timeout)
+        # The backend may have answered and closed before reading all of the request: its answer is read all the same.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.sock.sendall(request)
+
+    def read_head(self, read_timeout: float, deadline: float) -> Head:
+        """The answer's status line and headers; interim (1xx) answers are passed over."""
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            while end < 0:
+                if len(self.buffer) > MAX_HEAD:
+                    raise BadAnswer(f"an answer whose head is over {MAX_HEAD // 1024} KiB")
+                searched = max(0, len(self.buffer) - 3)
+                if not self._receive(read_timeout, deadline):
+                    part = "within the head of its answer" if self.buffer else "without an answer"
+                    raise BadAnswer(f"the backend closed the connection {part}")
+                end = self.buffer.find(b"\r\n\r\n", searched)
+            head = parse_head(self.buffer[:end].decode("latin-1"))
+            del self.buffer[: end + 4]
+            if head.status >= 200:
+                return head
+
+    def read_body(self, head: Head, limit: int, read_timeout: float, deadline: float) -> bytes:
+        """At most ``limit`` bytes of the body. The connection is kept for the next request only when the body was
+        read whole, nothing else came and the backend keeps it; otherwise it is closed."""
+        if head.chunked:
+            body, whole = self._chunked(limit, read_timeout, deadline)
+        elif head.length is None:
+            while len(self.buffer) < limit and self._receive(read_timeout, deadline):
+                pass
+            body, whole = bytes(self.buffer[:limit]), False
+        else:
+            body = self._take(min(head.length, limit), read_timeout, deadline)
+            whole = head.length <= limit
+        self.reusable = whole and head.keep_alive and not self.buffer
+        if not self.reusable:
+            self.close()
+        return body
+
+    def _connect(self, timeout: float) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a request is one write: send it at once
+            if self.tls is not None:
+                return self.tls.wrap_socket(sock, server_hostname=self.host)  # the handshake, within the timeout
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _receive(self, read_timeout: float, deadline: float) -> bool:
+        """What arrives next, appended to the buffer, within the read timeout and the call's deadline; False at
+        the end of the stream."""
+        assert self.sock is not None  # a request was sent on it
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the call's time is up")
+        self.sock.settimeout(min(read_timeout, left))
+        chunk = self.sock.recv(RECEIVE)
+        self.buffer += chunk
+        return bool(chunk)
+
+    def _take(self, size: int, read_timeout: float, deadline: float) -> bytes:
+        """The next ``size`` bytes of the body."""
+        while len(self.buffer) < size:
+            if not self._receive(read_timeout, deadline):
+                raise BadAnswer(f"the backend closed the connection {len(self.buffer)} bytes into a body of {size}")
+        taken = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return taken
+
+    def _line(self, read_timeout: float, deadline: float) -> bytes:
+        """The next line of a chunked body (a chunk's size, or a trailer), without its CRLF."""
+        end = self.buffer.find(b"\r\n")
+        while end < 0:
+            if len(self.buffer) > MAX_HEAD:
+                raise BadAnswer("a chunked body with a line over 64 KiB")
+            if not self._receive(read_timeout, deadline):
+                raise BadAnswer("the backend closed the connection within a chunked body")
+            end = self.buffer.find(b"\r\n")
+        line = bytes(self.buffer[:end])
+        del self.buffer[: end + 2]
+        return line
+
+    def _chunked(self, limit: int, read_timeout: float, deadline: float) -> tuple[bytes, bool]:
+        """A chunked body, at most ``limit`` bytes of it, and whether it was read to its end."""
+        body = bytearray()
+        while True:
+            size_field = self._line(read_timeout, deadline).split(b";", 1)[0].strip()
+            if not size_field or size_field.strip(HEX):
+                raise BadAnswer(f"a chunk size that is not hexadecimal: {size_field[:40]!r}")
+            size = int(size_field, 16)
+            if size == 0:
+                while self._line(read_timeout, deadline):  # trailers, up to the empty line
+                    pass
+                return bytes(body), True
+            if len(body) + size > limit:
+                body += self._take(limit - len(body), read_timeout, deadline)
+                return bytes(body), False
+            body += self._take(size, read_timeout, deadline)
+            if self._take(2, read_timeout, deadline) != b"\r\n":
+                raise BadAnswer("a chunk longer than its size said")
+
+
+def parse_head(text: str) -> Head:
+    """An answer's head (status line and header lines, without the blank line that ends it)."""
+    status_line, *lines = text.split("\r\n")
+    version, _, rest = status_line.partition(" ")
+    code = rest[:3]
+    if version not in ("HTTP/1.1", "HTTP/1.0") or not (code.isascii() and code.isdigit()) or rest[3:4] not in ("", " "):
+        raise BadAnswer(f"not an HTTP/1.x status line: {status_line[:80]!r}")
+    status = int(code)
+    if status < 100 or status == 101:  # we never ask to switch protocols
+        raise BadAnswer(f"an answer with status {status}")
+    headers: dict[str, str] = {}
+    name = ""
+    for line in lines:
+        if line[:1] in (" ", "\t") and name:  # an obsolete folded line continues the header before it
+            headers[name] += " " + line.strip(" \t")
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip(" \t"):
+            raise BadAnswer(f"not a header line: {line[:80]!r}")
+        name = name.lower()
+        value = value.strip(" \t")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    chunked = False
+    if status in NO_BODY or status < 200:
+        length: int | None = 0
+    elif "transfer-encoding" in headers:  # a coding other than chunked last: the body ends with the connection
+        length, chunked = None, _tokens(headers["transfer-encoding"])[-1] == "chunked"
+    else:
+        length = _content_length(headers)
+    keep_alive = version == "HTTP/1.1" and "close" not in _tokens(headers.get("connection", ""))
+    return Head(status, headers, length, chunked, keep_alive and (length is not None or chunked))
+
+
+def _content_length(headers: dict[str, str]) -> int | None:
+    """Content-Length, the same value repeated allowed; None without one (the body ends with the connection)."""
+    field = headers.get("content-length")
+    if field is None:
+        return None
+    values = {value.strip() for value in field.split(",")}
+    length = values.pop()
+    if values or not (length.isascii() and length.isdigit()):
+        raise BadAnswer(f"a Content-Length that is not one number: {field[:40]!r}")
+    return int(length)
+
+
+def _tokens(field: str) -> list[str]:
+    return [token.strip().lower() for token in field.split(",")]
+
+
+def _idle(sock: socket.socket) -> bool:
+    """A kept-alive connection with nothing to read: readable now would mean the backend closed it (or sent what
+    nobody asked for), and a request sent on it would fail."""
+    poll = select.poll()  # not select(): a run of a thousand calls has descriptors past its limit
+    poll.register(sock, select.POLLIN)
+    return not poll.poll(0)
