@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import structlog
-import urllib3
 
 from emailsync import outbound
 from emailsync.config import Config
@@ -79,11 +78,18 @@ def deliver(config: Config, alert: dict[str, Any]) -> bool:
 
 
 def _post(config: Config, url: str, body: str) -> None:
-    timeout = urllib3.Timeout(connect=config.backend.connect_timeout, read=config.backend.read_timeout)
+    headers = {"Content-Type": "application/json"}
     try:
-        status = outbound.request("POST", url, body.encode(), {"Content-Type": "application/json"}, timeout)
-    except urllib3.exceptions.HTTPError as error:
-        raise TemporaryError(f"alert webhook unreachable: {type(error).__name__}") from None
+        status = outbound.request(
+            "POST",
+            url,
+            body.encode(),
+            headers,
+            connect=config.backend.connect_timeout,
+            read=config.backend.read_timeout,
+        )
+    except outbound.Unreachable as failure:
+        raise TemporaryError(f"alert webhook unreachable: {failure}") from None
     if not 200 <= status < 300:
         raise TemporaryError(f"alert webhook answered {status}")
 

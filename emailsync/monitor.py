@@ -20,7 +20,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
-import urllib3
 
 from emailsync import __version__, outbound
 from emailsync.config import MonitorConfig
@@ -93,9 +92,9 @@ def send(ping: Ping, timeout: float) -> bool:
         if left <= 0:
             break
         try:
-            status = outbound.request(ping.method, ping.url, ping.body, headers, urllib3.Timeout(total=left))
-        except urllib3.exceptions.HTTPError as failure:  # its text may quote the URL: the key stays out of the log
-            error = type(failure).__name__
+            status = outbound.request(ping.method, ping.url, ping.body, headers, total=left)
+        except outbound.Unreachable as failure:
+            error = str(failure)
             continue
         if 200 <= status < 300:
             log.info("ping_sent", ping=ping.kind, host=host, status=status)
