@@ -1,7 +1,8 @@
 """CPU per request of the HTTP client styles email-sync could use, one thread, keep-alive, against bench/backend.py
 at latency 0: requests.Session.post (stream=True, raw.read: what `Client._attempt` used until issue 6), urllib3's
 HTTPConnectionPool.urlopen (what backend.Session used until issue 14), one urllib3 HTTPConnection kept by the
-caller (what it uses now) and http.client. The numbers behind leaving requests, then the pool.
+caller (what it used next), http.client, and backend.Session as it is now (emailsync.http1: the request in one
+write, the answer parsed from what arrives). The numbers behind leaving requests, then the pool, then urllib3.
 
     .venv/bin/python bench/clientcost.py [--requests 3000]
 """
@@ -23,6 +24,11 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from emailsync.backend import Session  # noqa: E402 -- the repository root is on the path only now
+from emailsync.config import BackendConfig  # noqa: E402
+
 PAYLOAD = {"user_id": 12345, "email": "user12345@example.com", "max_emails": 50}
 NS = uuid.UUID("6b0e1e53-8a0b-4c1a-9a43-53b0f2a54e0c")
 
@@ -101,6 +107,12 @@ def with_http_client(port: int, n: int) -> None:
         json.loads(connection.getresponse().read(65537))
 
 
+def with_emailsync(port: int, n: int) -> None:
+    with Session(BackendConfig(base_url=f"http://127.0.0.1:{port}"), str(uuid.uuid4())) as session:
+        for i in range(n):
+            json.loads(session.call(**sync_request(i)).body)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=3000)
@@ -116,6 +128,7 @@ def main() -> None:
             ("urllib3 urlopen", with_urllib3),
             ("urllib3 HTTPConnection", with_urllib3_connection),
             ("http.client", with_http_client),
+            ("emailsync backend.Session (http1)", with_emailsync),
         ):
             fn(port, 200)  # warm up
             cpu0, wall0 = time.process_time(), time.perf_counter()
