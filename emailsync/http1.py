@@ -2,8 +2,8 @@
 from what arrives, and every wait for a byte bounded by the call's deadline.
 
 Our own rather than urllib3 over http.client because a run at latency 0 is bound by the CPU of its calls, and that
-stack spent about 280 µs of CPU on one small POST and its small answer (email.feedparser for the headers, two
-writes, urllib3's wrappers), this about 80 (bench/clientcost.py). It speaks only what those calls need: no proxy,
+stack spent 200 to 280 µs of CPU on one small POST and its small answer (email.feedparser for the headers, two
+writes, urllib3's wrappers), this under 90 (bench/clientcost.py). It speaks only what those calls need: no proxy,
 no redirect, no compression, no upgrade, no pipelining, no HEAD; what it cannot read is a BadAnswer, a transport
 failure like a broken connection. Alerts and monitoring pings, which go to any URL and may need a proxy, keep
 urllib3.
