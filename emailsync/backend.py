@@ -83,9 +83,10 @@ class Reply:
 class Session:
     """One kept-alive connection to the backend, for one thread at a time.
 
-    HTTP/1.1 of our own (emailsync.http1) rather than urllib3 over http.client, which spent three times the CPU on a
-    call, and a run at latency 0 is bound by that CPU. No proxies from the environment, no .netrc, no redirects, no
-    retries of its own: the Authorization header only ever goes to the configured backend, and retries are ours.
+    HTTP/1.1 of our own (emailsync.http1) rather than urllib3 over http.client, which spent two to three times the
+    CPU on a call, and a run at latency 0 is bound by that CPU. No proxies from the environment, no .netrc, no
+    redirects, no retries of its own: the Authorization header only ever goes to the configured backend, and
+    retries are ours.
     """
 
     def __init__(self, config: BackendConfig, run_id: str) -> None:
@@ -117,7 +118,7 @@ class Session:
         try:
             connection.send(request, min(self.connect_timeout, deadline - time.monotonic()))
         except TRANSPORT_ERRORS as failure:
-            timed_out = f"no connection within backend.connect_timeout ({self.connect_timeout:g}s)"
+            timed_out = f"not connected and sent within backend.connect_timeout ({self.connect_timeout:g}s)"
             raise self._failed(None, deadline, _describe(failure, timed_out)) from None
         try:
             head = connection.read_head(self.read_timeout, deadline)

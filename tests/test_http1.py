@@ -268,3 +268,18 @@ def test_any_head_parses_or_is_a_bad_answer(text: str) -> None:
     except BadAnswer:
         return
     assert 100 <= head.status <= 999 and all(name == name.lower() for name in head.headers)
+
+
+def test_a_backend_that_accepts_no_connection_fails_the_call_naming_the_connect_timeout() -> None:
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)  # never accepts: once its queue is full, no more
+    port = listener.getsockname()[1]
+    queued = []
+    with contextlib.suppress(OSError):
+        for _ in range(8):
+            queued.append(socket.create_connection(("127.0.0.1", port), timeout=0.2))
+    config = BackendConfig(base_url=f"http://127.0.0.1:{port}", connect_timeout=0.3)
+    with listener, Session(config, RUN_ID) as session, pytest.raises(CallFailed) as failed:
+        session.call("POST", f"http://127.0.0.1:{port}/sync", b"{}")
+    assert failed.value.description == "not connected and sent within backend.connect_timeout (0.3s)"
+    for sock in queued:
+        sock.close()
