@@ -283,3 +283,10 @@ def test_a_backend_that_accepts_no_connection_fails_the_call_naming_the_connect_
     assert failed.value.description == "not connected and sent within backend.connect_timeout (0.3s)"
     for sock in queued:
         sock.close()
+
+
+def test_an_answer_whose_head_never_ends_is_refused_past_64_kib(raw: RawBackend) -> None:
+    raw.script(Answer(b"HTTP/1.1 200 OK\r\n" + b"X-Long: " + b"x" * 70_000 + b"\r\n"))
+    with raw.session() as session, pytest.raises(CallFailed) as failed:
+        post(session, raw)
+    assert failed.value.description == "an answer whose head is over 64 KiB"
