@@ -156,28 +156,43 @@ def check_ready(engine: Engine, users: UsersConfig) -> None:
             raise SchemaError(_newer_schema(version))
         if d.postgres and connection.execute(text("SHOW transaction_read_only")).scalar() == "on":
             raise ConfigError("database.url points at a read-only database (a replica?): it must be the primary")
-        _check_users_table(connection, users)
+        _check_users_table(connection, d, users)
         if users.filter:
-            try:
-                with connection.begin_nested():
-                    connection.execute(
-                        text(f"SELECT 1 FROM {d.quote(users.table)} AS u WHERE ({users.filter}) LIMIT 0")
-                    )
-            except (OperationalError, DBAPIError) as error:
-                if isinstance(error, OperationalError) and error.connection_invalidated:
-                    raise
-                raise ConfigError(
-                    f"users.filter is not a valid condition on {users.table}: {describe(error)}"
-                ) from None
+            refused = _refused(connection, f"SELECT 1 FROM {d.quote(users.table)} AS u WHERE ({users.filter}) LIMIT 0")
+            if refused is not None:
+                raise ConfigError(f"users.filter is not a valid condition on {users.table}: {describe(refused)}")
 
 
-def _check_users_table(connection: Connection, users: UsersConfig) -> None:
+def _check_users_table(connection: Connection, d: Dialect, users: UsersConfig) -> None:
+    """The app's table and the three columns a run reads and writes. One query naming them all is the usual case;
+    only when the database refuses it does the inspector find which one is missing, so the error names its key
+    (the inspector's reflection query was the costliest part of a run that finds nobody due)."""
+    keys = ("id_column", "email_column", "last_sync_column")
+    # Qualified: SQLite takes an unknown "name" alone for a string, but not u."name".
+    columns = ", ".join(f"u.{d.quote(getattr(users, key))}" for key in keys)
+    refused = _refused(connection, f"SELECT {columns} FROM {d.quote(users.table)} AS u LIMIT 0")
+    if refused is None:
+        return
     schema, _, table = users.table.rpartition(".")
     inspector = inspect(connection)
     if not inspector.has_table(table, schema=schema or None):
         raise SchemaError(f"users.table: table {users.table} does not exist in the database")
-    columns = {column["name"] for column in inspector.get_columns(table, schema=schema or None)}
-    for key in ("id_column", "email_column", "last_sync_column"):
+    found = {column["name"] for column in inspector.get_columns(table, schema=schema or None)}
+    for key in keys:
         column = getattr(users, key)
-        if column not in columns:
+        if column not in found:
             raise SchemaError(f"users.{key}: column {column} does not exist in table {users.table}")
+    raise refused  # everything is there, and still refused (a privilege?): the database's own words
+
+
+def _refused(connection: Connection, probe: str) -> DBAPIError | None:
+    """The database's error for a statement it refuses, run in a savepoint so the transaction goes on; a lost
+    connection is raised, not returned."""
+    try:
+        with connection.begin_nested():
+            connection.execute(text(probe))
+    except (OperationalError, DBAPIError) as error:
+        if isinstance(error, OperationalError) and error.connection_invalidated:
+            raise
+        return error
+    return None
