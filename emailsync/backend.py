@@ -314,10 +314,11 @@ def _describe(failure: BaseException, timed_out: str) -> str:
 
 
 class CallPool:
-    """The gate's ``threads`` daemon threads, each with its own session, turning claims into outcomes.
+    """Up to the gate's ``threads`` daemon threads, each with its own session, turning claims into outcomes.
 
-    Daemon threads, so a call that is still hanging when the run must end cannot keep the process alive: its
-    user's lease simply expires.
+    A thread is started with each claim submitted until there are as many as the gate allows: a run that finds
+    nobody due starts none, and one that finds three starts three. Daemon threads, so a call that is still hanging
+    when the run must end cannot keep the process alive: its user's lease simply expires.
     """
 
     def __init__(self, client: Client, gate: Admission, halt: threading.Event) -> None:
@@ -326,12 +327,14 @@ class CallPool:
         self.halt = halt
         self.jobs: queue.SimpleQueue[tuple[Claim, float]] = queue.SimpleQueue()  # with the time to start it by
         self.outcomes: queue.SimpleQueue[Outcome | Exception] = queue.SimpleQueue()
-        for number in range(gate.threads):
-            threading.Thread(target=self._work, name=f"call-{number}", daemon=True).start()
+        self.threads = 0
 
     def submit(self, claim: Claim, start_by: float) -> None:
         """Call this user unless the call cannot start by ``start_by`` (monotonic; see Client.sync)."""
         self.jobs.put((claim, start_by))
+        if self.threads < self.gate.threads:
+            threading.Thread(target=self._work, name=f"call-{self.threads}", daemon=True).start()
+            self.threads += 1
 
     def next_outcome(self, timeout: float) -> Outcome | None:
         """The next finished call; a bug in a thread is raised here, in the main thread, rather than lost."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -54,6 +55,24 @@ def test_a_second_run_finds_nobody_due(app_db: AppDb, backend: Backend, email_sy
     assert second.code == 0
     assert second.event("cycle_finished")["due"] == 0
     assert len(backend.sync_calls()) == 5
+
+
+@pytest.mark.parametrize(("synced_ago", "due"), [(60.0, 0), (None, 3)], ids=["nobody-due", "three-due"])
+def test_a_run_starts_a_call_thread_per_due_user_up_to_the_concurrency(
+    synced_ago: float | None, due: int, pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    pg.add_users(3, age=synced_ago)
+    email_sync.configure(pg, backend, backend={"concurrency": 32})
+    before = _call_threads()
+
+    assert email_sync("run").code == 0
+
+    assert len(backend.sync_calls()) == due
+    assert len(_call_threads() - before) == due  # a run's call threads wait for work until the process ends
+
+
+def _call_threads() -> set[threading.Thread]:
+    return {thread for thread in threading.enumerate() if thread.name.startswith("call-")}
 
 
 def test_sync_call_carries_user_email_max_emails_token_and_idempotency_key(
