@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from emailsync.backend import MAX_BODY, CallFailed, Session
 from emailsync.config import BackendConfig
 from emailsync.http1 import BadAnswer, parse_head
+from tests.backend import Backend
 
 RUN_ID = str(uuid.uuid4())
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -290,3 +292,58 @@ def test_an_answer_whose_head_never_ends_is_refused_past_64_kib(raw: RawBackend)
     with raw.session() as session, pytest.raises(CallFailed) as failed:
         post(session, raw)
     assert failed.value.description == "an answer whose head is over 64 KiB"
+
+
+def test_a_tls_handshake_trickled_by_the_backend_is_cut_at_the_call_deadline(self_signed_cert: tuple[str, str]) -> None:
+    with Backend(tls=self_signed_cert) as backend, _Trickle(backend.port) as proxy:
+        config = BackendConfig(
+            base_url=f"https://127.0.0.1:{proxy.port}", ca_file=self_signed_cert[0], call_timeout=1.0
+        )
+        failures: list[CallFailed] = []
+        caller = threading.Thread(target=_call_and_keep_failure, args=(config, failures), daemon=True)
+        caller.start()
+        caller.join(10)  # a certificate of ~1 KB at 20 bytes a second: a minute, if each read alone were bounded
+        assert not caller.is_alive(), "the handshake outlived the call's deadline"
+    assert [failed.description for failed in failures] == ["no complete answer within backend.call_timeout (1s)"]
+
+
+def _call_and_keep_failure(config: BackendConfig, failures: list[CallFailed]) -> None:
+    with Session(config, RUN_ID) as session:
+        try:
+            session.call("GET", f"{config.base_url}/health")
+        except CallFailed as failed:
+            failures.append(failed)
+
+
+class _Trickle:
+    """A TCP proxy to 127.0.0.1:``port`` that passes what the server sends one byte every 50 ms."""
+
+    def __init__(self, port: int) -> None:
+        self.upstream = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stopped = threading.Event()
+
+    def __enter__(self) -> _Trickle:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stopped.set()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            client, _ = self.listener.accept()
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            threading.Thread(target=self._pass, args=(client, server, 0.0), daemon=True).start()
+            self._pass(server, client, 0.05)
+
+    def _pass(self, source: socket.socket, sink: socket.socket, pause: float) -> None:
+        with contextlib.suppress(OSError):
+            while not self.stopped.is_set():
+                data = source.recv(1 if pause else 65536)
+                if not data:
+                    return
+                sink.sendall(data)
+                time.sleep(pause)
