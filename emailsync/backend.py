@@ -100,9 +100,16 @@ class Session:
         self.call_timeout = config.call_timeout
         if url.scheme == "https":
             ca_file = config.ca_file or (SYSTEM_CA_BUNDLE if Path(SYSTEM_CA_BUNDLE).exists() else None)
-            self.connection = Connection(url.hostname or "", url.port or 443, tls_context(ca_file))
+            tls = tls_context(ca_file)
         else:
-            self.connection = Connection(url.hostname or "", url.port or 80, None)
+            tls = None
+        self.connection = Connection(
+            url.hostname or "",
+            url.port or (443 if tls is not None else 80),
+            tls,
+            self.connect_timeout,
+            self.read_timeout,
+        )
 
     def __enter__(self) -> Session:
         return self
@@ -116,16 +123,16 @@ class Session:
         request = self.request(method, url, body, headers or {})
         connection = self.connection
         try:
-            connection.send(request, min(self.connect_timeout, deadline - time.monotonic()))
+            connection.send(request, deadline)
         except TRANSPORT_ERRORS as failure:
             timed_out = f"not connected and sent within backend.connect_timeout ({self.connect_timeout:g}s)"
             raise self._failed(None, deadline, _describe(failure, timed_out)) from None
         try:
-            head = connection.read_head(self.read_timeout, deadline)
+            head = connection.read_head()
         except TRANSPORT_ERRORS as failure:
             raise self._failed(None, deadline, _describe(failure, self._read_timed_out())) from None
         try:
-            answer = connection.read_body(head, MAX_BODY + 1, self.read_timeout, deadline)
+            answer = connection.read_body(head, MAX_BODY + 1)
         except TRANSPORT_ERRORS as failure:
             description = f"reading the answer: {_describe(failure, self._read_timed_out())}"
             raise self._failed(head.status, deadline, description) from None

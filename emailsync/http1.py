@@ -48,10 +48,15 @@ class Head:
 class Connection:
     """One TCP (or TLS) connection to the backend, opened when a request needs it and again after it ended."""
 
-    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None) -> None:
+    def __init__(
+        self, host: str, port: int, tls: ssl.SSLContext | None, connect_timeout: float, read_timeout: float
+    ) -> None:
         self.host = host
         self.port = port
         self.tls = tls
+        self.connect_timeout = connect_timeout  # connecting (the TLS handshake included) and writing a request
+        self.read_timeout = read_timeout  # each wait for a byte of the answer
+        self.deadline = 0.0  # the call's, time.monotonic(): no wait reaches past it
         self.sock: socket.socket | None = None
         self.buffer = bytearray()  # what has arrived and is not parsed yet
         self.reusable = False  # the last answer was read whole and the backend keeps the connection
@@ -63,9 +68,11 @@ class Connection:
         self.buffer.clear()
         self.reusable = False
 
-    def send(self, request: bytes, timeout: float) -> None:
-        """The whole request, on the kept-alive connection unless the backend has closed it meanwhile; connecting
-        and writing each within ``timeout`` seconds."""
+    def send(self, request: bytes, deadline: float) -> None:
+        """The whole request of a call that must end by ``deadline``, on the kept-alive connection unless the backend
+        has closed it meanwhile; connecting and writing each within the connect timeout."""
+        self.deadline = deadline
+        timeout = min(self.connect_timeout, deadline - time.monotonic())
         if timeout <= 0:
             raise TimeoutError("no time left to send the request")
         if self.sock is not None and not (self.reusable and _idle(self.sock)):
@@ -78,7 +85,7 @@ class Connection:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self.sock.sendall(request)
 
-    def read_head(self, read_timeout: float, deadline: float) -> Head:
+    def read_head(self) -> Head:
         """The answer's status line and headers; interim (1xx) answers are passed over."""
         while True:
             end = self.buffer.find(b"\r\n\r\n")
@@ -86,7 +93,7 @@ class Connection:
                 if len(self.buffer) > MAX_HEAD:
                     raise BadAnswer(f"an answer whose head is over {MAX_HEAD // 1024} KiB")
                 searched = max(0, len(self.buffer) - 3)
-                if not self._receive(read_timeout, deadline):
+                if not self._receive():
                     part = "within the head of its answer" if self.buffer else "without an answer"
                     raise BadAnswer(f"the backend closed the connection {part}")
                 end = self.buffer.find(b"\r\n\r\n", searched)
@@ -95,17 +102,17 @@ class Connection:
             if head.status >= 200:
                 return head
 
-    def read_body(self, head: Head, limit: int, read_timeout: float, deadline: float) -> bytes:
+    def read_body(self, head: Head, limit: int) -> bytes:
         """At most ``limit`` bytes of the body. The connection is kept for the next request only when the body was
         read whole, nothing else came and the backend keeps it; otherwise it is closed."""
         if head.chunked:
-            body, whole = self._chunked(limit, read_timeout, deadline)
+            body, whole = self._chunked(limit)
         elif head.length is None:
-            while len(self.buffer) < limit and self._receive(read_timeout, deadline):
+            while len(self.buffer) < limit and self._receive():
                 pass
             body, whole = bytes(self.buffer[:limit]), False
         else:
-            body = self._take(min(head.length, limit), read_timeout, deadline)
+            body = self._take(min(head.length, limit))
             whole = head.length <= limit
         self.reusable = whole and head.keep_alive and not self.buffer
         if not self.reusable:
@@ -123,57 +130,57 @@ class Connection:
             raise
         return sock
 
-    def _receive(self, read_timeout: float, deadline: float) -> bool:
+    def _receive(self) -> bool:
         """What arrives next, appended to the buffer, within the read timeout and the call's deadline; False at
         the end of the stream."""
         assert self.sock is not None  # a request was sent on it
-        left = deadline - time.monotonic()
+        left = self.deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("the call's time is up")
-        self.sock.settimeout(min(read_timeout, left))
+        self.sock.settimeout(min(self.read_timeout, left))
         chunk = self.sock.recv(RECEIVE)
         self.buffer += chunk
         return bool(chunk)
 
-    def _take(self, size: int, read_timeout: float, deadline: float) -> bytes:
+    def _take(self, size: int) -> bytes:
         """The next ``size`` bytes of the body."""
         while len(self.buffer) < size:
-            if not self._receive(read_timeout, deadline):
+            if not self._receive():
                 raise BadAnswer(f"the backend closed the connection {len(self.buffer)} bytes into a body of {size}")
         taken = bytes(self.buffer[:size])
         del self.buffer[:size]
         return taken
 
-    def _line(self, read_timeout: float, deadline: float) -> bytes:
+    def _line(self) -> bytes:
         """The next line of a chunked body (a chunk's size, or a trailer), without its CRLF."""
         end = self.buffer.find(b"\r\n")
         while end < 0:
             if len(self.buffer) > MAX_HEAD:
                 raise BadAnswer("a chunked body with a line over 64 KiB")
-            if not self._receive(read_timeout, deadline):
+            if not self._receive():
                 raise BadAnswer("the backend closed the connection within a chunked body")
             end = self.buffer.find(b"\r\n")
         line = bytes(self.buffer[:end])
         del self.buffer[: end + 2]
         return line
 
-    def _chunked(self, limit: int, read_timeout: float, deadline: float) -> tuple[bytes, bool]:
+    def _chunked(self, limit: int) -> tuple[bytes, bool]:
         """A chunked body, at most ``limit`` bytes of it, and whether it was read to its end."""
         body = bytearray()
         while True:
-            size_field = self._line(read_timeout, deadline).split(b";", 1)[0].strip()
+            size_field = self._line().split(b";", 1)[0].strip()
             if not size_field or size_field.strip(HEX):
                 raise BadAnswer(f"a chunk size that is not hexadecimal: {size_field[:40]!r}")
             size = int(size_field, 16)
             if size == 0:
-                while self._line(read_timeout, deadline):  # trailers, up to the empty line
+                while self._line():  # trailers, up to the empty line
                     pass
                 return bytes(body), True
             if len(body) + size > limit:
-                body += self._take(limit - len(body), read_timeout, deadline)
+                body += self._take(limit - len(body))
                 return bytes(body), False
-            body += self._take(size, read_timeout, deadline)
-            if self._take(2, read_timeout, deadline) != b"\r\n":
+            body += self._take(size)
+            if self._take(2) != b"\r\n":
                 raise BadAnswer("a chunk longer than its size said")
 
 
