@@ -59,9 +59,13 @@ class Attempt:
     retry_after: float | None = None
 
 
-def idempotency_key(run_id: str, claim: Claim) -> str:
-    """Unique per (run, user), and the same on every retry of that call, so a retried POST is safe."""
-    return str(uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{run_id}/{claim.key}"))
+def idempotency_key(claim: Claim, payload: str) -> str:
+    """One key per piece of work: this request (its JSON ``payload``) for the state its claim saw (last_sync,
+    failures, results recorded), whichever run sends it. A retry within the run, or a new call after a crash forgot
+    the answer, carries the same key, so a backend that honours the header syncs once; a new window, a recorded
+    result or a changed request (another email, max_emails) makes another. A name-based UUID: nothing in clear."""
+    state = json.dumps([payload, claim.last_sync, claim.failures, claim.results])
+    return str(uuid.uuid5(_IDEMPOTENCY_NAMESPACE, state))
 
 
 class CallFailed(Exception):
@@ -257,10 +261,10 @@ class Client:
         return random.uniform(0, min(self.config.retry_backoff_max, self.config.retry_backoff * 2 ** (attempt - 1)))
 
     def _attempt(self, session: Session, claim: Claim) -> Attempt:
-        payload = {"user_id": claim.user_id, "email": claim.email, "max_emails": self.max_emails}
-        headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key(self.run_id, claim)}
+        payload = json.dumps({"user_id": claim.user_id, "email": claim.email, "max_emails": self.max_emails})
+        headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key(claim, payload)}
         try:
-            reply = session.call("POST", self.config.sync_url, json.dumps(payload).encode(), headers)
+            reply = session.call("POST", self.config.sync_url, payload.encode(), headers)
         except CallFailed as failure:
             return Attempt(None, failure.status, failure.description)
         status, body = reply.status, reply.body

@@ -74,6 +74,12 @@ class Dialect:
             f"({column} IS NULL OR julianday({column}) < julianday('now', printf('-%.3f seconds', :{seconds_param})))"
         )
 
+    def instant(self, column: str) -> str:
+        """A timestamp column in one spelling whatever the session's time zone and DateStyle (a pooler's connections
+        may each have their own): Unix seconds on PostgreSQL (a naive timestamp's as if it were UTC; infinity as
+        such, where the driver could not read it as a datetime), the stored text itself on SQLite."""
+        return f"extract(epoch FROM {column})" if self.postgres else column
+
     def age(self, column: str) -> str:
         """Seconds from ``column`` to now, by the database clock."""
         if self.postgres:

@@ -97,7 +97,7 @@ class Leases:
         return text(f"""
             WITH due AS ({self.users.claim_query} FOR UPDATE OF u SKIP LOCKED),
             claimed AS ({self._lease(leases, respect_backoff=True)} RETURNING user_id)
-            SELECT due.id, due.email, due.key, due.failures
+            SELECT due.id, due.email, due.key, due.failures, due.last_sync, due.results
             FROM due JOIN claimed ON claimed.user_id = due.key""").bindparams(*self._lists)
 
     @cached_property
@@ -232,7 +232,7 @@ class Leases:
         return self._ending(
             [("ms", "integer")],
             f"""failures = 0, permanent_failures = 0, next_attempt_at = NULL, last_error = NULL,
-                last_success_at = {self.d.now}, last_duration_ms = batch.ms""",
+                last_success_at = {self.d.now}, last_duration_ms = batch.ms, results = results + 1""",
         )
 
     @cached_property
@@ -242,7 +242,7 @@ class Leases:
         return self._ending(
             [("ms", "integer"), ("delay", "double precision"), ("error", "text"), ("permanent", "integer")],
             f"""failures = failures + 1, next_attempt_at = {d.shifted("batch.delay")}, last_error = batch.error,
-                last_duration_ms = batch.ms,
+                last_duration_ms = batch.ms, results = results + 1,
                 permanent_failures = CASE WHEN batch.permanent = 1 THEN permanent_failures + 1 ELSE 0 END,
                 parked_by = CASE WHEN {quarantine} THEN '{control.QUARANTINE}' ELSE parked_by END,
                 parked_reason = CASE WHEN {quarantine} THEN batch.error ELSE parked_reason END,
@@ -321,4 +321,5 @@ def failure_backoff(sync: SyncConfig, failures: int) -> float:
 
 
 def _claim_of(row: Any) -> Claim:
-    return Claim(user_id=json_id(row.id), key=row.key, email=row.email, failures=row.failures)
+    last_sync = "" if row.last_sync is None else str(row.last_sync)
+    return Claim(json_id(row.id), row.key, row.email, row.failures, last_sync, row.results)

@@ -20,6 +20,11 @@ class Claim:
     key: str  # the id as text: our state table's key
     email: str
     failures: int  # consecutive failures before this attempt
+    # The rest of the state the claim saw, which with the failures makes this attempt's Idempotency-Key: last_sync
+    # in a spelling no session setting changes (Dialect.instant; "" for never), and the results ever recorded for
+    # this user, which only grow (failures goes back to 0 on a reset, and an old key must not come back with it).
+    last_sync: str
+    results: int
 
 
 @dataclass(frozen=True)

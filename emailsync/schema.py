@@ -92,7 +92,18 @@ def _fleet_control(d: Dialect) -> list[str]:
     ]
 
 
-STEPS: tuple[Step, ...] = (Step(1, _v1_state_and_runs), Step(2, _fleet_budget), Step(3, _fleet_control))
+def _results_recorded(d: Dialect) -> list[str]:
+    """The results ever recorded for each user: with last_sync and failures, what makes each attempt's
+    Idempotency-Key its own (emailsync.backend.idempotency_key). It only grows, where failures goes back to 0."""
+    return [f"ALTER TABLE {STATE} ADD COLUMN results integer NOT NULL DEFAULT 0"]
+
+
+STEPS: tuple[Step, ...] = (
+    Step(1, _v1_state_and_runs),
+    Step(2, _fleet_budget),
+    Step(3, _fleet_control),
+    Step(4, _results_recorded),
+)
 SCHEMA_VERSION = STEPS[-1].version
 
 

@@ -82,8 +82,8 @@ class UsersTable:
     def claims_from(self, from_where: str) -> str:
         """The columns a Claim is made of, for the users ``from_where`` names (joined to our state as ``s``)."""
         return (
-            f"SELECT {self.id} AS id, {self.email} AS email, {self.key} AS key, "
-            f"COALESCE(s.failures, 0) AS failures {from_where}"
+            f"SELECT {self.id} AS id, {self.email} AS email, {self.key} AS key, COALESCE(s.failures, 0) AS failures, "
+            f"{self.d.instant(self.last_sync)} AS last_sync, COALESCE(s.results, 0) AS results {from_where}"
         )
 
     @property

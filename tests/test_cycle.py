@@ -96,6 +96,56 @@ def test_sync_call_carries_user_email_max_emails_token_and_idempotency_key(
     assert all(keys) and len(set(keys)) == 2
 
 
+def _keys(backend: Backend, user_id: int) -> list[str | None]:
+    return [call.header("Idempotency-Key") for call in backend.sync_calls(user_id)]
+
+
+def test_a_recorded_failure_gives_the_next_attempt_a_new_idempotency_key(
+    app_db: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    app_db.add_users(1)
+    backend.script(1, Behaviour(status=500), Behaviour())
+    email_sync.configure(app_db, backend)
+    assert email_sync("run").code == 0
+    app_db.execute(f"UPDATE email_sync_user_state SET next_attempt_at = {app_db.at(-1)}")  # the backoff has passed
+
+    assert email_sync("run").code == 0
+
+    failed, synced = _keys(backend, 1)
+    assert failed != synced and app_db.synced_ids() == {1}
+
+
+def test_a_reset_never_gives_a_retry_the_idempotency_key_of_an_earlier_attempt(
+    app_db: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    """A reset puts the failure count back to 0 within the same window: a backend replaying what it answered to an
+    earlier key would replay the very failure the reset was meant to retry."""
+    app_db.add_users(1)
+    backend.script(1, Behaviour(status=500), Behaviour(status=500), Behaviour())
+    email_sync.configure(app_db, backend)
+    for _ in range(2):
+        assert email_sync("run").code == 0
+        app_db.execute(f"UPDATE email_sync_user_state SET next_attempt_at = {app_db.at(-1)}")
+    assert email_sync("reset", "1").code == 0
+
+    assert email_sync("run").code == 0
+
+    *failed, retried = _keys(backend, 1)
+    assert len(failed) == 2 and retried not in failed and app_db.synced_ids() == {1}
+
+
+def test_a_new_window_gets_a_new_idempotency_key(app_db: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    app_db.add_users(1)
+    email_sync.configure(app_db, backend)
+    assert email_sync("run").code == 0
+    app_db.execute(f"UPDATE users SET last_sync = {app_db.at(-2 * 3600)}")  # two hours pass
+
+    assert email_sync("run").code == 0
+
+    first, second = _keys(backend, 1)
+    assert first != second
+
+
 def test_no_authorization_header_without_a_token(app_db: AppDb, backend: Backend, email_sync: EmailSync) -> None:
     app_db.add_users(1)
     email_sync.configure(app_db, backend)

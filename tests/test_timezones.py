@@ -16,8 +16,10 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
 from emailsync import db, schema
-from emailsync.config import DatabaseConfig
+from emailsync.backend import idempotency_key
+from emailsync.config import DatabaseConfig, SyncConfig, UsersConfig
 from emailsync.errors import EXIT_CONFIG, EXIT_OK
+from emailsync.leases import Leases
 from tests.backend import Backend
 from tests.conftest import ADMIN_URL, OUR_TABLES, AppDb, EmailSync, _fresh_app_db
 from tests.pgbouncer import PgBouncer
@@ -188,6 +190,32 @@ def test_a_window_across_a_daylight_saving_change_is_measured_in_real_time(
     assert result.code == EXIT_OK, result.stdout
     assert called(backend) == {1}
     app.engine.dispose()
+
+
+@pytest.mark.parametrize("column", ["timestamp", "timestamptz"])
+def test_the_idempotency_key_is_the_same_whatever_the_zones_and_the_pooler(
+    column: str, zone_databases: dict[str, str], poolers: dict[str, PgBouncer]
+) -> None:
+    """A re-sync after a crash may reach the database by another route or in another session time zone: the
+    claim's last_sync, and so the key, must not change with them (a timestamptz is read in the session's zone)."""
+    moment = datetime(2026, 11, 30, 8, 15, 30, 123456, tzinfo=UTC)
+    keys, seen = set(), set()
+    for zone in ZONES:
+        app = app_in_zone(zone_databases, poolers, zone, column, "direct")
+        add_users_synced_at(app, {1: moment}, column, "UTC")
+        app.engine.dispose()
+        for route in ROUTES:
+            url = app.url if route == "direct" else poolers[route].url(zone_databases[zone])
+            for convention in ("UTC", "Asia/Kolkata"):
+                settings = DatabaseConfig(url=url, connect_timeout=5, statement_timeout=30, timezone=convention)
+                with db.connected(settings) as engine:
+                    claim = Leases(engine, UsersConfig(), SyncConfig(), "probe").find("1")
+                assert claim is not None
+                seen.add(claim.last_sync)
+                keys.add(idempotency_key(claim, "{}"))
+
+    assert len(seen) == 1 and len(keys) == 1, seen
+    assert seen.pop().endswith(".123456")  # to the microsecond the database keeps
 
 
 @pytest.fixture

@@ -95,3 +95,14 @@ def test_a_parked_user_is_not_due(database: sqlite3.Connection) -> None:
     state(database, 1, failures=0, parked_at="'2026-01-01 00:00:00'", parked_by="'quarantine'")
 
     assert due(database, users_table()) == [2]
+
+
+def test_a_claim_reads_the_state_its_idempotency_key_is_made_of(database: sqlite3.Connection) -> None:
+    database.execute("INSERT INTO users VALUES (1, 'u1@example.com', '2026-11-30 08:15:30.123', 1)")
+    add(database, 2, None)
+    state(database, 1, failures=2, results=5)
+
+    seen = {row[0]: row[3:] for row in database.execute(users_table().find_query, {"who": "1"})}
+    seen |= {row[0]: row[3:] for row in database.execute(users_table().find_query, {"who": "2"})}
+
+    assert seen == {1: (2, "2026-11-30 08:15:30.123", 5), 2: (0, None, 0)}  # last_sync as stored; no state: zeros
