@@ -57,6 +57,7 @@ class Behaviour:
     body: bytes | None = None  # None -> {"emails_synced": n} for 2xx, {"error": "..."} otherwise
     delay: float = 0.0  # seconds to wait before answering (0 -> the backend's latency)
     hang: bool = False  # never answer until the server stops
+    hold: threading.Event | None = None  # answer (after `delay`) only once this is set, or never if the server stops
     trickle: float = 0.0  # >0: headers, then one body byte every `trickle` seconds until stop
     trickle_headers: float = 0.0  # >0: the status line and headers themselves, a byte every so often, until stop
     retry_after: str | None = None  # Retry-After header value
@@ -91,6 +92,7 @@ class Recorded:
     json: Any | None  # parsed body, None if absent or not JSON
     user_id: Any | None  # body["user_id"] when the body is a JSON object
     at: float  # time.monotonic() when the request had been read
+    status: int | None = None  # the status of the answer, once the whole answer has been sent
 
     def header(self, name: str) -> str | None:
         """Return a header's value, looking its name up case-insensitively."""
@@ -249,6 +251,11 @@ class Backend:
         with self._arrived:
             return self._arrived.wait_for(lambda: len(self._sync_calls()) >= n, timeout)
 
+    def wait_for_answers(self, n: int, timeout: float = 10.0) -> bool:
+        """Block until at least n sync calls have been answered, their whole answer sent; False on timeout."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: sum(c.status is not None for c in self._sync_calls()) >= n, timeout)
+
     # -- used by the request handler ---------------------------------------------------------
 
     @contextlib.contextmanager
@@ -287,6 +294,12 @@ class Backend:
         """Remember a request and wake waiters."""
         with self._arrived:
             self._requests.append(request)
+            self._arrived.notify_all()
+
+    def _note_answer(self, request: Recorded, status: int) -> None:
+        """Note that a request's whole answer was sent, and wake waiters."""
+        with self._arrived:
+            request.status = status
             self._arrived.notify_all()
 
     def _next_behaviour(self, user_id: Any | None) -> Behaviour:
@@ -392,6 +405,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         """Record the request, then route it."""
         backend = self.server.backend
+        self.recorded: Recorded | None = None  # this request, once read: its answer is noted on it when sent
         try:
             body = self._read_body()
         except ValueError:
@@ -403,9 +417,10 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             payload, is_json = None, False
         user_id = payload.get("user_id") if isinstance(payload, dict) else None
-        backend._record(
-            Recorded(self.command, self.path, dict(self.headers.items()), body, payload, user_id, time.monotonic())
+        self.recorded = Recorded(
+            self.command, self.path, dict(self.headers.items()), body, payload, user_id, time.monotonic()
         )
+        backend._record(self.recorded)
         path = urlsplit(self.path).path
         if path == backend.sync_path:
             if self.command == "POST":
@@ -445,7 +460,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, payload: Any, behaviour: Behaviour, delay: float) -> None:
         """Answer a sync call as ``behaviour`` says, after ``delay`` seconds."""
         stopping = self.server.stopping
-        if (delay > 0 and stopping.wait(delay)) or behaviour.close:
+        if (delay > 0 and stopping.wait(delay)) or behaviour.close or not _released(behaviour.hold, stopping):
             self.close_connection = True  # stopped while waiting, or asked to drop the connection
             return
         if behaviour.hang:
@@ -504,6 +519,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if has_body and self.command != "HEAD":
             self.wfile.write(body)
+        if self.recorded is not None:
+            self.server.backend._note_answer(self.recorded, status)
 
     def _trickle(self, status: int, interval: float, headers: dict[str, str]) -> None:
         """Promise a huge body, then send one byte per interval until the server stops."""
@@ -533,6 +550,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"x")
         except OSError:
             pass  # the client gave up
+
+
+def _released(hold: threading.Event | None, stopping: threading.Event) -> bool:
+    """Wait for ``hold`` to be set, if any: False when the server stops first."""
+    while hold is not None and not hold.wait(0.05):
+        if stopping.is_set():
+            return False
+    return True
 
 
 def _error(message: str) -> bytes:

@@ -278,6 +278,31 @@ def test_wait_for_sync_calls(backend: Backend, session: requests.Session) -> Non
     assert backend.wait_for_sync_calls(1, timeout=5) is True
 
 
+def test_a_held_answer_is_sent_once_its_event_is_set_and_is_then_noted_as_answered(
+    backend: Backend, session: requests.Session
+) -> None:
+    release = threading.Event()
+    backend.set_default(Behaviour(status=201, hold=release))
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(sync, session, backend)
+        assert backend.wait_for_sync_calls(1)
+        assert backend.wait_for_answers(1, timeout=0.3) is False
+        assert [c.status for c in backend.sync_calls()] == [None]
+
+        release.set()
+
+        assert answer.result().status_code == 201
+    assert backend.wait_for_answers(1) is True
+    assert [c.status for c in backend.sync_calls()] == [201]
+
+
+def test_a_call_that_is_never_answered_is_not_noted_as_answered(backend: Backend, session: requests.Session) -> None:
+    backend.set_default(Behaviour(close=True))
+    with pytest.raises(requests.ConnectionError):
+        sync(session, backend)
+    assert [c.status for c in backend.sync_calls()] == [None]
+
+
 def test_fail_every_answers_500_on_every_nth_call(session: requests.Session) -> None:
     with Backend(fail_every=3) as backend:
         statuses = [sync(session, backend, user_id=i).status_code for i in range(6)]
