@@ -95,7 +95,10 @@ class SyncConfig:
     )
     max_emails: int = key(values.integer(1, 1_000_000), 50, "max_emails sent to the backend for each user.")
     batch_size: int = key(
-        values.integer(1, 10_000), 100, "Users claimed, and results written, per database round trip."
+        values.integer(1, 10_000),
+        100,
+        """Users claimed per database round trip, and the most results written in one (they are written sooner:
+        docs/operations.md, "What a crash forgets").""",
     )
     lease: float = key(values.duration, 900.0, "How long a claim lasts; a crashed run's users are due again after it.")
     shutdown_grace: float = key(values.duration, 20.0, "On SIGTERM, wait this long for calls in flight.")

@@ -12,6 +12,7 @@ gives back the claims not yet started.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -41,7 +42,8 @@ from emailsync.notify import Notifier
 
 log = structlog.get_logger()
 
-FLUSH_EVERY = 1.0  # seconds: results reach the database at least this often
+UNWRITTEN_FOR = 0.2  # seconds: the longest the result of an answered call waits before its batch is written
+UNWRITTEN_AT_MOST = 64  # results waiting that make a batch due at once (sync.batch_size if that is fewer)
 POLL = 0.2  # seconds: how long the main loop waits for an outcome before looking at the clock again
 AHEAD = 1.0  # seconds of the calls' pace that claims run ahead of them, at most (see Cycle._claim_more)
 
@@ -180,6 +182,39 @@ def result_of(outcome: Outcome, permanent_statuses: tuple[int, ...]) -> Result:
 
 
 @dataclass
+class Unwritten:
+    """What the main thread holds for its next write: results of answered calls, and leases of users not called.
+
+    The results are all a crash (kill -9, the OOM killer, the watchdog, a power cut) forgets: their users are synced
+    again once their leases expire, with the same Idempotency-Key. So a batch is due once its oldest entry has
+    waited UNWRITTEN_FOR, or ``at_most`` results wait, whichever comes first: one transaction for many users keeps
+    the database's cost per user low, and the bound keeps what a crash forgets small.
+    """
+
+    at_most: int
+    results: list[Result] = field(default_factory=list)
+    unused: list[Claim] = field(default_factory=list)
+    since: float = math.inf  # monotonic: when the oldest entry came
+
+    def add(self, entry: Result | Claim, now: float) -> None:
+        if self.since == math.inf:
+            self.since = now
+        if isinstance(entry, Result):
+            self.results.append(entry)
+        else:
+            self.unused.append(entry)
+
+    def due_in(self, now: float) -> float:
+        """Seconds until the batch is due: 0 when it is, inf while nothing waits."""
+        return 0.0 if len(self.results) >= self.at_most else max(0.0, self.since + UNWRITTEN_FOR - now)
+
+    def take(self) -> tuple[list[Result], list[Claim]]:
+        taken = self.results, self.unused
+        self.results, self.unused, self.since = [], [], math.inf
+        return taken
+
+
+@dataclass
 class Verdict:
     """Whether the first answers of the cycle say the endpoint or the token is wrong for everyone.
 
@@ -242,8 +277,7 @@ class Cycle:
         self.attempts = 0  # calls finished, successful or not: the progress the watchdog hears about
         self.attempts_lock = threading.Lock()
         self.in_flight: dict[str, Claim] = {}
-        self.to_record: list[Result] = []
-        self.to_release: list[Claim] = []
+        self.unwritten = Unwritten(min(UNWRITTEN_AT_MOST, config.sync.batch_size))
         self.claimed = 0
         self.began = time.monotonic()
         self.due = DuePages(leases, min(PAGE, config.sync.max_users_per_run))
@@ -272,7 +306,6 @@ class Cycle:
                 self._alert_quarantined()
 
     def _call_until_done(self, pool: CallPool) -> None:
-        last_flush = time.monotonic()
         progress_seen = -1
         while self.in_flight or not self._done_claiming():
             if not self._done_claiming():
@@ -281,13 +314,7 @@ class Cycle:
                 self._claim_more(pool)
                 if not self.in_flight and self._done_claiming():
                     break  # nobody (else) was due: no outcome will come, so do not wait a POLL for one
-            outcome = pool.next_outcome(POLL)
-            while outcome is not None:
-                self._handle(outcome)
-                outcome = pool.next_outcome(0)
-            if len(self.to_record) >= self.config.sync.batch_size or time.monotonic() - last_flush > FLUSH_EVERY:
-                self._flush()
-                last_flush = time.monotonic()
+            self._collect(pool)
             if self.attempts != progress_seen:  # only real progress feeds the watchdog: a hang must starve it
                 progress_seen = self.attempts
                 self.notifier.progress(self.status_line())
@@ -297,6 +324,19 @@ class Cycle:
         if self.verdict.suspects:  # fewer users than the probe needs, and every one of them said 404 (or 401)
             raise self.verdict.error()
         self._flush()
+
+    def _collect(self, pool: CallPool) -> None:
+        """Take the outcomes that come within POLL, and write their batch as soon as it is due (Unwritten): the wait
+        ends then, and so does the taking, so no result waits on the next ones."""
+        outcome = pool.next_outcome(min(POLL, self.unwritten.due_in(time.monotonic())))
+        while outcome is not None:
+            self._handle(outcome)
+            outcome = pool.next_outcome(0) if self.unwritten.due_in(time.monotonic()) else None
+        self._flush_if_due()
+
+    def _flush_if_due(self) -> None:
+        if not self.unwritten.due_in(time.monotonic()):
+            self._flush()
 
     def _done_claiming(self) -> bool:
         return (
@@ -363,9 +403,9 @@ class Cycle:
         """Count and log an outcome, and queue its result for the next batch write."""
         if outcome.kind is Kind.NOT_STARTED:
             self.counts.skipped += 1
-            self.to_release.append(outcome.claim)
+            self.unwritten.add(outcome.claim, time.monotonic())
             return
-        self.to_record.append(result_of(outcome, self.config.sync.quarantine_statuses))
+        self.unwritten.add(result_of(outcome, self.config.sync.quarantine_statuses), time.monotonic())
         if outcome.kind is Kind.SYNCED:
             self.counts.synced += 1
         else:
@@ -378,9 +418,8 @@ class Cycle:
             self._account(Outcome(claim, Kind.NOT_STARTED, None, 0, 0))
 
     def _flush(self) -> None:
-        batch, self.to_record = self.to_record, []
-        self.quarantined += self.leases.record(batch)
-        unused, self.to_release = self.to_release, []
+        results, unused = self.unwritten.take()
+        self.quarantined += self.leases.record(results)
         self.leases.release(unused)
 
     def _wind_down(self, pool: CallPool) -> None:
@@ -396,13 +435,14 @@ class Cycle:
         self._give_back(unstarted)
         deadline = time.monotonic() + self.config.sync.shutdown_grace
         while self.in_flight and time.monotonic() < deadline:
-            outcome = pool.next_outcome(min(POLL, max(0.0, deadline - time.monotonic())))
-            if outcome is None:
-                continue
-            del self.in_flight[outcome.claim.key]
-            if outcome.kind.blames_configuration and not self.verdict.cleared:
-                outcome = Outcome(outcome.claim, Kind.NOT_STARTED, None, 0, 0)  # the configuration's fault
-            self._account(outcome)
+            now = time.monotonic()
+            outcome = pool.next_outcome(min(POLL, max(0.0, deadline - now), self.unwritten.due_in(now)))
+            if outcome is not None:
+                del self.in_flight[outcome.claim.key]
+                if outcome.kind.blames_configuration and not self.verdict.cleared:
+                    outcome = Outcome(outcome.claim, Kind.NOT_STARTED, None, 0, 0)  # the configuration's fault
+                self._account(outcome)
+            self._flush_if_due()  # as while calling: a SIGKILL at systemd's stop timeout forgets no more
         self._flush()
         if self.in_flight:
             log.warning("calls_abandoned", count=len(self.in_flight), lease_s=self.config.sync.lease)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import signal
+import socket
+import threading
+import time
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, event, make_url
+from sqlalchemy import Engine, event, make_url, text
 
 from tests.backend import Backend, Behaviour
 from tests.conftest import ADMIN_URL, AppDb, EmailSync
@@ -37,6 +42,39 @@ def test_sigterm_records_calls_in_flight_and_releases_the_rest(
     assert '"event":"cycle_finished"' in stdout
 
 
+def test_answers_that_come_while_stopping_are_written_as_they_come_not_after_the_grace(
+    pg: AppDb, backend: Backend, email_sync: EmailSync, tmp_path: Path
+) -> None:
+    """systemd kills a run still stopping after its TimeoutStopSec: the answers of the grace must not wait for its
+    end to be written."""
+    pg.add_users(2)
+    first, second = threading.Event(), threading.Event()
+    backend.script(1, Behaviour(hold=first))
+    backend.script(2, Behaviour(hold=second))
+    email_sync.configure(
+        pg,
+        backend,
+        backend={"concurrency": 2, "read_timeout": "10min", "call_timeout": "10min", "retries": 0},
+        sync={"shutdown_grace": "10min", "lease": "1h"},
+    )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(tmp_path / "notify"))
+        notify.settimeout(30)
+        process = email_sync.popen("run", env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
+        assert backend.wait_for_sync_calls(2, timeout=30)
+        process.send_signal(signal.SIGTERM)
+        while b"STOPPING=1" not in notify.recv(4096):
+            pass
+
+        first.set()
+
+        assert _eventually(lambda: pg.synced_ids() == {1}), "written while the other call is still in flight"
+        second.set()
+        stdout, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, stdout
+    assert pg.synced_ids() == {1, 2}
+
+
 def test_after_a_crash_the_leases_expire_and_the_next_run_syncs_everyone(
     pg: AppDb, backend: Backend, email_sync: EmailSync
 ) -> None:
@@ -58,6 +96,73 @@ def test_after_a_crash_the_leases_expire_and_the_next_run_syncs_everyone(
     assert email_sync("run").code == 0
     assert pg.synced_ids() == set(range(1, 13))
     assert pg.leased() == []
+
+
+def test_a_run_killed_while_calls_are_answered_forgets_only_unwritten_results_and_resends_their_keys(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    """kill -9 (the OOM killer, the watchdog, a power cut) while answers arrive: the users whose results were written
+    are done; those whose answers it forgot, and those whose calls it never heard back from, are synced again once
+    their leases run out, each with the Idempotency-Key of its first call, so a backend that honours it syncs once."""
+    pg.add_users(12)
+    answer = threading.Event()
+    for number in range(1, 5):
+        backend.on_call(number, Behaviour())  # answered, and their results written
+    for number in range(5, 9):
+        backend.on_call(number, Behaviour(hold=answer))  # answered while the run cannot write
+    backend.set_default(Behaviour(hang=True))  # in flight when the run dies
+    patient = {"concurrency": 4, "read_timeout": "10min", "call_timeout": "10min", "retries": 0}  # nobody times out
+    email_sync.configure(pg, backend, backend=patient, sync={"lease": "1h"})
+    process = email_sync.popen("run")
+    try:
+        assert _eventually(lambda: len(pg.synced_ids()) == 4), "the first four results are written"
+        with pg.engine.connect() as blocker:
+            blocker.execute(text("LOCK TABLE users IN SHARE MODE"))  # claims go on, last_sync cannot be written
+            answer.set()
+            assert backend.wait_for_answers(8, timeout=30)
+            assert _eventually(lambda: _waiting_on_a_lock(pg)), "the run holds answered results it cannot write"
+            process.kill()
+            process.wait(timeout=30)
+            blocker.rollback()
+    finally:
+        process.kill()
+        process.communicate(timeout=30)
+    first = backend.sync_calls()
+    written = pg.synced_ids()
+    forgotten = {call.user_id for call in first if call.status == 200} - written
+    assert len(written) == 4 and len(forgotten) == 4
+
+    pg.execute("UPDATE email_sync_user_state SET lease_until = now() - interval '1 second'")  # the leases run out
+    backend.set_default(Behaviour())
+    assert email_sync("run").code == 0
+
+    again = backend.sync_calls()[len(first) :]
+    assert sorted(call.user_id for call in again) == sorted(set(range(1, 13)) - written)  # each once, none written
+    first_key = {call.user_id: call.header("Idempotency-Key") for call in reversed(first)}
+    resent = [call for call in again if call.user_id in first_key]
+    assert {call.user_id for call in resent} >= forgotten
+    assert [call.header("Idempotency-Key") for call in resent] == [first_key[call.user_id] for call in resent]
+    assert len({call.header("Idempotency-Key") for call in again}) == len(again)
+    assert pg.synced_ids() == set(range(1, 13)) and pg.leased() == []
+
+
+def _eventually(condition: Callable[[], bool], within: float = 30.0) -> bool:
+    """Whether ``condition`` comes true within ``within`` seconds (a guard against a hang, not a measurement)."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _waiting_on_a_lock(app: AppDb) -> bool:
+    return bool(
+        app.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'email-sync' "
+            "AND datname = current_database() AND wait_event_type = 'Lock'"
+        )
+    )
 
 
 def test_two_runs_at_once_sync_every_user_exactly_once(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:

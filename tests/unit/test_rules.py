@@ -13,11 +13,11 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from emailsync import schema, values
 from emailsync.backend import idempotency_key
 from emailsync.config import SyncConfig
-from emailsync.cycle import Verdict
+from emailsync.cycle import UNWRITTEN_FOR, Unwritten, Verdict
 from emailsync.db_failures import classify
 from emailsync.errors import ConfigError, DatabaseUnavailable, EndpointError
 from emailsync.leases import failure_backoff
-from emailsync.model import NOT_PERMANENT, Claim, Kind, Outcome, is_permanent, kind_of
+from emailsync.model import NOT_PERMANENT, Claim, Kind, Outcome, Result, is_permanent, kind_of
 
 SYNC = SyncConfig(3600, 100, 50, 10, 600, 5, "host", 300, 86400, 20, 3)
 
@@ -199,3 +199,46 @@ def test_the_idempotency_key_of_a_piece_of_work_does_not_change_from_one_release
     changing how the key is derived is a change backend authors must hear about (docs/operations.md)."""
     assert key(claim()) == "528c9726-9c1d-525d-894a-d47a2475dc9a"
 
+
+def synced(user: int) -> Result:
+    return Result(claim(user), True, 5)
+
+
+def test_an_answered_result_waits_for_its_write_no_longer_than_unwritten_for() -> None:
+    unwritten = Unwritten(at_most=64)
+    unwritten.add(synced(1), now=100.0)
+    unwritten.add(synced(2), now=100.15)
+
+    assert unwritten.due_in(100.1) == pytest.approx(UNWRITTEN_FOR - 0.1)
+    assert unwritten.due_in(100.0 + UNWRITTEN_FOR) == 0.0  # counted from the oldest result, not the newest
+
+
+def test_at_most_results_waiting_are_written_at_once() -> None:
+    unwritten = Unwritten(at_most=3)
+    for user in (1, 2, 3):
+        assert unwritten.due_in(100.0) > 0
+        unwritten.add(synced(user), now=100.0)
+
+    assert unwritten.due_in(100.0) == 0.0
+
+
+def test_unused_leases_are_given_back_within_unwritten_for_and_do_not_count_as_results() -> None:
+    unwritten = Unwritten(at_most=1)
+    unwritten.add(claim(1), now=100.0)
+
+    assert unwritten.due_in(100.0) == pytest.approx(UNWRITTEN_FOR)
+    assert unwritten.due_in(100.0 + UNWRITTEN_FOR) == 0.0
+
+
+def test_nothing_waiting_is_never_due_and_a_write_starts_the_clock_again() -> None:
+    unwritten = Unwritten(at_most=64)
+    assert unwritten.due_in(100.0) == float("inf")
+    unwritten.add(synced(1), now=100.0)
+    unwritten.add(claim(2), now=100.1)
+
+    results, unused = unwritten.take()
+
+    assert [r.claim.user_id for r in results] == [1] and [c.user_id for c in unused] == [2]
+    assert unwritten.due_in(200.0) == float("inf")
+    unwritten.add(synced(3), now=200.0)
+    assert unwritten.due_in(200.0) == pytest.approx(UNWRITTEN_FOR)
