@@ -57,3 +57,11 @@ def test_every_relative_link_leads_to_a_file_that_exists(page: str) -> None:
     path = ROOT / page
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", path.read_text()):
         assert (path.parent / target).exists(), f"{page} links to {target}, which does not exist"
+
+
+def test_the_crash_window_the_docs_state_is_the_one_the_cycle_keeps() -> None:
+    from emailsync.cycle import UNWRITTEN_AT_MOST, UNWRITTEN_FOR
+
+    window = f"last {UNWRITTEN_FOR * 1000:g} ms, {UNWRITTEN_AT_MOST} at most"
+    for page in (ROOT / "docs" / "operations.md", FAILURES):
+        assert window in " ".join(page.read_text().split()), f"{page.name} does not say {window!r}"
