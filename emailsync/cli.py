@@ -193,9 +193,10 @@ def _migrate(config: Config, args: argparse.Namespace) -> int:
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
-    from emailsync import db, status
+    from emailsync import db, schema, status
 
     with db.connected(config.database) as engine:
+        schema.check_ready(engine, config.users, writing=False)
         report = status.gather(engine, config)
     print(json.dumps(report.as_json(), indent=2, default=str) if args.json else status.render(report))
     return EXIT_OK if report.healthy else EXIT_NO

@@ -57,7 +57,7 @@ def reset(config: Config, who: str | None) -> int:
 
 def list_users(config: Config, which: str | None, limit: int) -> list[str]:
     """One line per user: due now (the default, oldest first), failing, leased or parked."""
-    with db.connected(config.database) as engine:
+    with _ready(config, writing=False) as engine:
         if which in (None, "due"):
             return _due_lines(engine, config, limit)
         if which == "parked":
@@ -122,10 +122,10 @@ def unpark(config: Config, who: str) -> None:
 
 
 @contextmanager
-def _ready(config: Config) -> Iterator[Engine]:
+def _ready(config: Config, *, writing: bool = True) -> Iterator[Engine]:
     """An engine on a database whose schema is current, for one command."""
     with db.connected(config.database) as engine:
-        schema.check_ready(engine, config.users)
+        schema.check_ready(engine, config.users, writing=writing)
         yield engine
 
 

@@ -154,8 +154,10 @@ def app_index_ddl(dialect: Dialect, users: UsersConfig) -> str:
     return f"CREATE INDEX IF NOT EXISTS {name} ON {on});"
 
 
-def check_ready(engine: Engine, users: UsersConfig) -> None:
-    """Preflight: reachable, writable, our schema current, the app's table and columns where configured."""
+def check_ready(engine: Engine, users: UsersConfig, *, writing: bool = True) -> None:
+    """Preflight: reachable, our schema current, the app's table and columns where configured, and writable unless
+    the command only reads (`status` and `users` answer on a standby too). Every command checks this before its
+    queries, so a database never migrated is exit 78 naming `email-sync migrate`, never a failed query."""
     d = dialect_of(engine)
     with transaction(engine) as connection:
         version = schema_version(connection)
@@ -165,7 +167,7 @@ def check_ready(engine: Engine, users: UsersConfig) -> None:
             raise SchemaError(f"email-sync schema v{version} is older than v{SCHEMA_VERSION}: run `email-sync migrate`")
         if version > SCHEMA_VERSION:
             raise SchemaError(_newer_schema(version))
-        if d.postgres and connection.execute(text("SHOW transaction_read_only")).scalar() == "on":
+        if writing and d.postgres and connection.execute(text("SHOW transaction_read_only")).scalar() == "on":
             raise ConfigError("database.url points at a read-only database (a replica?): it must be the primary")
         _check_users_table(connection, d, users)
         if users.filter:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from emailsync import schema
-from emailsync.errors import EXIT_NO, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
+from emailsync.errors import EXIT_CONFIG, EXIT_NO, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
 from tests.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 
@@ -81,6 +81,25 @@ def test_status_reports_backlog_age_of_the_oldest_due_user(pg: AppDb, backend: B
 
     assert report["due_now"] == 2
     assert 5 * 3600 - 60 < report["oldest_due_age_s"] < 5 * 3600 + 60
+
+
+@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["users"], ["users", "--failing"]])
+def test_status_and_users_before_migrate_exit_78_naming_migrate(
+    command: list[str], app_db: AppDb, email_sync: EmailSync
+) -> None:
+    app_db.drop_our_tables()
+    email_sync.configure(app_db, None)
+
+    email_sync(*command).assert_one_clear_error(EXIT_CONFIG, "email-sync migrate")
+
+
+def test_status_and_users_on_an_older_schema_exit_78_naming_migrate(app_db: AppDb, email_sync: EmailSync) -> None:
+    app_db.drop_our_tables()
+    schema.migrate(app_db.engine, target=1)
+    email_sync.configure(app_db, None)
+
+    email_sync("status").assert_one_clear_error(EXIT_CONFIG, "email-sync migrate")
+    email_sync("users", "--parked").assert_one_clear_error(EXIT_CONFIG, "email-sync migrate")
 
 
 def test_check_passes_line_by_line_on_a_working_setup(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
