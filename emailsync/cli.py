@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
@@ -60,12 +61,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"email-sync {__version__}")
     parser.add_argument("--config", metavar="PATH", help="the TOML config file")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="what to do; email-sync COMMAND --help for its options"
+    )
     run = commands.add_parser("run", help="run one sync cycle, then exit (what the systemd timer starts)")
     run.add_argument(
         "--dry-run", action="store_true", help="print whom a run would claim now, and exit: no lease, no call"
     )
-    run.add_argument("--limit", type=int, default=10, help="with --dry-run: list this many (default 10)")
+    run.add_argument(
+        "--limit",
+        type=_count,
+        metavar="N",
+        help="claim at most N users in this run (sync.max_users_per_run still caps it); "
+        "with --dry-run: list the N a run would take first (default 10)",
+    )
     migrate = commands.add_parser("migrate", help="create or upgrade email-sync's own tables")
     migrate.add_argument(
         "--print-app-indexes", action="store_true", help="print the index the app's users table should have, and exit"
@@ -77,9 +86,14 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("user", metavar="USER", help="the user's id or email")
     users = commands.add_parser("users", help="list users: due now (default), failing, leased or parked")
     which = users.add_mutually_exclusive_group()
-    for name in ("due", "failing", "leased", "parked"):
-        which.add_argument(f"--{name}", dest="which", action="store_const", const=name)
-    users.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    for name, help_text in (
+        ("due", "users a run would take now, oldest first (the default)"),
+        ("failing", "users in backoff after a failed sync, with their last error"),
+        ("leased", "users a run holds right now, with its host and the lease left"),
+        ("parked", "users set aside by `park` or the quarantine, with who and why"),
+    ):
+        which.add_argument(f"--{name}", dest="which", action="store_const", const=name, help=help_text)
+    users.add_argument("--limit", type=_count, metavar="N", default=50, help="at most N users (default 50)")
     reset = commands.add_parser("reset", help="clear a user's backoff and quarantine so the next cycle retries it")
     target = reset.add_mutually_exclusive_group(required=True)
     target.add_argument("user", metavar="USER", nargs="?", help="the user's id or email")
@@ -103,6 +117,13 @@ def _parser() -> argparse.ArgumentParser:
     form.add_argument("--sample", dest="form", action="store_const", const="sample", help="the commented TOML file")
     form.add_argument("--markdown", dest="form", action="store_const", const="markdown", help="the reference table")
     return parser
+
+
+def _count(value: str) -> int:
+    """A --limit: a whole number of users, 1 or more (0 would claim or list nobody)."""
+    if not value.strip().isdecimal() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of users, 1 or more, got {value!r}")
+    return int(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,6 +183,9 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     if args.dry_run:
         print("\n".join(operations.dry_run(config, args.limit)))
         return EXIT_OK
+    if args.limit is not None:  # this run only: the same cap as sync.max_users_per_run, never above it
+        cap = min(args.limit, config.sync.max_users_per_run)
+        config = replace(config, sync=replace(config.sync, max_users_per_run=cap))
     from emailsync.notify import Notifier
 
     notifier = Notifier.from_env()

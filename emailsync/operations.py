@@ -76,24 +76,32 @@ def _due_lines(engine: Engine, config: Config, limit: int) -> list[str]:
     ]
 
 
-def dry_run(config: Config, limit: int) -> list[str]:
-    """`email-sync run --dry-run`: whom a run would claim now and in which order; no lease, no call, no run row."""
+DRY_RUN_LISTED = 10
+
+
+def dry_run(config: Config, limit: int | None) -> list[str]:
+    """`email-sync run --dry-run [--limit N]`: whom `run [--limit N]` would claim now and in which order; no lease,
+    no call, no run row. Without a limit it lists the first few."""
+    most = config.sync.max_users_per_run
+    cap = most if limit is None else min(limit, most)
     with _ready(config) as engine:
         with db.transaction(engine) as connection:
             mode = control.read(connection)
         now = status.backlog(engine, config)
-        claims = min(now.due, config.sync.max_users_per_run) if mode.claims else 0
+        claims = min(now.due, cap) if mode.claims else 0
+        run = "a run" if limit is None else f"a run with --limit {limit}"
         lines = [
             f"fleet: {mode.describe()}",
-            f"due now: {now.due}; a run would claim {claims} (sync.max_users_per_run {config.sync.max_users_per_run})",
+            f"due now: {now.due}; {run} would claim {claims} (sync.max_users_per_run {most})",
         ]
+        listed = DRY_RUN_LISTED if limit is None else cap
         if not mode.claims:
             return [*lines, "a run claims nobody until `email-sync resume`"]
         if now.due:
             oldest = "-" if now.oldest_age_s is None else f"last synced {status.duration(now.oldest_age_s)} ago"
             lines.append(f"oldest due: {oldest} ({now.never_synced} never synced)")
-            lines.append(f"the first {min(limit, now.due)}, in the order a run takes them:")
-            lines += ["  " + line for line in _due_lines(engine, config, limit)]
+            lines.append(f"the first {min(listed, now.due)}, in the order a run takes them:")
+            lines += ["  " + line for line in _due_lines(engine, config, listed)]
         return lines
 
 

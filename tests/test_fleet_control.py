@@ -186,7 +186,7 @@ def test_a_dry_run_says_whom_a_run_would_claim_and_takes_nothing(
     lines = result.stdout.splitlines()
     assert lines[:3] == [
         "fleet: running",
-        "due now: 5; a run would claim 4 (sync.max_users_per_run 4)",
+        "due now: 5; a run with --limit 3 would claim 3 (sync.max_users_per_run 4)",
         "oldest due: last synced 2h00m ago (3 never synced)",
     ]
     assert lines[3] == "the first 3, in the order a run takes them:"

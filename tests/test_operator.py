@@ -261,6 +261,29 @@ def test_users_lists_due_failing_and_leased(after_a_run: AppDb, email_sync: Emai
     assert leased.stdout.startswith("6 ") and "leased by" in leased.stdout
 
 
+def test_run_with_a_limit_claims_at_most_that_many_users_and_leaves_the_rest_due(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    pg.add_users(5)
+    email_sync.configure(pg, backend)
+
+    result = email_sync("run", "--limit", "2")
+
+    assert result.code == EXIT_OK, result.stdout
+    assert len(pg.synced_ids()) == 2 and len(backend.sync_calls()) == 2
+    assert (pg.runs()[0].due, pg.runs()[0].synced) == (5, 2)
+    assert len(email_sync("users", "--due").stdout.splitlines()) == 3
+
+
+def test_a_limit_above_max_users_per_run_does_not_raise_it(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    pg.add_users(5)
+    email_sync.configure(pg, backend, sync={"max_users_per_run": 3})
+
+    assert email_sync("run", "--limit", "4").code == EXIT_OK
+
+    assert len(pg.synced_ids()) == 3
+
+
 def test_reset_one_user_clears_its_backoff_so_the_next_run_retries(
     after_a_run: AppDb, backend: Backend, email_sync: EmailSync
 ) -> None:
