@@ -222,7 +222,10 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     with db.connected(config.database) as engine:
         schema.check_ready(engine, config.users, writing=False)
         report = status.gather(engine, config)
-    print(json.dumps(report.as_json(), indent=2, default=str) if args.json else status.render(report))
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2, default=str))
+    else:
+        print(status.render(report, status.terminal_width(sys.stdout)))
     return EXIT_OK if report.healthy else EXIT_NO
 
 

@@ -6,9 +6,11 @@ what the next run will do whichever host asks.
 
 from __future__ import annotations
 
+import shutil
+import textwrap
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from sqlalchemy import Engine, text
 
@@ -21,6 +23,8 @@ from emailsync.users import UsersTable
 
 RECENT_RUNS = 5
 LISTED = 10
+WIDTH = 80  # columns of the report when it goes anywhere but a terminal
+MIN_TEXT = 20  # a terminal narrower than the indent plus this still shows words, not one character a line
 
 
 @dataclass(frozen=True)
@@ -272,17 +276,16 @@ def duration(seconds: float | None) -> str:
     return f"{sign}{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def render(status: Status) -> str:
-    """The human report, at most 80 columns wide."""
+def render(status: Status, width: int = WIDTH) -> str:
+    """The human report, every line at most ``width`` columns: a long cause (an error, a reason) is wrapped, never
+    cut, its continuation lines indented under it."""
     lines = [f"email-sync: {'healthy' if status.healthy else 'UNHEALTHY'} (schema v{status.schema_version})"]
-    lines += [f"  ! {problem}"[:80] for problem in status.problems]
+    lines += [f"  ! {problem}" for problem in status.problems]
     if not status.fleet.claims:
-        lines.append(f"fleet: {status.fleet.describe()}, since {_utc(status.fleet.changed_at or '-')[:19]}"[:80])
+        lines.append(f"fleet: {status.fleet.describe()}, since {_utc(status.fleet.changed_at or '-')[:19]}")
     if status.timer:
-        lines.append(
-            f"timer: {status.timer.get('ActiveState', '?')}, last {status.timer.get('LastTriggerUSec', '-')}"[:80]
-        )
-        lines.append(f"       next {status.timer.get('NextElapseUSecRealtime', '-')}"[:80])
+        lines.append(f"timer: {status.timer.get('ActiveState', '?')}, last {status.timer.get('LastTriggerUSec', '-')}")
+        lines.append(f"       next {status.timer.get('NextElapseUSecRealtime', '-')}")
     backlog = "none" if status.oldest_due_age_s is None else f"oldest synced {duration(status.oldest_due_age_s)} ago"
     lines.append(f"due now: {status.due_now} ({status.never_synced_due} never synced; {backlog})")
     fresh = status.freshness
@@ -295,7 +298,7 @@ def render(status: Status) -> str:
     for run in status.runs:
         lines.append(
             f"{run.started_at[:26]:<27}{run.host[:11]:<12}{_n(run.due):>7}{run.synced:>7}{run.failed:>7}"
-            f"{run.skipped:>5} {run.outcome} {duration(run.duration_s)}"[:80]
+            f"{run.skipped:>5} {run.outcome} {duration(run.duration_s)}"
         )
     lines.append("")
     lines.append(f"in backoff: {status.in_backoff}")
@@ -303,26 +306,40 @@ def render(status: Status) -> str:
     lines.append(f"leased now: {status.leased}")
     lines += ["  " + render_user(user) for user in status.leases]
     lines.append(f"parked: {status.parked} ({status.quarantined} quarantined)")
-    lines += [("  " + render_parked(user))[:80] for user in status.parked_users]
-    return "\n".join(lines)
+    lines += ["  " + render_parked(user) for user in status.parked_users]
+    return "\n".join(wrapped for line in lines for wrapped in _wrap(line, width))
+
+
+def terminal_width(stream: TextIO) -> int:
+    """The width to render for: the terminal's (or $COLUMNS) when ``stream`` is one, else WIDTH (a pipe, a file,
+    a mail from cron: whatever reads it later has no width to tell)."""
+    return shutil.get_terminal_size((WIDTH, 24)).columns if stream.isatty() else WIDTH
+
+
+def _wrap(line: str, width: int) -> list[str]:
+    """``line`` in lines of at most ``width`` columns, continued two columns deeper than it starts (a URL is kept
+    whole where it fits, a word longer than a line is broken: every character shown)."""
+    if len(line) <= width:
+        return [line]
+    indent = " " * (len(line) - len(line.lstrip()) + 2)
+    width = max(width, len(indent) + MIN_TEXT)
+    return textwrap.wrap(line, width, subsequent_indent=indent, break_on_hyphens=False)
 
 
 def render_user(user: UserRow) -> str:
-    """One user of our state table on one line of at most 78 columns."""
+    """One user of our state table on one line, its whole last error (`status` wraps it)."""
     if user.lease_owner:
-        line = (
+        return (
             f"{user.user_id[:20]:<21}leased by {(user.lease_host or '?')[:16]} run {user.lease_owner[:8]}, "
             f"{duration(user.lease_left_s)} left"
         )
-    else:
-        error = (user.last_error or "").replace("\n", " ")
-        line = f"{user.user_id[:20]:<21}x{user.failures:<3} retry in {duration(user.next_attempt_in_s):<7} {error}"
-    return line[:78]
+    error = " ".join((user.last_error or "").split())
+    return f"{user.user_id[:20]:<21}x{user.failures:<3} retry in {duration(user.next_attempt_in_s):<7} {error}"
 
 
 def render_parked(user: control.Parked) -> str:
-    """One parked user on one line: who parked it, how long ago, and the whole reason (`status` cuts it short)."""
-    reason = (user.reason or "").replace("\n", " ")
+    """One parked user on one line: who parked it, how long ago, and the whole reason (`status` wraps it)."""
+    reason = " ".join((user.reason or "").split())
     return f"{user.user_id[:20]:<21}by {user.parked_by[:24]} {duration(user.age_s)} ago: {reason}"
 
 

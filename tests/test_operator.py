@@ -11,6 +11,7 @@ from emailsync import schema
 from emailsync.errors import EXIT_CONFIG, EXIT_NO, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
 from tests.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
+from tests.terminal import in_terminal
 
 
 @pytest.fixture
@@ -34,8 +35,55 @@ def test_status_of_a_healthy_install_fits_80_columns_and_exits_0(after_a_run: Ap
     lines = result.stdout.splitlines()
     assert lines[0].startswith("email-sync: healthy")
     assert all(len(line) <= 80 for line in lines), max(lines, key=len)
-    assert any("mailbox locked" in line for line in lines)
+    assert "mailbox locked" in paragraphs(lines, "3 ")
     assert "in backoff: 1" in lines and "leased now: 1" in lines
+
+
+@pytest.fixture
+def after_a_long_failure(pg: AppDb, email_sync: EmailSync) -> str:
+    """A run that found the backend unreachable, and user 3 in backoff with a long error; the problem's full text."""
+    pg.add_users(2)
+    pg.execute(
+        "INSERT INTO email_sync_user_state (user_id, failures, next_attempt_at, last_error) "
+        f"VALUES ('3', 2, {pg.at(600)}, :error)",
+        error="HTTP 422 from the backend: the mailbox of this user is locked by another client; retry later " * 2,
+    )
+    email_sync.configure(pg, None)
+    assert email_sync("run").code == EXIT_TEMPFAIL
+    [run] = pg.runs()
+    return f"the last run failed: {run.outcome}: {run.error}"
+
+
+def paragraphs(lines: list[str], first: str) -> str:
+    """The entry that starts with ``first``, its wrapped lines (indented deeper than it) joined again."""
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith(first))
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    entry = [lines[start]]
+    for line in lines[start + 1 :]:
+        if len(line) - len(line.lstrip()) <= indent or not line.strip():
+            break
+        entry.append(line)
+    return " ".join(" ".join(entry).split())
+
+
+@pytest.mark.parametrize("columns", [80, 60, 132])
+def test_status_in_a_terminal_wraps_a_long_cause_to_its_width_and_loses_none_of_it(
+    after_a_long_failure: str, email_sync: EmailSync, columns: int
+) -> None:
+    lines = in_terminal(email_sync.config_path, "status", columns=columns)
+
+    assert lines[0].startswith("email-sync: UNHEALTHY"), lines
+    assert all(len(line) <= columns for line in lines), max(lines, key=len)
+    assert paragraphs(lines, "! the last run failed") == "! " + " ".join(after_a_long_failure.split())
+    backoff = paragraphs(lines, "3 ")
+    assert backoff.endswith("is locked by another client; retry later"), backoff
+
+
+def test_status_piped_wraps_at_80_columns(after_a_long_failure: str, email_sync: EmailSync) -> None:
+    lines = email_sync("status").stdout.splitlines()
+
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    assert paragraphs(lines, "! the last run failed") == "! " + " ".join(after_a_long_failure.split())
 
 
 def test_status_json_carries_runs_backlog_backoff_and_leases(after_a_run: AppDb, email_sync: EmailSync) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from emailsync.status import UserRow, duration, render_user
+from emailsync.status import MIN_TEXT, UserRow, _wrap, duration, render_user
 
 
 @pytest.mark.parametrize(
@@ -24,10 +24,22 @@ def test_duration_is_short_and_keeps_its_sign(seconds: float | None, shown: str)
     assert duration(seconds) == shown
 
 
-def test_a_failing_user_line_shows_failures_retry_and_error_within_78_columns() -> None:
-    line = render_user(UserRow("42", 3, 600.0, "HTTP 500: " + "x" * 200, None, None, None))
+def test_a_failing_user_line_shows_failures_retry_and_the_whole_error_on_one_line() -> None:
+    line = render_user(UserRow("42", 3, 600.0, "HTTP 500:\n" + "x" * 200, None, None, None))
 
-    assert line.startswith("42") and "x3" in line and "retry in 10m" in line and len(line) == 78
+    assert line.startswith("42") and "x3" in line and "retry in 10m" in line
+    assert line.endswith("HTTP 500: " + "x" * 200) and "\n" not in line
+
+
+@pytest.mark.parametrize("width", [80, 40, 10])
+def test_a_long_line_is_wrapped_under_itself_and_keeps_every_character(width: int) -> None:
+    line = "  ! the last run failed: backend unreachable at http://127.0.0.1:9/health: " + "y" * 90
+
+    wrapped = _wrap(line, width)
+
+    assert wrapped[0].startswith("  ! the") and all(shown.startswith("    ") for shown in wrapped[1:])
+    assert all(len(shown) <= max(width, 4 + MIN_TEXT) for shown in wrapped)
+    assert "".join("".join(wrapped).split()) == "".join(line.split())
 
 
 def test_a_leased_user_line_names_the_host_and_time_left() -> None:
