@@ -13,8 +13,9 @@ import re
 import stat
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import Engine, inspect
@@ -43,31 +44,53 @@ class Check:
     detail: str
     fix: str = ""
     warning: bool = False  # shown, but does not fail the check command
+    skipped: bool = False  # not checked: a key it needs is at fault (that fails the command already)
 
     def line(self) -> str:
-        mark = "✔" if self.ok else ("!" if self.warning else "✘")
+        mark = "✔" if self.ok else ("!" if self.warning else "-" if self.skipped else "✘")
         return f"{mark} {self.name}: {self.detail}" + (f"\n    fix: {self.fix}" if self.fix and not self.ok else "")
 
 
-def run_checks(config: Config) -> list[Check]:
-    """Every check, in the order a run depends on them; a failed database check skips the database's details."""
-    checks = [Check("config", True, f"{config.source} is valid")]
+def run_checks(config: Config | None, unreadable: Sequence[str] = ()) -> list[Check]:
+    """Every check, in the order a run depends on them; a failed database check skips the database's details.
+
+    Every configuration error is listed first, then each check runs if the keys it depends on are valid, and says
+    which key to fix first if not. ``config`` is None when the file cannot be read as TOML at all (``unreadable``
+    says why): then only what needs no configuration is checked."""
+    if config is None:
+        checks = [Check("config", False, error) for error in unreadable]
+        checks += [_interpreter(), _dependencies()]
+        unchecked = ("database", "backend health", "sync endpoint", "watchdog")
+        return checks + [_skipped(name, "the config file") for name in unchecked]
+    checks = [Check("config", False, error) for error in config.errors]  # each names its key and file
+    checks = checks or [Check("config", True, f"{config.source} is valid")]
     checks += _secret_files(config)
     checks.append(_interpreter())
     checks.append(_dependencies())
-    checks += _database(config)
+    checks += _unless(config, ("database", "users"), "database", lambda: _database(config))
     trace = str(uuid.uuid4())  # the check's requests share a trace, as a run's do (their traceparent)
-    checks.append(_guarded("backend health", lambda: _backend_health(config, trace)))
-    checks.append(_guarded("sync endpoint", lambda: _sync_endpoint(config, trace)))
-    checks.append(_watchdog(config))
+    for name, check in (("backend health", _backend_health), ("sync endpoint", _sync_endpoint)):
+        checks += _unless(config, ("backend",), name, partial(_guarded, name, config, check, trace))
+    silence = ("backend.call_timeout", "backend.retry_backoff_max")
+    checks += _unless(config, silence, "watchdog", lambda: [_watchdog(config)])
     return checks
 
 
-def _guarded(name: str, check: Callable[[], Check]) -> Check:
+def _unless(config: Config, needs: tuple[str, ...], name: str, checks: Callable[[], list[Check]]) -> list[Check]:
+    """``checks`` when the keys or sections they need are valid; else one line naming the key to fix first."""
+    broken = config.at_fault(*needs)
+    return checks() if broken is None else [_skipped(name, broken)]
+
+
+def _skipped(name: str, what: str) -> Check:
+    return Check(name, False, f"not checked: fix {what} first", skipped=True)
+
+
+def _guarded(name: str, config: Config, check: Callable[[Config, str], Check], trace: str) -> list[Check]:
     try:
-        return check()
+        return [check(config, trace)]
     except EmailSyncError as error:
-        return Check(name, False, str(error), f"see the message; `email-sync run` would exit {error.exit_code}")
+        return [Check(name, False, str(error), f"see the message; `email-sync run` would exit {error.exit_code}")]
 
 
 def _secret_files(config: Config) -> list[Check]:
@@ -77,6 +100,8 @@ def _secret_files(config: Config) -> list[Check]:
         (DATABASE_URL_CREDENTIAL, "database.url_file", config.database.url_file),
         (BACKEND_TOKEN_CREDENTIAL, "backend.token_file", config.backend.token_file),
     ):
+        if config.at_fault(key):
+            continue  # its config line says what is wrong with it
         if credentials and Path(credentials, credential).exists():
             checks.append(Check(f"secret {credential}", True, "passed by systemd (LoadCredential)"))
         elif path:

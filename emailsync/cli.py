@@ -140,7 +140,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": _run,
         "migrate": _migrate,
         "status": _status,
-        "check": _check,
         "sync": _sync,
         "users": _users,
         "reset": _reset,
@@ -152,10 +151,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "alert": _alert,
     }
     try:
+        if args.command == "check":
+            return _check(args.config)  # it lists every configuration error itself, and goes on
         config = _load_config(args.config, args.command)
         return commands[args.command](config, args)
     except EmailSyncError as error:
-        log.error(error.event, error=str(error), exit_code=error.exit_code)
+        for problem in error.problems:
+            log.error(error.event, error=problem, exit_code=error.exit_code)
         return error.exit_code
     except Exception:
         log.exception("bug", exit_code=EXIT_BUG)
@@ -163,11 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load_config(path: str | None, command: str) -> Config:
+    """The configuration, or ConfigError listing every problem in it; for `check`, with the problems in it."""
     import structlog
 
     from emailsync import config, logs
 
-    loaded = config.load(
+    load = config.gather if command == "check" else config.load
+    loaded = load(
         config.config_path(path, os.environ), need_backend=command not in NO_BACKEND, need_database=command != "alert"
     )
     logs.configure(loaded.logging.level, loaded.secrets)
@@ -229,10 +233,14 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK if report.healthy else EXIT_NO
 
 
-def _check(config: Config, _: argparse.Namespace) -> int:
+def _check(path: str | None) -> int:
     from emailsync import check
+    from emailsync.errors import ConfigError
 
-    checks = check.run_checks(config)
+    try:
+        checks = check.run_checks(_load_config(path, "check"))
+    except ConfigError as error:  # the file itself: missing, unreadable, not TOML
+        checks = check.run_checks(None, error.problems)
     for one in checks:
         print(one.line())
     return EXIT_OK if all(one.ok or one.warning for one in checks) else EXIT_NO

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -279,6 +280,17 @@ class Config:
     alert: AlertConfig
     monitor: MonitorConfig
     warnings: tuple[str, ...]
+    errors: tuple[str, ...] = ()  # every problem found, one line each; load() raises them, `check` shows them
+    broken: frozenset[str] = frozenset()  # the keys (or sections) at fault: they hold their defaults
+
+    def at_fault(self, *names: str) -> str | None:
+        """The first key (in KEYS order) at fault among ``names``: keys ("backend.ca_file") or sections
+        ("backend"); None when they are all valid, so a check built on them can run."""
+        for broken in sorted(self.broken, key=_order):
+            section = broken.partition(".")[0]
+            if broken in names or section in names:
+                return broken
+        return None
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -288,6 +300,11 @@ class Config:
         return tuple(s for s in found if len(s) >= 4)
 
 
+def _order(dotted: str) -> int:
+    """Where a key, or the section of an unknown one, stands in KEYS: the order of the configuration reference."""
+    return next((i for i, key in enumerate(KEYS) if dotted in (key.dotted, key.section)), len(KEYS))
+
+
 def config_path(cli_path: str | None, env: Mapping[str, str]) -> str:
     return cli_path or env.get(f"{ENV_PREFIX}CONFIG") or DEFAULT_PATH
 
@@ -295,32 +312,81 @@ def config_path(cli_path: str | None, env: Mapping[str, str]) -> str:
 def load(
     path: str, env: Mapping[str, str] | None = None, need_backend: bool = True, need_database: bool = True
 ) -> Config:
-    """The validated configuration, or ConfigError naming the file and key at fault.
+    """The validated configuration, or one ConfigError listing every problem, each naming the file and key at fault.
 
     Commands that only touch the database (migrate, status, users, reset) pass need_backend=False, so a package
     can migrate before the operator has configured the backend; `alert` needs neither.
     """
+    config = gather(path, env, need_backend, need_database)
+    if config.errors:
+        raise ConfigError(*config.errors)
+    return config
+
+
+def gather(
+    path: str, env: Mapping[str, str] | None = None, need_backend: bool = True, need_database: bool = True
+) -> Config:
+    """The configuration with every problem found in it (Config.errors, in the order of the file, then the
+    environment, then the checks across keys); a key at fault keeps its default and is named in Config.broken.
+    `check` shows them all and goes on with what the valid keys allow; everything else calls load(). Only a file
+    that cannot be read as TOML at all raises ConfigError here."""
     env = os.environ if env is None else env
     raw = _read_toml(path)
+    problems = _Problems()
     values: dict[str, Any] = {}
     for section, table in raw.items():
         keys = _BY_SECTION.get(section)
         if keys is None:
-            raise ConfigError(f"{path}: unknown section [{section}] (known: {', '.join(_BY_SECTION)})")
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: {section} must be a table ([{section}])")
-        for name, value in table.items():
-            key = keys.get(name)
-            if key is None:
-                raise ConfigError(f"{path}: unknown key {section}.{name}")
-            values[key.dotted] = _parse(key, value, path)
-    values.update(_from_env(env))
+            problems.add(section, f"{path}: unknown section [{section}] (known: {', '.join(_BY_SECTION)})")
+        elif not isinstance(table, dict):
+            problems.add(section, f"{path}: {section} must be a table ([{section}])")
+        else:
+            for name, value in table.items():
+                key = keys.get(name)
+                if key is None:
+                    problems.add(f"{section}.{name}", f"{path}: unknown key {section}.{name}")
+                else:
+                    problems.parse(key, value, path, values)
+    _from_env(env, problems, values)
     for key in KEYS:
         if key.dotted not in values:
-            if key.default is REQUIRED and need_backend:
-                raise ConfigError(f"{path}: {key.dotted} is required (or set {key.env})")
+            if key.default is REQUIRED and need_backend and not problems.any_of(key.dotted, key.section):
+                problems.add(key.dotted, f"{path}: {key.dotted} is required (or set {key.env})")
             values[key.dotted] = "" if key.default is REQUIRED else key.default
-    return _build(path, values, env, need_database)
+    return _build(path, values, env, need_database, problems)
+
+
+class _Problems:
+    """What is wrong with a configuration, one line each, and the keys at fault: collected, not raised at the
+    first, so one `check` or one failed run names every bad key."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.broken: set[str] = set()
+
+    def add(self, key: str, *lines: str) -> None:
+        self.lines.extend(lines)
+        self.broken.add(key)
+
+    @contextmanager
+    def under(self, *keys: str) -> Iterator[None]:
+        """A check of ``keys`` that raises ConfigError: its lines are collected and the keys marked broken."""
+        try:
+            yield
+        except ConfigError as error:
+            self.lines.extend(error.problems)
+            self.broken.update(keys)
+
+    def parse(self, key: Key, value: Any, where: str, into: dict[str, Any]) -> None:
+        """``key``'s value parsed into ``into``; when invalid, the line naming ``where`` and the key instead."""
+        try:
+            into[key.dotted] = key.parse(value)
+        except values.Invalid as error:
+            message = "is not valid" if key.secret else str(error)
+            self.add(key.dotted, f"{where}: {key.dotted} {message}")
+
+    def any_of(self, *keys: str) -> bool:
+        return any(key in self.broken for key in keys)
 
 
 def _read_toml(path: str) -> dict[str, Any]:
@@ -338,17 +404,8 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {error}") from None
 
 
-def _parse(key: Key, value: Any, where: str) -> Any:
-    try:
-        return key.parse(value)
-    except values.Invalid as error:
-        message = "is not valid" if key.secret else str(error)
-        raise ConfigError(f"{where}: {key.dotted} {message}") from None
-
-
-def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+def _from_env(env: Mapping[str, str], problems: _Problems, into: dict[str, Any]) -> None:
     """Overrides from EMAIL_SYNC_<SECTION>_<KEY>; variables of sections we do not have are not ours."""
-    values: dict[str, Any] = {}
     sections = {s.upper(): s for s in _BY_SECTION}
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX):
@@ -358,52 +415,71 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
             continue
         key = _BY_SECTION[sections[section]].get(rest.lower())
         if key is None:
-            raise ConfigError(f"environment {name}: unknown key {sections[section]}.{rest.lower()}")
-        values[key.dotted] = _parse(key, value, f"environment {name}")
-    return values
-
-
-def _build(path: str, v: dict[str, Any], env: Mapping[str, str], need_database: bool) -> Config:
-    warnings: list[str] = []
-    database_url, url_origin = credentials.load(
-        credentials.SecretSource(
-            DATABASE_URL_CREDENTIAL,
-            "database.url_file",
-            v["database.url_file"],
-            v["database.url"],
-            _BY_SECTION["database"]["url"].env,
-        ),
-        path,
-        env,
-        warnings,
-    )
-    if database_url:
-        credentials.check_database_url(path, url_origin, database_url)
-        if database_url.startswith("sqlite") and v["users.last_sync_timezone"].upper() != "UTC":
-            raise ConfigError(
-                f"{path}: users.last_sync_timezone must be UTC on SQLite, whose text timestamps carry no zone"
+            problems.add(
+                f"{sections[section]}.{rest.lower()}",
+                f"environment {name}: unknown key {sections[section]}.{rest.lower()}",
             )
-    elif need_database:
-        raise ConfigError(
-            f"{path}: database.url is required (or database.url_file, or the {DATABASE_URL_CREDENTIAL} credential)"
+        else:
+            problems.parse(key, value, f"environment {name}", into)
+
+
+def _build(path: str, v: dict[str, Any], env: Mapping[str, str], need_database: bool, problems: _Problems) -> Config:
+    warnings: list[str] = []
+    # A key already named is not loaded from its default: that would only add a second, wrong error.
+    database_url, url_origin = "", "database.url"
+    if not problems.any_of("database.url", "database.url_file"):
+        with problems.under("database.url", "database.url_file"):
+            loaded_url, origin = credentials.load(
+                credentials.SecretSource(
+                    DATABASE_URL_CREDENTIAL,
+                    "database.url_file",
+                    v["database.url_file"],
+                    v["database.url"],
+                    _BY_SECTION["database"]["url"].env,
+                ),
+                path,
+                env,
+                warnings,
+            )
+            if loaded_url:
+                credentials.check_database_url(path, origin, loaded_url)
+            database_url, url_origin = loaded_url, origin
+    if database_url:
+        if database_url.startswith("sqlite") and v["users.last_sync_timezone"].upper() != "UTC":
+            problems.add(
+                "users.last_sync_timezone",
+                f"{path}: users.last_sync_timezone must be UTC on SQLite, whose text timestamps carry no zone",
+            )
+    elif need_database and not problems.any_of("database.url", "database.url_file"):
+        problems.add(
+            "database.url",
+            f"{path}: database.url is required (or database.url_file, or the {DATABASE_URL_CREDENTIAL} credential)",
         )
-    token, token_origin = credentials.load(
-        credentials.SecretSource(BACKEND_TOKEN_CREDENTIAL, "backend.token_file", v["backend.token_file"], "", ""),
-        path,
-        env,
-        warnings,
-    )
-    if not token.isascii():
-        raise ConfigError(f"{token_origin}: the token must be ASCII: it is sent in an HTTP header")
+    token = ""
+    if not problems.any_of("backend.token_file"):
+        with problems.under("backend.token_file"):
+            loaded, origin = credentials.load(
+                credentials.SecretSource(
+                    BACKEND_TOKEN_CREDENTIAL, "backend.token_file", v["backend.token_file"], "", ""
+                ),
+                path,
+                env,
+                warnings,
+            )
+            if not loaded.isascii():
+                raise ConfigError(f"{origin}: the token must be ASCII: it is sent in an HTTP header")
+            token = loaded
     ca_file = v["backend.ca_file"]
     if ca_file and not os.access(ca_file, os.R_OK):
-        raise ConfigError(f"{path}: backend.ca_file: cannot read {ca_file}")
+        problems.add("backend.ca_file", f"{path}: backend.ca_file: cannot read {ca_file}")
     backend = _section(BackendConfig, "backend", v, token=token or None)
     sync = _section(SyncConfig, "sync", v, host_id=v["sync.host_id"] or os.uname().nodename)
-    if sync.lease < 2 * backend.longest_call:
-        raise ConfigError(
+    lease_inputs = ("sync.lease", "backend.retries", "backend.call_timeout", "backend.retry_backoff_max")
+    if sync.lease < 2 * backend.longest_call and not problems.any_of(*lease_inputs):
+        problems.add(
+            "sync.lease",
             f"{path}: sync.lease ({sync.lease:g}s) must be at least twice the longest call with its retries "
-            f"({backend.longest_call:g}s, from backend.retries, call_timeout and retry_backoff_max)"
+            f"({backend.longest_call:g}s, from backend.retries, call_timeout and retry_backoff_max)",
         )
     return Config(
         source=path,
@@ -425,6 +501,8 @@ def _build(path: str, v: dict[str, Any], env: Mapping[str, str], need_database: 
         alert=_section(AlertConfig, "alert", v),
         monitor=_section(MonitorConfig, "monitor", v),
         warnings=tuple(warnings),
+        errors=tuple(problems.lines),
+        broken=frozenset(problems.broken),
     )
 
 

@@ -20,12 +20,26 @@ class EmailSyncError(Exception):
     exit_code = EXIT_BUG
     event = "failed"
 
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Its lines, each logged on its own: one, unless the failure gathers several."""
+        return (str(self),)
+
 
 class ConfigError(EmailSyncError):
-    """The configuration (or what it points at) is wrong; retrying will not help."""
+    """The configuration (or what it points at) is wrong; retrying will not help. It may list several problems,
+    one line each (every bad key of a file), so the operator fixes them all in one go."""
 
     exit_code = EXIT_CONFIG
     event = "config_invalid"
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self._problems = problems
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        return self._problems
 
 
 class SchemaError(ConfigError):

@@ -179,7 +179,7 @@ def test_unknown_key_is_named_with_its_file(tmp_path: Path) -> None:
 
 
 def test_section_that_is_not_a_table_is_refused(tmp_path: Path) -> None:
-    path = raw_file(tmp_path, 'sync = 5\n[database]\nurl = "postgresql://h/db"\n')
+    path = raw_file(tmp_path, 'sync = 5\n[database]\nurl = "postgresql://h/db"\n[backend]\nbase_url = "http://h"\n')
     message = error_of(path)
     assert message.startswith(f"{path}: ")
     assert "sync must be a table" in message
@@ -219,7 +219,7 @@ def test_huge_hex_integer_is_refused_not_a_crash(tmp_path: Path, key: str) -> No
     # tomllib reads 0xfff... of any length; repr() of such an integer (6000 decimal digits) raises
     section, name = key.split(".")
     path = raw_file(tmp_path, f"[{section}]\n{name} = 0x{'f' * 5000}\n")
-    assert error_of(path).startswith(f"{path}: {key} ")
+    assert errors_of(path)[0].startswith(f"{path}: {key} ")  # then the required keys this file lacks
 
 
 def test_duration_error_names_the_key_and_the_file(tmp_path: Path) -> None:
@@ -693,6 +693,85 @@ def test_base_url_with_a_bad_port_is_refused(tmp_path: Path) -> None:
     assert "backend.base_url" in message
 
 
+# --- every error at once -----------------------------------------------------------------------------------------
+
+
+def errors_of(path: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load(path, {} if env is None else env)
+    assert str(caught.value) == "\n".join(caught.value.problems)
+    return list(caught.value.problems)
+
+
+def test_every_bad_key_of_a_file_is_reported_at_once_each_line_naming_key_and_file(tmp_path: Path) -> None:
+    path = config_file(
+        tmp_path,
+        backend={"base_url": None, "retries": -1},
+        sync={"interval": "soon", "batchsize": 10},
+        logging={"level": "loud"},
+    )
+
+    errors = errors_of(path)
+
+    assert [error.split(" ")[:2] for error in errors] == [
+        [f"{path}:", "backend.retries"],
+        [f"{path}:", "sync.interval"],
+        [f"{path}:", "unknown"],
+        [f"{path}:", "logging.level"],
+        [f"{path}:", "backend.base_url"],
+    ]
+    assert "sync.batchsize" in errors[2] and "is required" in errors[4]
+
+
+def test_bad_keys_in_the_file_and_in_the_environment_are_reported_together(tmp_path: Path) -> None:
+    path = config_file(tmp_path, sync={"max_emails": 0})
+
+    errors = errors_of(path, {"EMAIL_SYNC_BACKEND_CONCURRENCY": "lots", "EMAIL_SYNC_SYNC_NOPE": "1"})
+
+    assert len(errors) == 3
+    assert errors[0].startswith(f"{path}: sync.max_emails")
+    assert sorted(error.split(":")[0] for error in errors[1:]) == [
+        "environment EMAIL_SYNC_BACKEND_CONCURRENCY",
+        "environment EMAIL_SYNC_SYNC_NOPE",
+    ]
+
+
+def test_a_bad_key_and_a_bad_secret_file_are_reported_together(tmp_path: Path) -> None:
+    path = config_file(
+        tmp_path,
+        database={"url": None, "url_file": str(tmp_path / "missing")},
+        backend={"read_timeout": "forever", "ca_file": str(tmp_path / "no-ca.pem")},
+    )
+
+    errors = errors_of(path)
+
+    assert len(errors) == 3, errors
+    assert "backend.read_timeout" in errors[0]
+    assert "database.url_file" in errors[1] and "does not exist" in errors[1]
+    assert "backend.ca_file" in errors[2]
+
+
+def test_a_key_that_fails_is_not_also_reported_by_the_checks_built_on_it(tmp_path: Path) -> None:
+    """sync.lease is checked against the retries; a bad backend.retries is one error, not two."""
+    errors = errors_of(config_file(tmp_path, backend={"retries": "many"}, sync={"lease": "1s"}))
+
+    assert len(errors) == 1 and "backend.retries" in errors[0]
+
+
+def test_run_with_several_bad_keys_exits_78_and_logs_one_line_per_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config_file(tmp_path, sync={"interval": "soon", "max_emails": 0})
+
+    code = cli.main(["--config", path, "run"])
+
+    assert code == EXIT_CONFIG
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [event["event"] for event in events] == ["config_invalid", "config_invalid"]
+    assert [event["error"].split(" ")[1] for event in events] == ["sync.interval", "sync.max_emails"]
+    assert all(event["exit_code"] == EXIT_CONFIG for event in events)
+
+
 # --- parse_duration -----------------------------------------------------------------------------------------------
 
 
@@ -796,8 +875,14 @@ def assert_one_config_error(code: int, lines: list[dict[str, Any]], *words: str)
 
 
 BROKEN = {
-    "unknown_key": ('[backend]\nbase_url = "http://h"\nretires = 3\n', "backend.retires"),
-    "wrong_type": ('[backend]\nbase_url = "http://h"\nretries = "many"\n', "backend.retries"),
+    "unknown_key": (
+        '[backend]\nbase_url = "http://h"\nretires = 3\n[database]\nurl = "sqlite://"\n',
+        "backend.retires",
+    ),
+    "wrong_type": (
+        '[backend]\nbase_url = "http://h"\nretries = "many"\n[database]\nurl = "sqlite://"\n',
+        "backend.retries",
+    ),
     "missing_required": ('[database]\nurl = "sqlite://"\n', "backend.base_url"),
     "short_lease": (
         '[backend]\nbase_url = "http://h"\n[database]\nurl = "sqlite://"\n[sync]\nlease = 1\n',

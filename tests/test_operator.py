@@ -175,6 +175,39 @@ def test_check_finds_a_wrong_sync_path_without_syncing_anyone(pg: AppDb, email_s
     assert posts == [] and pg.synced_ids() == set()
 
 
+def test_check_reports_every_configuration_error_then_checks_what_the_valid_keys_allow(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    email_sync.configure(pg, backend, sync={"interval": "soon"}, backend={"retries": "many"}, logging={"level": "x"})
+
+    result = email_sync("check")
+
+    assert result.code == EXIT_NO
+    lines = result.stdout.splitlines()
+    config = [line for line in lines if line.startswith("✘ config: ")]
+    assert [line.split(" ")[3] for line in config] == ["backend.retries", "sync.interval", "logging.level"]
+    assert all(str(email_sync.config_path) in line for line in config)
+    marks = {line.split(":")[0][2:]: line[0] for line in lines if not line.startswith(" ")}
+    assert (marks["interpreter"], marks["dependencies"], marks["database"], marks["fleet"]) == ("✔", "✔", "✔", "✔")
+    assert (marks["backend health"], marks["sync endpoint"], marks["watchdog"]) == ("-", "-", "✔")
+    assert "- backend health: not checked: fix backend.retries first" in lines
+    assert backend.requests() == []
+
+
+def test_check_of_a_file_that_is_not_toml_still_checks_the_interpreter_and_dependencies(
+    email_sync: EmailSync,
+) -> None:
+    email_sync.config_path.write_text("[backend\n")
+
+    result = email_sync("check")
+
+    assert result.code == EXIT_NO
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"✘ config: {email_sync.config_path}: invalid TOML")
+    assert lines[1].startswith("✔ interpreter") and lines[2].startswith("✔ dependencies")
+    assert "- database: not checked: fix the config file first" in lines
+
+
 def test_check_flags_a_secret_file_readable_by_others(
     pg: AppDb, backend: Backend, email_sync: EmailSync, tmp_path: Path
 ) -> None:
