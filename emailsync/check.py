@@ -209,7 +209,7 @@ def _sync_endpoint(config: Config, trace: str) -> Check:
             "sync endpoint",
             False,
             f"OPTIONS {url} answered {status}",
-            "set backend.sync_path to the backend's sync route (e.g. /api/v1/test/sync/start)",
+            "set backend.sync_path to the backend's sync route (the app's is /api/v1/test/sync/start, the default)",
         )
     return Check("sync endpoint", True, f"{url} exists (OPTIONS answered {status})")
 

@@ -133,7 +133,11 @@ class SyncConfig:
 @dataclass(frozen=True)
 class BackendConfig:
     base_url: str = key(values.http_url, REQUIRED, "The backend, e.g. http://127.0.0.1:8000.")
-    sync_path: str = key(values.url_path, "/api/v1/sync/start", "POST endpoint that syncs one user.")
+    sync_path: str = key(
+        values.url_path,
+        "/api/v1/test/sync/start",
+        "POST endpoint that syncs one user: the route the app's backend serves.",
+    )
     health_path: str = key(values.url_path, "/health", "GET endpoint checked before a run.")
     token_file: str = key(values.text, "", "File holding the bearer token (mode 0600); none: no header.")
     ca_file: str = key(values.text, "", "CA bundle for a backend with a private CA (default: system CAs).")

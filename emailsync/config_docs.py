@@ -20,7 +20,7 @@ SAMPLE_HEADER = """\
 # Generated from emailsync/config.py by `email-sync config --sample`; every key is listed below, commented out,
 # with its default. Uncomment and change what you need. Durations are systemd time spans: 90, 5min, 2h 30min, 1.5h.
 # Any key can also be set by the environment as EMAIL_SYNC_<SECTION>_<KEY> (e.g. in a drop-in of the unit:
-# `systemctl edit email-sync.service`, Environment=EMAIL_SYNC_BACKEND_SYNC_PATH=/api/v1/sync/start).
+# `systemctl edit email-sync.service`, Environment=EMAIL_SYNC_BACKEND_BASE_URL=http://10.0.0.5:8000).
 # Unknown keys and sections are errors, not ignored.
 #
 # This file holds no secrets and stays world-readable (0644): the service runs as a transient DynamicUser=

@@ -105,7 +105,7 @@ class Backend:
 
     def __init__(
         self,
-        sync_path: str = "/api/v1/sync/start",
+        sync_path: str = "/api/v1/test/sync/start",
         health_path: str = "/health",
         *,
         token: str | None = None,
@@ -570,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.backend", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
-    parser.add_argument("--sync-path", default="/api/v1/sync/start")
+    parser.add_argument("--sync-path", default="/api/v1/test/sync/start")
     parser.add_argument("--health-path", default="/health")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each sync answer")
     parser.add_argument("--token-file", type=Path, help="require 'Authorization: Bearer <file content>'")

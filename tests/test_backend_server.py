@@ -18,7 +18,7 @@ import requests
 from tests.backend import Backend, Behaviour, Overload
 
 ROOT = Path(__file__).resolve().parent.parent
-SYNC = "/api/v1/sync/start"
+SYNC = "/api/v1/test/sync/start"
 
 
 @pytest.fixture

@@ -72,7 +72,7 @@ def test_minimal_config_loads_with_the_documented_defaults(tmp_path: Path) -> No
     config = load(config_file(tmp_path), {})
     assert isinstance(config, Config)
     assert config.database.url == UNREACHABLE_DB
-    assert config.backend.sync_url == "http://127.0.0.1:9/api/v1/sync/start"
+    assert config.backend.sync_url == "http://127.0.0.1:9/api/v1/test/sync/start"
     assert config.backend.health_url == "http://127.0.0.1:9/health"
     assert config.backend.token is None
     assert config.sync.interval == 3600.0
@@ -99,7 +99,7 @@ def test_host_id_defaults_to_the_hostname(tmp_path: Path) -> None:
 
 def test_base_url_trailing_slash_is_dropped(tmp_path: Path) -> None:
     config = load(config_file(tmp_path, backend={"base_url": "https://api.example.com/"}), {})
-    assert config.backend.sync_url == "https://api.example.com/api/v1/sync/start"
+    assert config.backend.sync_url == "https://api.example.com/api/v1/test/sync/start"
 
 
 def test_users_filter_is_stripped(tmp_path: Path) -> None:

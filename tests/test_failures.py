@@ -16,8 +16,8 @@ def assert_nobody_touched(app: AppDb, backoff_too: bool = True) -> None:
 
 def test_wrong_sync_path_exits_78_naming_the_url_and_the_key(app_db: AppDb, email_sync: EmailSync) -> None:
     app_db.add_users(10)
-    with Backend(sync_path="/api/v1/test/sync/start") as backend:
-        email_sync.configure(app_db, backend, backend={"sync_path": "/api/v1/sync/start"})
+    with Backend() as backend:  # it serves the app's route, /api/v1/test/sync/start
+        email_sync.configure(app_db, backend, backend={"sync_path": "/api/v1/sync/start"})  # the old loop's
 
         result = email_sync("run")
 
@@ -32,7 +32,7 @@ def test_wrong_sync_path_exits_78_naming_the_url_and_the_key(app_db: AppDb, emai
 
 def test_method_not_allowed_on_the_endpoint_exits_78(pg: AppDb, email_sync: EmailSync) -> None:
     pg.add_users(5)
-    with Backend(sync_path="/api/v1/sync/start") as backend:
+    with Backend() as backend:
         backend.set_default(Behaviour(status=405))
         email_sync.configure(pg, backend)
 

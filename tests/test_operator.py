@@ -164,7 +164,7 @@ def test_check_passes_line_by_line_on_a_working_setup(pg: AppDb, backend: Backen
 
 def test_check_finds_a_wrong_sync_path_without_syncing_anyone(pg: AppDb, email_sync: EmailSync) -> None:
     pg.add_users(2)
-    with Backend(sync_path="/api/v1/test/sync/start") as backend:
+    with Backend(sync_path="/api/v1/sync/start") as backend:  # the old loop's path, not the default
         email_sync.configure(pg, backend)
         result = email_sync("check")
         posts = [r for r in backend.requests() if r.method == "POST"]
