@@ -1,4 +1,4 @@
-"""`make demo`: real cycles on the embedded default, a SQLite database, against a stand-in backend.
+"""`make demo`: real cycles on a SQLite app database (embedded: no server to set up), against a stand-in backend.
 
 It creates an app database with sample users, starts the stand-in backend on 127.0.0.1 (every 7th call answers
 500, to show failures and backoff), runs `email-sync migrate` and two `email-sync run` cycles exactly as systemd
