@@ -79,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "--print-app-indexes", action="store_true", help="print the index the app's users table should have, and exit"
     )
-    status = commands.add_parser("status", help="last runs, backlog, backoff, leases; exit 2 when unhealthy")
+    status = commands.add_parser(
+        "status", help="last runs and a 24-hour chart, backlog, backoff, leases; exit 2 when unhealthy"
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser("check", help="check config, secrets, interpreter, database, backend and endpoint")
     sync = commands.add_parser("sync", help="sync one user now (ignores interval and backoff, not leases)")

@@ -62,6 +62,19 @@ def recent(connection: Connection, d: Dialect, limit: int) -> list[Any]:
     )
 
 
+def since(connection: Connection, d: Dialect, seconds: float) -> list[Any]:
+    """Every run started within the last ``seconds``: its age in seconds, what it synced, its outcome."""
+    return list(
+        connection.execute(
+            text(
+                f"SELECT {d.age('started_at')} AS age, synced, outcome "
+                f"FROM {RUNS} WHERE started_at > {d.shifted(':back')}"
+            ),
+            {"back": -seconds},
+        )
+    )
+
+
 def last_success_age(connection: Connection, d: Dialect) -> float | None:
     """Seconds since the last healthy run finished, by the database clock; None when none ever did."""
     age = connection.execute(

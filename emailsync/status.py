@@ -23,6 +23,10 @@ from emailsync.users import UsersTable
 
 RECENT_RUNS = 5
 LISTED = 10
+DAY = 86400.0
+COLUMNS = 48  # of the day's chart: half an hour each
+LEVELS = "▁▂▃▄▅▆▇█"  # a column's height: the lowest for runs that synced nobody, the highest for the day's most
+FAILED, NO_RUN = "✘", "·"
 WIDTH = 80  # columns of the report when it goes anywhere but a terminal
 MIN_TEXT = 20  # a terminal narrower than the indent plus this still shows words, not one character a line
 
@@ -51,6 +55,15 @@ class UserRow:
     lease_left_s: float | None
 
 
+@dataclass(frozen=True)
+class Column:
+    """Half an hour of the day's chart: how many runs started in it, what they synced, whether one failed."""
+
+    runs: int = 0
+    synced: int = 0
+    failed: bool = False
+
+
 @dataclass
 class Status:
     schema_version: int | None
@@ -69,6 +82,7 @@ class Status:
     quarantined: int
     parked_users: list[control.Parked]
     timer: dict[str, str] = field(default_factory=dict)
+    day: list[Column] = field(default_factory=list)  # the last 24 hours, oldest first
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -103,6 +117,7 @@ def gather(engine: Engine, config: Config) -> Status:
             )
             for row in runs_table.recent(connection, d, RECENT_RUNS)
         ]
+        day = _day(runs_table.since(connection, d, DAY))
         last_success = runs_table.last_success_age(connection, d)
         leased = connection.execute(
             text(f"SELECT count(*) FROM {STATE} WHERE lease_owner IS NOT NULL AND lease_until > {d.now}")
@@ -127,9 +142,39 @@ def gather(engine: Engine, config: Config) -> Status:
         quarantined=now.quarantined,
         parked_users=parked_users,
         timer=timer_state(),
+        day=day,
     )
     status.problems = _problems(status, config)
     return status
+
+
+def _day(rows: list[Any]) -> list[Column]:
+    """The runs of the last 24 hours (rows of age, synced, outcome), every host's, in half-hour columns."""
+    width = DAY / COLUMNS
+    columns = [Column() for _ in range(COLUMNS)]
+    for row in rows:
+        index = COLUMNS - 1 - min(COLUMNS - 1, max(0, int(float(row.age) // width)))
+        column = columns[index]
+        failed = row.outcome not in (*runs_table.HEALTHY_OUTCOMES, "running")
+        columns[index] = Column(column.runs + 1, column.synced + row.synced, column.failed or failed)
+    return columns
+
+
+def chart(day: list[Column]) -> tuple[str, str]:
+    """The day in one line, and its key: a column's height is what it synced against the day's most."""
+    most = max((column.synced for column in day), default=0)
+
+    def mark(column: Column) -> str:
+        if not column.runs:
+            return NO_RUN
+        if column.failed:
+            return FAILED
+        if not column.synced:
+            return LEVELS[0]
+        return LEVELS[max(1, -(-column.synced * (len(LEVELS) - 1) // most))]
+
+    key = f"{LEVELS[-1]} {most} synced in {DAY / COLUMNS / 60:g} min; {FAILED} a run failed; {NO_RUN} no run"
+    return "".join(mark(column) for column in day), key
 
 
 @dataclass(frozen=True)
@@ -293,6 +338,9 @@ def render(status: Status, width: int = WIDTH) -> str:
         f"freshness: {'holds' if fresh.holds else 'BROKEN'}, {fresh.over} over {duration(fresh.max_staleness_s)}; "
         f"least recently synced {duration(fresh.oldest_sync_age_s)} ago"
     )
+    if status.day:
+        line, key = chart(status.day)
+        lines += [f"last 24h  {line} now", f"{'':10}{key}"]
     lines.append("")
     lines.append(f"{'last runs (started)':<27}{'host':<12}{'due':>7}{'synced':>7}{'failed':>7}{'skip':>5} outcome")
     for run in status.runs:

@@ -86,6 +86,49 @@ def test_status_piped_wraps_at_80_columns(after_a_long_failure: str, email_sync:
     assert paragraphs(lines, "! the last run failed") == "! " + " ".join(after_a_long_failure.split())
 
 
+def add_run(app: AppDb, hours_ago: float, synced: int, outcome: str = "ok", host: str = "host-a") -> None:
+    app.execute(
+        f"INSERT INTO email_sync_runs (id, host, pid, started_at, finished_at, synced, outcome) "
+        f"VALUES (:id, :host, 1, {app.at(-hours_ago * 3600)}, {app.at(-hours_ago * 3600 + 60)}, :synced, :outcome)",
+        id=f"{host}-{hours_ago}",
+        host=host,
+        synced=synced,
+        outcome=outcome,
+    )
+
+
+def test_status_charts_the_last_24_hours_of_runs_in_one_line_as_the_terminal_shows_it(
+    app_db: AppDb, email_sync: EmailSync
+) -> None:
+    """Half-hour columns, oldest left: the height is what was synced in it, a failed run marks it, a gap shows."""
+    add_run(app_db, 23.75, 0)  # the oldest column: a run that found nobody due
+    add_run(app_db, 2.25, 0, "backend_unavailable")
+    add_run(app_db, 1.25, 30)
+    add_run(app_db, 1.2, 20, host="host-b")  # two hosts' runs in one column add up
+    add_run(app_db, 0.25, 100)
+    add_run(app_db, 25, 5000)  # older than a day: not shown, and not the scale
+    email_sync.configure(app_db, None)
+
+    lines = in_terminal(email_sync.config_path, "status", columns=80)
+
+    chart = "▁" + "·" * 42 + "✘" + "·" + "▅" + "·" + "█"
+    assert f"last 24h  {chart} now" in lines, lines
+    assert "          █ 100 synced in 30 min; ✘ a run failed; · no run" in lines
+
+
+def test_status_json_carries_the_24_hour_chart_columns(app_db: AppDb, email_sync: EmailSync) -> None:
+    add_run(app_db, 0.25, 7)
+    add_run(app_db, 0.5 + 0.25, 3, "crashed")
+    email_sync.configure(app_db, None)
+
+    day = json.loads(email_sync("status", "--json").stdout)["day"]
+
+    assert len(day) == 48
+    assert day[-1] == {"runs": 1, "synced": 7, "failed": False}
+    assert day[-2] == {"runs": 1, "synced": 3, "failed": True}
+    assert all(column["runs"] == 0 for column in day[:-2])
+
+
 def test_status_json_carries_runs_backlog_backoff_and_leases(after_a_run: AppDb, email_sync: EmailSync) -> None:
     result = email_sync("status", "--json")
 
