@@ -1,7 +1,7 @@
 """`email-sync check`: everything a run depends on, one line each with its fix, without syncing anyone.
 
 The sync endpoint is probed with OPTIONS: it has no side effects (RFC 9110), so nobody is synced, and a 404 is
-exactly the seed's wrong-path bug, while a route that exists answers 2xx, 204, 401/403 or 405 (a POST-only route
+exactly a wrong backend.sync_path, while a route that exists answers 2xx, 204, 401/403 or 405 (a POST-only route
 that does not implement OPTIONS).
 """
 
