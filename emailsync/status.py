@@ -173,7 +173,8 @@ def chart(day: list[Column]) -> tuple[str, str]:
             return LEVELS[0]
         return LEVELS[max(1, -(-column.synced * (len(LEVELS) - 1) // most))]
 
-    key = f"{LEVELS[-1]} {most} synced in {DAY / COLUMNS / 60:g} min; {FAILED} a run failed; {NO_RUN} no run"
+    scale = f"{LEVELS[-1]} {most} synced in {DAY / COLUMNS / 60:g} min" if most else f"{LEVELS[0]} nobody synced"
+    key = f"{scale}; {FAILED} a run failed; {NO_RUN} no run"
     return "".join(mark(column) for column in day), key
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from emailsync.status import MIN_TEXT, UserRow, _wrap, duration, render_user
+from emailsync.status import MIN_TEXT, Column, UserRow, _wrap, chart, duration, render_user
 
 
 @pytest.mark.parametrize(
@@ -46,3 +46,10 @@ def test_a_leased_user_line_names_the_host_and_time_left() -> None:
     line = render_user(UserRow("7", 0, None, None, "0123456789abcdef", "host-a", 90.0))
 
     assert "leased by host-a run 01234567, 90s left" in line
+
+
+def test_a_day_of_runs_that_synced_nobody_is_charted_low_with_a_key_that_says_so() -> None:
+    line, key = chart([Column()] * 46 + [Column(2, 0, False), Column(1, 0, True)])
+
+    assert line == "·" * 46 + "▁✘"
+    assert key == "▁ nobody synced; ✘ a run failed; · no run"
