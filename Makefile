@@ -18,10 +18,13 @@ lint: venv
 	$(BIN)/mypy --strict emailsync
 
 # Tools the tests run besides Python: faketime (hosts with skewed clocks), openssl (a self-signed backend),
-# pgbouncer (email-sync behind a connection pooler; the tests start their own, Debian's service stays off).
+# pgbouncer (email-sync behind a connection pooler; the tests start their own, Debian's service stays off),
+# PostgreSQL's server tools (tests/standby.py builds a primary and a streaming standby with initdb, pg_basebackup).
 system-deps:
-	@command -v faketime >/dev/null && command -v openssl >/dev/null && test -x /usr/sbin/pgbouncer || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime openssl pgbouncer >/dev/null; }
+	@command -v faketime >/dev/null && command -v openssl >/dev/null && test -x /usr/sbin/pgbouncer && \
+		ls /usr/lib/postgresql/*/bin/pg_basebackup >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime openssl pgbouncer \
+			postgresql >/dev/null; }
 
 test: lint system-deps
 	$(BIN)/pytest

@@ -61,7 +61,8 @@ class DatabaseConfig:
     url: str = key(
         values.text,
         "",
-        """SQLAlchemy URL of the app's database (postgresql://... or sqlite:///...).
+        """The app's database: postgresql://... in any form libpq documents (several hosts, with
+        target_session_attrs=read-write for a primary and standbys), a libpq key=value string, or sqlite:///....
         Prefer url_file or the database-url credential: it holds a password.""",
         secret=True,
     )

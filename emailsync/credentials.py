@@ -8,9 +8,10 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote
 
+from emailsync import database_url
 from emailsync.errors import ConfigError
+from emailsync.values import Invalid
 
 DATABASE_URL_CREDENTIAL = "database-url"
 BACKEND_TOKEN_CREDENTIAL = "backend-token"
@@ -74,33 +75,24 @@ def _read_secret(file: Path, what: str, warnings: list[str]) -> str:
 
 
 def check_database_url(path: str, origin: str, url: str) -> None:
-    scheme = url.partition("://")[0].split("+")[0]
-    if scheme not in ("postgresql", "postgres", "sqlite") or "://" not in url:
-        raise ConfigError(f"{path}: database.url must start with postgresql:// or sqlite:/// (the value is not shown)")
-    if scheme != "sqlite" and "@" in (url_password(url) or ""):  # a file's path may hold both, as it likes
+    """A URL in any form libpq documents (a host list, key=value), checked when the config loads: a mistake is a 78
+    naming where the URL came from, never one that shows it."""
+    if not database_url.is_postgres(url) and database_url.scheme(url) != "sqlite":
+        raise ConfigError(
+            f"{path}: database.url must start with postgresql:// or sqlite:/// or be a libpq key=value string "
+            "(the value is not shown)"
+        )
+    if database_url.is_postgres(url) and "@" in (database_url.url_password(url) or ""):  # a file's path may hold both
         raise ConfigError(
             f"{origin}: the password in the database URL must be percent-encoded (@ as %40, : as %3A, / as %2F); "
             "the URL is not shown"
         )
+    try:
+        database_url.sqlalchemy_url(url)
+    except Invalid as error:
+        raise ConfigError(f"{origin}: {error}; the URL is not shown") from None
 
 
 def url_secrets(url: str) -> list[str]:
-    """The database password as written in the URL, as SQLAlchemy reads it (to the first "@"), and decoded: any of
-    them can reach a message."""
-    password = url_password(url)
-    if not password:
-        return []
-    read = {password, password.partition("@")[0]}
-    return sorted(read | {unquote(p) for p in read})
-
-
-def url_password(url: str) -> str | None:
-    """The password of a database URL as written: everything between "scheme://user:" and the last "@".
-
-    Reading to the last "@" finds the whole of a password whose "@" was not percent-encoded, where SQLAlchemy
-    would cut it at its first "@" and take the rest for the host (and the port, from a ":" after it).
-    """
-    _, separator, rest = url.partition("://")
-    userinfo, at, _ = rest.rpartition("@")
-    _, colon, password = userinfo.partition(":")
-    return password if separator and at and colon and password else None
+    """The database password in each spelling that can reach a message (database_url.password_spellings)."""
+    return database_url.password_spellings(url)

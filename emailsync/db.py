@@ -14,12 +14,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 
+from emailsync import database_url
 from emailsync.config import DatabaseConfig
 from emailsync.db_failures import classify
 from emailsync.errors import ConfigError, DatabaseUnavailable
+from emailsync.values import Invalid
 
 STATE = "email_sync_user_state"
 RUNS = "email_sync_runs"
@@ -109,9 +111,8 @@ class Dialect:
 
 
 def driver_url(url: str) -> str:
-    """The URL with our driver spelled out: SQLAlchemy 2.1 would pick psycopg 3 for a bare postgresql://."""
-    scheme, separator, rest = url.partition("://")
-    return f"postgresql+psycopg2://{rest}" if scheme in ("postgres", "postgresql") and separator else url
+    """The URL as SQLAlchemy reads it, our driver spelled out (for a tool that makes its own engine)."""
+    return database_url.sqlalchemy_url(url).render_as_string(hide_password=False)
 
 
 def connect(config: DatabaseConfig) -> Engine:
@@ -121,12 +122,9 @@ def connect(config: DatabaseConfig) -> Engine:
     turns out to be dead; a ping would cost a round trip before every transaction.
     """
     try:
-        url = make_url(driver_url(config.url))
-    except (ArgumentError, ValueError):  # their messages quote the URL, password included
-        raise ConfigError(
-            f"{config.url_from}: not a valid database URL (not shown here); "
-            "percent-encode @ : / % in the user name and password"
-        ) from None
+        url = database_url.sqlalchemy_url(config.url)
+    except Invalid as error:
+        raise ConfigError(f"{config.url_from}: {error}; the URL is not shown") from None
     options = {URL_FROM: config.url_from}
     if url.drivername.startswith("postgresql"):
         engine = create_engine(

@@ -17,6 +17,11 @@ from emailsync.errors import ConfigError, DatabaseUnavailable, EmailSyncError
 from emailsync.logs import redact
 
 URL = "the database URL"  # a rule about the URL names the key (or credential) the URL came from
+STANDBY = (
+    "the server is a read-only hot standby, not the primary; a failover may be under way, else the URL must reach "
+    "the primary: list every server with target_session_attrs=read-write, as in "
+    "postgresql://user@db1:5432,db2:5432/app?target_session_attrs=read-write"
+)
 
 
 @dataclass(frozen=True)
@@ -63,9 +68,15 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "",
         r"invalid port number|invalid integer value .* \"port\"|Name or service not known|invalid dsn|"
-        r"invalid connection option",
+        r"invalid connection option|invalid \w+ value: ",
         False,
         "the host, port or a connection option is wrong",
+    ),
+    Rule(
+        "",  # libpq, when target_session_attrs turned every host away
+        r"session is not read-only|server is not in hot standby mode",
+        False,
+        "target_session_attrs asks for a standby or a read-only server, but email-sync writes: use read-write",
     ),
     Rule("", r"certificate verify failed|does not support SSL|root certificate file", False, "TLS (sslmode) is wrong"),
     Rule("", r"unable to open database file", False, "the SQLite file cannot be opened (missing directory?)"),
@@ -77,6 +88,8 @@ RULES: tuple[Rule, ...] = (
         True,
         "too many connections",
     ),
+    # A write refused (25006), or libpq finding no host but standbys for target_session_attrs=read-write or primary.
+    Rule("25006", r"read-only transaction|session is read-only|server is in hot standby mode", True, STANDBY),
     Rule("57P03", r"the database system is (starting|shutting|in recovery|not yet)", True, "the server is not ready"),
     Rule("57P01", r"terminating connection due to administrator command", True, "an administrator ended it"),
     Rule("57014", r"canceling statement due to statement timeout", True, "database.statement_timeout passed"),
@@ -106,11 +119,18 @@ def classify(error: DBAPIError, url_from: str) -> EmailSyncError | None:
     rule = rule_for(error)
     if rule is None:
         return DatabaseUnavailable(f"database unavailable: {describe(error)}") if _connection(error) else None
+    if rule.meaning is STANDBY:
+        return on_standby(url_from)
     if rule.temporary:
         return DatabaseUnavailable(f"database unavailable ({rule.meaning}): {describe(error)}")
     key = url_from if rule.key == URL else rule.key
     code = f" [{rule.sqlstate}]" if rule.sqlstate else ""
     return ConfigError(f"{key}: {rule.meaning}{code}: {describe(error)}")
+
+
+def on_standby(url_from: str) -> DatabaseUnavailable:
+    """The one line for a URL that reached only a hot standby: temporary, as a failover may be under way."""
+    return DatabaseUnavailable(f"{url_from}: {STANDBY}")
 
 
 def _connection(error: DBAPIError) -> bool:

@@ -31,6 +31,8 @@ _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 MAX_FIELD_CHARS = 2000
 # Up to the last "@" before a "/" or white space, so a password with an unencoded "@" is covered whole.
 _URL_PASSWORD = re.compile(r"://([^/\s:@]*):[^/\s]*@")  # starts at the literal "://": linear on long text
+# A password as a parameter: in a libpq key=value string (quoted or not) or a URL's ?password= (libpq reads both).
+_PARAMETER_PASSWORD = re.compile(r"\b(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|[^\s&'\"]+)", re.IGNORECASE)
 # Characters: a prefix this long of a secret (a backend echoing it cut short, or a cut of ours through it), or a
 # piece this long of its base64 form, is redacted; shorter ones are not, as they turn up in ordinary text.
 MIN_PARTIAL = 8
@@ -120,7 +122,7 @@ def redact(text: str) -> str:
     """
     for secret in _secrets:
         text = secret.redact(text)
-    return _URL_PASSWORD.sub(r"://\1:***@", text)
+    return _PARAMETER_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"://\1:***@", text))
 
 
 def redact_and_truncate(text: str, limit: int) -> str:

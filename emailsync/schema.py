@@ -14,8 +14,8 @@ from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from emailsync.config import UsersConfig
-from emailsync.db import BUDGET, FLEET, RUNS, STATE, VERSION_TABLE, Dialect, dialect_of, transaction
-from emailsync.db_failures import describe
+from emailsync.db import BUDGET, FLEET, RUNS, STATE, URL_FROM, VERSION_TABLE, Dialect, dialect_of, transaction
+from emailsync.db_failures import describe, on_standby
 from emailsync.errors import ConfigError, SchemaError
 
 
@@ -167,13 +167,24 @@ def check_ready(engine: Engine, users: UsersConfig, *, writing: bool = True) -> 
             raise SchemaError(f"email-sync schema v{version} is older than v{SCHEMA_VERSION}: run `email-sync migrate`")
         if version > SCHEMA_VERSION:
             raise SchemaError(_newer_schema(version))
-        if writing and d.postgres and connection.execute(text("SHOW transaction_read_only")).scalar() == "on":
-            raise ConfigError("database.url points at a read-only database (a replica?): it must be the primary")
+        if writing and d.postgres:
+            _check_writable(connection, engine.get_execution_options().get(URL_FROM, "database.url"))
         _check_users_table(connection, d, users)
         if users.filter:
             refused = _refused(connection, f"SELECT 1 FROM {d.quote(users.table)} AS u WHERE ({users.filter}) LIMIT 0")
             if refused is not None:
                 raise ConfigError(f"users.filter is not a valid condition on {users.table}: {describe(refused)}")
+
+
+def _check_writable(connection: Connection, url_from: str) -> None:
+    """A hot standby may be a failover under way (75, db_failures); a primary set read-only is configuration."""
+    standby, read_only = connection.execute(
+        text("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')")
+    ).one()
+    if standby:
+        raise on_standby(url_from)
+    if read_only == "on":
+        raise ConfigError(f"{url_from}: the database is read-only (default_transaction_read_only): it must be writable")
 
 
 def _check_users_table(connection: Connection, d: Dialect, users: UsersConfig) -> None:

@@ -22,6 +22,7 @@ from emailsync import cli, db, schema
 from emailsync.config import DatabaseConfig
 from tests.backend import Backend
 from tests.pgbouncer import PgBouncer
+from tests.standby import Replicated
 
 ADMIN_URL = db.driver_url(
     os.environ.get("EMAIL_SYNC_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -316,3 +317,20 @@ def pgbouncer(request: pytest.FixtureRequest, pg_server_url: str) -> Iterator[Pg
 def pooled(pg: AppDb, pgbouncer: PgBouncer) -> AppDb:
     """The app's PostgreSQL database as email-sync reaches it through PgBouncer; the test itself goes direct."""
     return AppDb(pgbouncer.url(pg.engine.url.database or ""), pg.engine)
+
+
+@pytest.fixture(scope="session")
+def replicated() -> Iterator[Replicated]:
+    """A primary and its streaming hot standby, built for this session (tests that kill one build their own)."""
+    with Replicated() as pair:
+        pair.primary.scalar("CREATE DATABASE app")
+        yield pair
+
+
+@pytest.fixture
+def replicated_app(replicated: Replicated) -> Iterator[AppDb]:
+    """The app's database on the primary, emptied and migrated, and replayed by the standby."""
+    app = _fresh_app_db(replicated.primary.url("app"), "postgresql")
+    replicated.caught_up()
+    yield app
+    app.engine.dispose()

@@ -18,7 +18,7 @@ import structlog
 
 from emailsync import __version__, cli
 from emailsync.config import DEFAULT_PATH, KEYS, Config, config_path, load
-from emailsync.credentials import url_password
+from emailsync.database_url import url_password
 from emailsync.errors import EXIT_CONFIG, EXIT_TEMPFAIL, ConfigError
 from emailsync.values import duration as parse_duration
 from tests.conftest import write_config

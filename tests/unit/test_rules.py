@@ -75,6 +75,8 @@ def refused(message: str) -> OperationalError:
         'connection to server at "db", port 6432 failed: FATAL:  unsupported startup parameter: options',
         'connection to server at "db", port 5432 failed: FATAL:  no pg_hba.conf entry for host "10.0.0.1"',
         'could not translate host name "dbb" to address: Name or service not known',
+        'invalid target_session_attrs value: "writable"',
+        'connection to server at "db", port 5432 failed: server is not in hot standby mode',
     ],
 )
 def test_a_refusal_the_operator_must_fix_is_a_configuration_error_naming_the_source(message: str) -> None:
@@ -95,6 +97,24 @@ def test_a_refusal_the_operator_must_fix_is_a_configuration_error_naming_the_sou
 )
 def test_a_refusal_that_may_pass_is_temporary(message: str) -> None:
     assert isinstance(classify(refused(message), "database.url"), DatabaseUnavailable)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "cannot execute UPDATE in a read-only transaction",
+        'connection to server at "db1", port 5432 failed: Connection refused\n'
+        'connection to server at "db2", port 5432 failed: session is read-only',
+        'connection to server at "db2", port 5432 failed: server is in hot standby mode',
+    ],
+)
+def test_reaching_only_a_hot_standby_is_temporary_and_says_what_to_write(message: str) -> None:
+    failure = classify(refused(message), "credential database-url")
+
+    assert isinstance(failure, DatabaseUnavailable)
+    assert str(failure).startswith("credential database-url: the server is a read-only hot standby")
+    assert "failover" in str(failure) and "target_session_attrs=read-write" in str(failure)
+    assert "\n" not in str(failure)
 
 
 def test_an_error_in_our_own_statement_is_a_bug_not_a_database_failure() -> None:
