@@ -91,17 +91,16 @@ def _libpq_refusal(message: str) -> str:
     reason = message.removeprefix("invalid dsn:").strip().splitlines()[0] if message.strip() else ""
     key = _LIBPQ_KEY_REFUSED.match(reason)
     if key and key[1] == "load_balance_hosts":
-        return _load_balance_needs_newer_libpq()
+        return _load_balance_needs_newer_libpq(_libpq_version())
     if key:
         return f"libpq knows no connection parameter {key[1]}"
     return f"not a valid database URL: {reason.split(chr(34))[0].strip().rstrip(':')} (libpq)"
 
 
-def _load_balance_needs_newer_libpq(version: int | None = None) -> str:
-    have = f" (this one is {version // 10000}.{version % 10000})" if version else ""
+def _load_balance_needs_newer_libpq(version: int) -> str:
     return (
-        f"load_balance_hosts needs libpq 16 or later{have}, as on Debian 13; remove it, and libpq tries the hosts "
-        "in the order written"
+        f"load_balance_hosts needs libpq 16 or later (this one is {version // 10000}.{version % 10000}), as on "
+        "Debian 13; remove it, and libpq tries the hosts in the order written"
     )
 
 
@@ -143,6 +142,8 @@ def _hosts_and_ports(url: URL) -> tuple[list[str], list[str]]:
     if isinstance(given, tuple):
         if "port" in query:
             raise Invalid("write the hosts as ?host=h1:p1&host=h2:p2, or as ?host=h1,h2&port=p1,p2, not both")
+        if any(host.count(":") > 1 for host in given):  # SQLAlchemy splits h:p at every ":"
+            raise Invalid("an IPv6 address goes in the URI's host list, as postgresql://user@[::1]:5432,db2:5432/app")
         pairs = [host.rpartition(":") if ":" in host else (host, "", "") for host in given]
         return [host for host, _, _ in pairs], [port for _, _, port in pairs]
     hosts = given.split(",") if given else [url.host or ""]

@@ -9,9 +9,10 @@ import time
 from collections.abc import Callable
 
 import pytest
+from psycopg2.extensions import libpq_version
 from sqlalchemy import create_engine
 
-from emailsync.errors import EXIT_OK, EXIT_TEMPFAIL
+from emailsync.errors import EXIT_CONFIG, EXIT_OK, EXIT_TEMPFAIL
 from tests.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync, _fresh_app_db
 from tests.standby import Replicated, Server
@@ -30,10 +31,6 @@ URL_FORMS: dict[str, Callable[[Server, Server], str]] = {
     "key=value": lambda a, b: (
         f"host=127.0.0.1,127.0.0.1 port={a.port},{b.port} user=postgres dbname=app target_session_attrs=read-write"
     ),
-    "load_balance_hosts": lambda a, b: (
-        f"postgresql://postgres@127.0.0.1:{a.port},127.0.0.1:{b.port}/app"
-        "?target_session_attrs=read-write&load_balance_hosts=random"
-    ),
 }
 
 
@@ -49,6 +46,23 @@ def test_every_url_form_with_the_standby_listed_first_syncs_on_the_primary(
 
     assert result.code == EXIT_OK, result.stdout
     assert replicated_app.synced_ids() == set(ids)
+
+
+def test_load_balance_hosts_finds_the_primary_where_libpq_has_it_and_is_named_where_it_does_not(
+    replicated: Replicated, replicated_app: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    """libpq 16 and later (the test venv's, Debian 13's) has load_balance_hosts; Debian 12's libpq5 (15) has not."""
+    ids = replicated_app.add_users(3, age=7200)
+    url = URL_FORMS["host list in the URI"](replicated.standby, replicated.primary) + "&load_balance_hosts=random"
+    email_sync.configure(AppDb(url, replicated_app.engine), backend)
+
+    result = email_sync("run")
+
+    if libpq_version() >= 160000:
+        assert result.code == EXIT_OK, result.stdout
+        assert replicated_app.synced_ids() == set(ids)
+    else:
+        result.assert_one_clear_error(EXIT_CONFIG, "database.url", "load_balance_hosts needs libpq 16 or later")
 
 
 @pytest.mark.parametrize("attrs", ["", "?target_session_attrs=read-write", "?target_session_attrs=primary"])

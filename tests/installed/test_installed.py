@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+from urllib.parse import quote
 
 import pytest
+from sqlalchemy import make_url
 
 from tests import scripts
 from tests.backend import Behaviour
@@ -137,6 +139,38 @@ def test_apt_upgrade_during_a_running_cycle_keeps_the_cycle_and_the_timers_next_
     timer = installed.unit(TIMER, "UnitFileState", "ActiveState", "NextElapseUSecMonotonic")
     assert (timer["UnitFileState"], timer["ActiveState"]) == ("enabled", "active"), timer
     assert timer["NextElapseUSecMonotonic"] not in ("", "0", "infinity"), f"the timer has no next run: {timer}"
+
+
+def test_a_host_list_finds_the_server_and_load_balance_hosts_needs_the_releases_libpq_16(installed: Installed) -> None:
+    """The package's psycopg2 is linked against its release's libpq5: 15 on Debian 12 (no load_balance_hosts, one
+    78 line naming it), 17 on Debian 13. A host that refuses connections comes first in each list."""
+    c = installed.container
+    url = make_url(installed.database.url)
+    user = quote(url.username or "postgres", safe="") + (f":{quote(url.password, safe='')}" if url.password else "")
+    host, port = url.host or "127.0.0.1", url.port or 5432
+    listed = f"postgresql://{user}@127.0.0.1:9,{host}:{port}/{url.database}?target_session_attrs=read-write"
+    conninfo = f"host=127.0.0.1,{host} port=9,{port} user={url.username} dbname={url.database}"
+    if url.password:
+        conninfo += f" password='{url.password}'"
+    for form in (listed, conninfo):
+        done = c.run("email-sync", "run", "--dry-run", check=False, env={"EMAIL_SYNC_DATABASE_URL": form})
+        assert done.returncode == 0 and "a run would claim" in done.stdout, done.stdout + done.stderr
+
+    balanced = c.run(
+        "email-sync",
+        "run",
+        "--dry-run",
+        check=False,
+        env={"EMAIL_SYNC_DATABASE_URL": listed + "&load_balance_hosts=random"},
+    )
+
+    libpq = int(c.run("dpkg-query", "-W", "-f=${Version}", "libpq5").stdout.split(".")[0])
+    if libpq >= 16:
+        assert balanced.returncode == 0, balanced.stdout + balanced.stderr
+    else:
+        assert balanced.returncode == 78, balanced.stdout + balanced.stderr
+        assert f"load_balance_hosts needs libpq 16 or later (this one is {libpq}." in balanced.stdout
+        assert "Traceback" not in balanced.stdout + balanced.stderr
 
 
 def test_the_watchdog_kills_a_hung_run_and_the_failed_run_alerts_the_webhook(installed: Installed) -> None:

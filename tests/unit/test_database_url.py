@@ -84,10 +84,11 @@ def test_a_key_value_string_may_quote_a_password_with_spaces_and_quotes() -> Non
     [
         ("postgresql://app@/app?host=db1,db2&port=5432,5433,5434", "2 hosts but 3 ports"),
         ("postgresql://app@/app?host=db1:5432&host=db2:5433&port=5432", "not both"),
+        ("postgresql://app@/app?host=[::1]:5432&host=db2:5433", "IPv6 address goes in the URI"),
         ("postgresql://app@db1:5432,db2:port/app", "1 to 65535"),
         ("postgresql://app@db1:5432,db2:99999/app", "1 to 65535"),
         ("postgresql://app@db1,db2/app?target_session_attrs=writable", "target_session_attrs must be one of"),
-        ("postgresql://app@db1,db2/app?load_balance_hosts=yes", "load_balance_hosts must be one of"),
+        ("postgresql://app@db1/app?load_balance_hosts=yes", "load_balance_hosts must be one of"),
         ("postgresql://app@db1,db2/app?no_such_parameter=1", "no connection parameter no_such_parameter"),
         ("host=db1,db2 dbname", "libpq"),
     ],
