@@ -6,18 +6,21 @@ cannot read, a ``host:port`` list in the URI and a key=value connection string, 
 parser psycopg2 connects with), so they mean exactly what libpq's documentation says; their parameters then reach
 psycopg2 through SQLAlchemy's URL as query parameters, which it hands to libpq unchanged.
 
-No message here quotes the URL or any part of it that may hold the password.
+No message here quotes the URL or any part of it that may hold the password. SQLAlchemy and psycopg2 are imported
+only to read a URL: the config module, and so this one, must import with the standard library alone (packaging
+renders the shipped conffile with a bare python3).
 """
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from sqlalchemy import URL, make_url
-from sqlalchemy.exc import ArgumentError
-
 from emailsync.values import Invalid
+
+if TYPE_CHECKING:
+    from sqlalchemy import URL
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 DRIVER = "postgresql+psycopg2"
@@ -51,6 +54,9 @@ def sqlalchemy_url(url: str, libpq_version: int | None = None) -> URL:
     """The URL for create_engine, our driver spelled out (SQLAlchemy 2.1 would pick psycopg 3 for postgresql://),
     or Invalid saying what is wrong without showing the URL. A parameter the libpq in use lacks is named here, not
     refused by libpq as it connects; ``libpq_version`` stands in for psycopg2's (tests of an older one)."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
     if not is_postgres(url):
         try:
             return make_url(url)
@@ -65,6 +71,9 @@ def sqlalchemy_url(url: str, libpq_version: int | None = None) -> URL:
 
 def _by_sqlalchemy(url: str) -> URL | None:
     """SQLAlchemy's reading of a URL with one host, as email-sync always read it; None for a host list."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(DRIVER + "://" + url.partition("://")[2])
     except (ArgumentError, ValueError):  # a host list with ports reads as a bad port
@@ -73,9 +82,9 @@ def _by_sqlalchemy(url: str) -> URL | None:
 
 
 def _by_libpq(url: str) -> URL:
-    # Imported here: loading the config of a single-host or SQLite URL does not pay for libpq.
     from psycopg2 import ProgrammingError
     from psycopg2.extensions import parse_dsn
+    from sqlalchemy import URL
 
     text = url if is_conninfo(url) else "postgresql://" + url.partition("://")[2]  # libpq knows no "+driver"
     try:
