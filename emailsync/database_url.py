@@ -103,7 +103,10 @@ def _libpq_refusal(message: str) -> str:
         return _load_balance_needs_newer_libpq(_libpq_version())
     if key:
         return f"libpq knows no connection parameter {key[1]}"
-    return f"not a valid database URL: {reason.split(chr(34))[0].strip().rstrip(':')} (libpq)"
+    # libpq quotes the URL (or the token it stopped at) last, and a word of a key=value string in between.
+    parts = (reason.rpartition(': "')[0] or reason).split('"')
+    said = '"'.join("…" if odd and len(part) > 1 else part for odd, part in ((i % 2, p) for i, p in enumerate(parts)))
+    return f"not a valid database URL: {said} (libpq)"
 
 
 def _load_balance_needs_newer_libpq(version: int) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import URL
 
-from emailsync import database_url, logs
+from emailsync import database_url, db, logs
 from emailsync.config import load
 from emailsync.errors import ConfigError
 from emailsync.values import Invalid
@@ -148,6 +148,7 @@ def test_the_password_of_every_form_is_a_secret_and_redacted(url: str, tmp_path:
         f"host=db1,db2 password={PASSWORD} port=1,2,3",
         f"postgresql://app:{PASSWORD}%zz@db1,db2/app",
         f"postgresql://app:{PASSWORD}@[::1/app,db2",
+        f"host=db1,db2 password={PASSWORD[:6]} {PASSWORD[6:]} dbname=app",
     ],
 )
 def test_a_refused_url_of_any_form_is_not_shown(url: str, tmp_path: Path) -> None:
@@ -155,9 +156,9 @@ def test_a_refused_url_of_any_form_is_not_shown(url: str, tmp_path: Path) -> Non
     config.write_text(f'[database]\nurl = "{url}"\n[backend]\nbase_url = "http://127.0.0.1:9"\n')
 
     with pytest.raises(ConfigError, match=r"database\.url: .*the URL is not shown") as refused:
-        load(str(config), {})
+        db.connect(load(str(config), {}).database)
 
-    assert PASSWORD[:4] not in str(refused.value)
+    assert PASSWORD[:4] not in str(refused.value) and PASSWORD[6:10] not in str(refused.value)
 
 
 def test_a_password_in_a_connection_string_is_redacted_in_any_message() -> None:
