@@ -9,7 +9,11 @@ failure like a broken connection. Alerts and monitoring pings, which go to any U
 urllib3.
 
 Every read is ours, so the deadline needs no watcher: each wait for a byte is bounded by what is left of it, and
-an answer trickling in a byte at a time ends when the call's time does.
+an answer trickling in a byte at a time ends when the call's time does. Connecting has one budget, the connect
+timeout within the deadline: every address of the host, the TLS handshake and the request's write share it.
+
+A connection is kept for the next call only when nothing but the answer came: a byte more, in our buffer or still
+held by the TLS layer, is not the next call's answer, and reading it as one would give that call another's.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
+from typing import Any
 
 MAX_HEAD = 64 * 1024  # the status line and the headers; a larger head is no answer we can use
 # What one read asks for. The buffer is allocated before the read waits, and a run of a thousand calls has a thousand
@@ -28,6 +33,7 @@ MAX_HEAD = 64 * 1024  # the status line and the headers; a larger head is no ans
 RECEIVE = 1024
 NO_BODY = (204, 304)
 HEX = b"0123456789abcdefABCDEF"
+MAX_DIGITS = 20  # of a Content-Length or a chunk size (2**64 has 20 decimal digits); more is no length we can use
 
 
 class BadAnswer(Exception):
@@ -70,17 +76,16 @@ class Connection:
 
     def send(self, request: bytes, deadline: float) -> None:
         """The whole request of a call that must end by ``deadline``, on the kept-alive connection unless the backend
-        has closed it meanwhile; connecting and writing each within the connect timeout."""
+        has closed it meanwhile; connecting (every address, the TLS handshake) and writing within one connect
+        timeout."""
         self.deadline = deadline
-        timeout = min(self.connect_timeout, deadline - time.monotonic())
-        if timeout <= 0:
-            raise TimeoutError("no time left to send the request")
+        budget = min(time.monotonic() + self.connect_timeout, deadline)
         if self.sock is not None and not (self.reusable and _idle(self.sock)):
             self.close()
         if self.sock is None:
-            self.sock = self._connect(timeout)
+            self.sock = self._connect(budget)
         self.reusable = False  # until this request's answer has been read whole
-        self.sock.settimeout(timeout)
+        self.sock.settimeout(_left(budget))
         # The backend may have answered and closed before reading all of the request: its answer is read all the same.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self.sock.sendall(request)
@@ -114,18 +119,20 @@ class Connection:
         else:
             body = self._take(min(head.length, limit))
             whole = head.length <= limit
-        self.reusable = whole and head.keep_alive and not self.buffer
+        self.reusable = whole and head.keep_alive and not self.buffer and not _held(self.sock)
         if not self.reusable:
             self.close()
         return body
 
-    def _connect(self, timeout: float) -> socket.socket:
-        sock = socket.create_connection((self.host, self.port), timeout)
+    def _connect(self, budget: float) -> socket.socket:
+        """A connection to one of the host's addresses, its TLS handshake done, by ``budget`` (monotonic)."""
+        sock = _connect_any(socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM), budget)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a request is one write: send it at once
             if self.tls is not None:
-                return self.tls.wrap_socket(sock, server_hostname=self.host)  # the handshake, within the timeout
-        except OSError:
+                sock.settimeout(_left(budget))  # the whole handshake, not each of its reads
+                return self.tls.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
             sock.close()
             raise
         return sock
@@ -171,6 +178,8 @@ class Connection:
             size_field = self._line().split(b";", 1)[0].strip()
             if not size_field or size_field.strip(HEX):
                 raise BadAnswer(f"a chunk size that is not hexadecimal: {size_field[:40]!r}")
+            if len(size_field) > MAX_DIGITS:
+                raise BadAnswer(f"a chunk size of more than {MAX_DIGITS} hexadecimal digits: {size_field[:40]!r}")
             size = int(size_field, 16)
             if size == 0:
                 while self._line():  # trailers, up to the empty line
@@ -226,6 +235,8 @@ def _content_length(headers: dict[str, str]) -> int | None:
     length = values.pop()
     if values or not (length.isascii() and length.isdigit()):
         raise BadAnswer(f"a Content-Length that is not one number: {field[:40]!r}")
+    if len(length) > MAX_DIGITS:
+        raise BadAnswer(f"a Content-Length of more than {MAX_DIGITS} digits: {field[:40]!r}")
     return int(length)
 
 
@@ -238,4 +249,42 @@ def _idle(sock: socket.socket) -> bool:
     nobody asked for), and a request sent on it would fail."""
     poll = select.poll()  # not select(): a run of a thousand calls has descriptors past its limit
     poll.register(sock, select.POLLIN)
-    return not poll.poll(0)
+    return not poll.poll(0) and not _held(sock)
+
+
+def _held(sock: socket.socket | None) -> bool:
+    """Whether the TLS layer holds bytes it has decrypted and nobody has read: a poll of the socket cannot see them,
+    as they left the kernel with the record that carried them."""
+    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+
+def _left(until: float) -> float:
+    """Seconds left until ``until`` (monotonic), as a socket timeout; TimeoutError when none are."""
+    left = until - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("no time left")
+    return left
+
+
+def _connect_any(addresses: list[tuple[Any, ...]], budget: float) -> socket.socket:
+    """A connection to the first of ``addresses`` (getaddrinfo's) that takes one by ``budget`` (monotonic). Each
+    address may use what is left of it divided among those not tried yet, so one that never answers leaves the
+    others their turn; the last may use all that is left."""
+    failure: OSError = TimeoutError("no time left")
+    for index, (family, kind, protocol, _, address) in enumerate(addresses):
+        share = (budget - time.monotonic()) / (len(addresses) - index)
+        if share <= 0:
+            break
+        sock = socket.socket(family, kind, protocol)
+        try:
+            sock.settimeout(share)
+            sock.connect(address)
+        except OSError as error:
+            sock.close()
+            failure = error
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise failure

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 
 from emailsync.backend import MAX_BODY, CallFailed, Session
 from emailsync.config import BackendConfig
-from emailsync.http1 import BadAnswer, parse_head
+from emailsync.http1 import RECEIVE, BadAnswer, parse_head
 from tests.backend import Backend
 
 RUN_ID = str(uuid.uuid4())
@@ -40,17 +41,24 @@ class RawBackend:
     answers: list[Answer] = field(default_factory=list)
     requests: list[bytes] = field(default_factory=list)
     connections: int = 0
+    tls: tuple[str, str] | None = None  # (certificate, key): answer over TLS
 
     def __post_init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
+        self.context: ssl.SSLContext | None = None
+        if self.tls is not None:
+            self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.context.load_cert_chain(*self.tls)
         threading.Thread(target=self._accept, daemon=True).start()
 
     def script(self, *answers: Answer) -> None:
         self.answers = list(answers)
 
     def session(self, **config: float) -> Session:
-        return Session(BackendConfig(base_url=f"http://127.0.0.1:{self.port}", token="t0ken", **config), RUN_ID)
+        scheme, ca_file = ("https", self.tls[0]) if self.tls else ("http", "")
+        url = f"{scheme}://127.0.0.1:{self.port}"
+        return Session(BackendConfig(base_url=url, token="t0ken", ca_file=ca_file, **config), RUN_ID)  # type: ignore[arg-type]
 
     def _accept(self) -> None:
         while True:
@@ -62,7 +70,10 @@ class RawBackend:
             threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
 
     def _serve(self, connection: socket.socket) -> None:
-        with contextlib.suppress(ConnectionError), connection, connection.makefile("rb") as reader:
+        if self.context is not None:
+            with contextlib.suppress(OSError):
+                connection = self.context.wrap_socket(connection, server_side=True)
+        with contextlib.suppress(ConnectionError, ssl.SSLError), connection, connection.makefile("rb") as reader:
             while True:
                 head = b""
                 while not head.endswith(b"\r\n\r\n"):
@@ -93,8 +104,17 @@ def raw() -> Iterator[RawBackend]:
     server.listener.close()
 
 
+@pytest.fixture(params=["plain", "tls"])
+def raw_either(request: pytest.FixtureRequest, self_signed_cert: tuple[str, str]) -> Iterator[RawBackend]:
+    """The raw backend once over plain TCP and once over TLS."""
+    server = RawBackend(tls=self_signed_cert if request.param == "tls" else None)
+    yield server
+    server.listener.close()
+
+
 def post(session: Session, server: RawBackend) -> tuple[int, dict[str, str], bytes]:
-    reply = session.call("POST", f"http://127.0.0.1:{server.port}/sync", b'{"user_id": 1}', {"X-Test": "1"})
+    scheme = "https" if server.tls else "http"
+    reply = session.call("POST", f"{scheme}://127.0.0.1:{server.port}/sync", b'{"user_id": 1}', {"X-Test": "1"})
     return reply.status, dict(reply.headers), reply.body
 
 
@@ -212,8 +232,22 @@ def test_a_body_cut_short_fails_the_call_and_keeps_its_status(raw: RawBackend) -
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\nok", "a Content-Length that is not one number: '2, 3'"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "a Content-Length that is not one number: '-1'"),
         (b"HTTP/1.1 101 Switching\r\n\r\n", "an answer with status 101"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
+            f"a Content-Length of more than 20 digits: {'9' * 40!r}",
+        ),
     ],
-    ids=["nothing", "half-a-head", "not-http", "bad-status", "bad-header", "two-lengths", "negative-length", "101"],
+    ids=[
+        "nothing",
+        "half-a-head",
+        "not-http",
+        "bad-status",
+        "bad-header",
+        "two-lengths",
+        "negative-length",
+        "101",
+        "length-of-thousands-of-digits",
+    ],
 )
 def test_an_answer_that_is_not_http_fails_the_call_with_one_line_naming_what_is_wrong(
     answer: bytes, says: str, raw: RawBackend
@@ -229,6 +263,37 @@ def test_a_chunk_size_that_is_not_hexadecimal_fails_the_call(raw: RawBackend) ->
     with raw.session() as session, pytest.raises(CallFailed) as failed:
         post(session, raw)
     assert failed.value.description == "reading the answer: a chunk size that is not hexadecimal: b'-5'"
+
+
+def test_a_chunk_size_of_thousands_of_digits_fails_the_call(raw: RawBackend) -> None:
+    raw.script(Answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"f" * 5000 + b"\r\n", close=True))
+    with raw.session() as session, pytest.raises(CallFailed) as failed:
+        post(session, raw)
+    says = f"reading the answer: a chunk size of more than 20 hexadecimal digits: {b'f' * 40!r}"
+    assert (failed.value.status, failed.value.description) == (200, says)
+
+
+def answer_filling_the_read(body: bytes) -> bytes:
+    """A whole 200 answer of exactly one read's size: nothing of what follows it arrives with it in our buffer."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Pad: " % len(body)
+    pad = RECEIVE - len(head) - 4 - len(body)
+    return head + b"p" * pad + b"\r\n\r\n" + body
+
+
+STRAY = b"HTTP/1.1 500 Stray\r\nContent-Length: 5\r\n\r\nstray"
+
+
+def test_bytes_after_a_whole_answer_that_filled_the_read_are_not_the_next_calls_answer(
+    raw_either: RawBackend,
+) -> None:
+    """Under TLS the stray answer comes in the same record: the TLS layer holds it, and no poll of the socket sees
+    it; the connection must not carry another call."""
+    answers = [answer_filling_the_read(b'{"emails_synced": %d}' % n) for n in range(3)]
+    raw_either.script(*(Answer(answer + STRAY) for answer in answers))
+    with raw_either.session() as session:
+        replies = [post(session, raw_either)[::2] for _ in range(3)]
+    assert replies == [(200, b'{"emails_synced": %d}' % n) for n in range(3)]
+    assert raw_either.connections == 3
 
 
 def test_the_request_carries_host_agent_token_trace_its_headers_and_the_body_with_its_length(raw: RawBackend) -> None:
