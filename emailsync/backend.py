@@ -25,6 +25,7 @@ import random
 import ssl
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from urllib.parse import urlsplit
 from emailsync import __version__
 from emailsync.budget import Pace
 from emailsync.config import BackendConfig
-from emailsync.errors import BackendUnavailable, ConfigError
+from emailsync.errors import BackendUnavailable, ConfigError, EmailSyncError
 from emailsync.http1 import BadAnswer, Connection
 from emailsync.limiter import Admission
 from emailsync.model import Claim, Kind, Outcome, kind_of
@@ -45,6 +46,7 @@ OVERLOAD_STATUSES = (429, 503, 504)  # with a timeout or no connection: what cut
 COOLDOWN_STATUSES = (429, 503)  # with Retry-After: the backend asks everyone to wait, so the whole fleet does
 # A request without a complete answer: no connection, a timeout, TLS, a broken or malformed answer.
 TRANSPORT_ERRORS = (BadAnswer, OSError)
+RETRY_AFTER_DIGITS = 10  # over three centuries of seconds
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("6b0e1e53-8a0b-4c1a-9a43-53b0f2a54e0c")
 
 
@@ -102,6 +104,7 @@ class Session:
         self.connect_timeout = config.connect_timeout
         self.read_timeout = config.read_timeout
         self.call_timeout = config.call_timeout
+        self.calls = 0  # requests sent, answered or not
         if url.scheme == "https":
             ca_file = config.ca_file or (SYSTEM_CA_BUNDLE if Path(SYSTEM_CA_BUNDLE).exists() else None)
             tls = tls_context(ca_file)
@@ -124,6 +127,7 @@ class Session:
     def call(self, method: str, url: str, body: bytes | None = None, headers: Mapping[str, str] | None = None) -> Reply:
         """One request and the start of its answer, by its deadline; CallFailed when there is no complete answer."""
         deadline = time.monotonic() + self.call_timeout
+        self.calls += 1
         request = self.request(method, url, body, headers or {})
         connection = self.connection
         try:
@@ -237,7 +241,11 @@ class Client:
                 break
             number += 1
             sent = time.monotonic()
-            attempt = self._attempt(session, claim)
+            try:
+                attempt = self._attempt(session, claim)
+            except BaseException:
+                gate.withdraw()  # its room goes to the next call; a failure of ours says nothing of the backend
+                raise
             gate.leave(time.monotonic() - sent if attempt.kind is Kind.SYNCED else None, overloaded(attempt))
             self.on_attempt()
             if attempt.retry_after is not None and attempt.status in COOLDOWN_STATUSES:
@@ -292,23 +300,24 @@ def _emails_synced(body: bytes) -> int | None:
         return None
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes, e.g. [[[[...
         return None
     count = data.get("emails_synced") if isinstance(data, dict) else None
     return count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else None
 
 
 def _retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds: a number, or an HTTP date."""
+    """Retry-After as seconds: a number (ASCII digits, as HTTP writes them), or an HTTP date; None when it is neither
+    or is a date no clock can hold. More digits than a wait of decades has are a wait longer than any cap."""
     if not value:
         return None
-    if value.strip().isdigit():
-        return float(value.strip())
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value) if len(value) <= RETRY_AFTER_DIGITS else math.inf
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):  # not a date, or one out of datetime's range (year 99999999999)
         return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _describe(failure: BaseException, timed_out: str) -> str:
@@ -330,6 +339,9 @@ class CallPool:
     A thread is started with each claim submitted until there are as many as the gate allows: a run that finds
     nobody due starts none, and one that finds three starts three. Daemon threads, so a call that is still hanging
     when the run must end cannot keep the process alive: its user's lease simply expires.
+
+    The pool is the calls' boundary: an exception that is not one of ours with an exit code (a bug, whatever the
+    answer that set it off) fails that one user's call and the run goes on; each such bug's traceback is logged once.
     """
 
     def __init__(self, client: Client, gate: Admission, halt: threading.Event) -> None:
@@ -337,8 +349,10 @@ class CallPool:
         self.gate = gate
         self.halt = halt
         self.jobs: queue.SimpleQueue[tuple[Claim, float]] = queue.SimpleQueue()  # with the time to start it by
-        self.outcomes: queue.SimpleQueue[Outcome | Exception] = queue.SimpleQueue()
+        self.outcomes: queue.SimpleQueue[Outcome | EmailSyncError] = queue.SimpleQueue()
         self.threads = 0
+        self.bugs: set[tuple[str, str, int]] = set()  # (type, file, line) of the bugs whose traceback is logged
+        self.bugs_lock = threading.Lock()
 
     def submit(self, claim: Claim, start_by: float) -> None:
         """Call this user unless the call cannot start by ``start_by`` (monotonic; see Client.sync)."""
@@ -348,12 +362,13 @@ class CallPool:
             self.threads += 1
 
     def next_outcome(self, timeout: float) -> Outcome | None:
-        """The next finished call; a bug in a thread is raised here, in the main thread, rather than lost."""
+        """The next finished call; an expected failure in a thread (e.g. the database of the fleet's budget) is
+        raised here, in the main thread, with its exit code."""
         try:
             outcome = self.outcomes.get(timeout=timeout)
         except queue.Empty:
             return None
-        if isinstance(outcome, Exception):
+        if isinstance(outcome, EmailSyncError):
             raise outcome
         return outcome
 
@@ -373,7 +388,24 @@ class CallPool:
             if self.halt.is_set():
                 self.outcomes.put(Outcome(claim, Kind.NOT_STARTED, None, 0, 0))
                 continue
+            calls, started = session.calls, time.monotonic()
             try:
                 self.outcomes.put(self.client.sync(session, claim, self.gate, start_by))
-            except Exception as bug:  # noqa: BLE001 -- handed to the main thread, which raises it
-                self.outcomes.put(bug)
+            except EmailSyncError as failure:
+                self.outcomes.put(failure)
+            except Exception as bug:  # noqa: BLE001 -- the boundary: this user's failed call, never the run's end
+                session.connection.close()  # what it was reading is no other call's answer
+                self.outcomes.put(self._failed_by(bug, claim, session.calls - calls, started))
+
+    def _failed_by(self, bug: Exception, claim: Claim, attempts: int, started: float) -> Outcome:
+        """The outcome of a call that ``bug`` cut short, carrying the bug for its traceback the first time it is seen
+        in this run."""
+        frame = traceback.extract_tb(bug.__traceback__)[-1]  # raised in this thread: it has a frame
+        where = (type(bug).__name__, frame.filename, frame.lineno or 0)
+        with self.bugs_lock:
+            first = where not in self.bugs
+            self.bugs.add(where)
+        text = str(bug).splitlines()[0][:300] if str(bug) else ""
+        error = f"internal error: {type(bug).__name__}{f': {text}' if text else ''}"
+        duration_ms = int((time.monotonic() - started) * 1000)
+        return Outcome(claim, Kind.INTERNAL, None, attempts, duration_ms, error, bug=bug if first else None)

@@ -175,6 +175,8 @@ def result_of(outcome: Outcome, permanent_statuses: tuple[int, ...]) -> Result:
     }
     if ok:
         log.info("user_synced", **fields, emails_synced=outcome.emails_synced)
+    elif outcome.bug is not None:  # a bug of ours, its traceback logged with the first user it fails
+        log.error("user_failed", **fields, kind=outcome.kind.value, error=outcome.error, exc_info=outcome.bug)
     else:
         log.warning("user_failed", **fields, kind=outcome.kind.value, error=outcome.error)
     permanent = not ok and is_permanent(outcome.status, permanent_statuses)
@@ -392,9 +394,13 @@ class Cycle:
         if outcome.kind.breaks_circuit:
             self.failing_in_a_row += 1
             if self.failing_in_a_row >= self.config.sync.circuit_breaker:
+                cause = (
+                    "a bug in email-sync fails them (its traceback is logged)"
+                    if outcome.kind is Kind.INTERNAL
+                    else f"the backend at {self.config.backend.base_url} looks down"
+                )
                 raise CircuitOpen(
-                    f"{self.failing_in_a_row} calls in a row failed (last: {outcome.error}); "
-                    f"stopping this run, the backend at {self.config.backend.base_url} looks down"
+                    f"{self.failing_in_a_row} calls in a row failed (last: {outcome.error}); stopping this run, {cause}"
                 )
         elif outcome.kind is not Kind.NOT_STARTED:
             self.failing_in_a_row = 0

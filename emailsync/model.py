@@ -65,10 +65,11 @@ class Kind(Enum):
     ENDPOINT = "endpoint"  # 404, 405, 3xx: probably a wrong backend.sync_path
     AUTH = "auth"  # 401, 403: probably a wrong token
     NOT_STARTED = "not_started"  # the run was stopping before this call began
+    INTERNAL = "internal"  # an exception of our own code during the call (a bug): this user's failure alone
 
     @property
     def breaks_circuit(self) -> bool:
-        return self in (Kind.SERVER_ERROR, Kind.TRANSPORT)
+        return self in (Kind.SERVER_ERROR, Kind.TRANSPORT, Kind.INTERNAL)
 
     @property
     def blames_configuration(self) -> bool:
@@ -107,3 +108,4 @@ class Outcome:
     duration_ms: int
     error: str | None = None
     emails_synced: int | None = None
+    bug: BaseException | None = None  # an INTERNAL failure's exception, when its traceback is still to be logged

@@ -56,6 +56,37 @@ def test_retry_after_longer_than_the_cap_fails_the_user_without_waiting(
     assert one_user.synced_ids() == set()
 
 
+@pytest.mark.parametrize(
+    "retry_after",
+    ["\u00b2", "\u0663", "Wed, 21 Oct 99999999999 07:28:00 GMT"],
+    ids=["superscript-two", "arabic-indic-three", "year-99999999999"],
+)
+def test_a_retry_after_that_is_not_ascii_seconds_nor_a_date_in_range_counts_as_absent(
+    retry_after: str, one_user: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    backend.script(1, Behaviour(status=503, retry_after=retry_after), Behaviour(status=200))
+    email_sync.configure(one_user, backend)
+
+    result = email_sync("run")
+
+    assert result.code == 0
+    assert one_user.synced_ids() == {1}
+    assert result.event("user_synced")["attempts"] == 2  # retried after the usual backoff, well under its cap
+
+
+def test_a_retry_after_of_thousands_of_digits_is_longer_than_the_cap(
+    one_user: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    backend.script(1, Behaviour(status=503, retry_after="9" * 5000))
+    email_sync.configure(one_user, backend)
+
+    result = email_sync("run")
+
+    assert result.code == 0
+    assert len(backend.sync_calls(1)) == 1
+    assert one_user.state(1).failures == 1
+
+
 def test_transient_failures_past_the_retries_fail_the_user(
     one_user: AppDb, backend: Backend, email_sync: EmailSync
 ) -> None:
@@ -169,7 +200,9 @@ def test_a_run_started_by_hand_against_a_trickling_backend_ends_on_its_own(
 
 
 @pytest.mark.parametrize(
-    "body", [b"", b"not json at all", b"[1, 2, 3]", b'{"emails_synced": "many"}', b"\xff\xfe\x00garbage"]
+    "body",
+    [b"", b"not json at all", b"[1, 2, 3]", b'{"emails_synced": "many"}', b"\xff\xfe\x00garbage", b"[" * 60_000],
+    ids=["empty", "not-json", "a-list", "a-string-count", "garbage", "60000-nested-arrays"],
 )
 def test_any_2xx_body_counts_as_synced(body: bytes, one_user: AppDb, backend: Backend, email_sync: EmailSync) -> None:
     backend.set_default(Behaviour(status=200, body=body))

@@ -226,7 +226,7 @@ def test_read_only_database_exits_78(pg: AppDb, backend: Backend, email_sync: Em
     assert backend.sync_calls() == []
 
 
-def test_a_bug_in_a_call_thread_ends_the_run_with_1_and_its_traceback(
+def test_a_bug_in_every_call_fails_each_user_and_logs_its_traceback_once(
     pg: AppDb, backend: Backend, email_sync: EmailSync, monkeypatch
 ) -> None:
     from emailsync.backend import Client
@@ -240,10 +240,37 @@ def test_a_bug_in_a_call_thread_ends_the_run_with_1_and_its_traceback(
 
     result = email_sync("run")
 
-    assert result.code == 1
-    [bug] = result.errors
-    assert bug["event"] == "bug" and "simulated bug in a call thread" in bug["exception"]
-    assert pg.synced_ids() == set()
+    assert result.code == 0
+    failed = [e for e in result.events if e["event"] == "user_failed"]
+    assert sorted(e["user_id"] for e in failed) == [1, 2, 3]
+    assert {(e["kind"], e["error"]) for e in failed} == {
+        ("internal", "internal error: RuntimeError: simulated bug in a call thread")
+    }
+    [logged] = [e for e in failed if "exception" in e]
+    assert "Traceback" in logged["exception"] and "simulated bug in a call thread" in logged["exception"]
+    assert pg.synced_ids() == set() and pg.leased() == []
+    assert pg.scalar("SELECT count(*) FROM email_sync_user_state WHERE failures = 1") == 3
+
+
+def test_a_bug_failing_every_call_opens_the_circuit_naming_the_bug(
+    pg: AppDb, backend: Backend, email_sync: EmailSync, monkeypatch
+) -> None:
+    from emailsync.backend import Client
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("simulated bug in a call thread")
+
+    pg.add_users(10)
+    monkeypatch.setattr(Client, "sync", broken)
+    email_sync.configure(pg, backend, sync={"circuit_breaker": 4}, backend={"concurrency": 1})
+
+    result = email_sync("run")
+
+    assert result.code == EXIT_TEMPFAIL
+    opened = result.event("circuit_open")["error"]
+    assert "4 calls in a row failed" in opened and "a bug in email-sync" in opened and "looks down" not in opened
+    assert (result.stdout + result.stderr).count("Traceback") == 1
+    assert pg.synced_ids() == set() and pg.leased() == []
 
 
 def test_migrate_works_before_the_backend_is_configured(pg: AppDb, email_sync: EmailSync) -> None:

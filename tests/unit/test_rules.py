@@ -4,13 +4,16 @@ what a refused database connection means. No database, no backend: milliseconds.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 
 import psycopg2
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from emailsync import schema, values
+from emailsync import backend, schema, values
 from emailsync.backend import idempotency_key
 from emailsync.config import SyncConfig
 from emailsync.cycle import UNWRITTEN_FOR, Unwritten, Verdict
@@ -262,3 +265,30 @@ def test_nothing_waiting_is_never_due_and_a_write_starts_the_clock_again() -> No
     assert unwritten.due_in(200.0) == float("inf")
     unwritten.add(synced(3), now=200.0)
     assert unwritten.due_in(200.0) == pytest.approx(UNWRITTEN_FOR)
+
+
+@given(
+    st.text(max_size=80)
+    | st.from_regex(r"[A-Z][a-z]{2}, [0-9]{1,2} [A-Z][a-z]{2} [0-9]{1,14} [0-9:]{8} [A-Z+-][A-Z0-9]{2,4}")
+)
+def test_any_retry_after_is_a_wait_of_zero_or_more_seconds_or_absent(value: str) -> None:
+    wait = backend._retry_after(value)
+
+    assert wait is None or wait >= 0
+
+
+@pytest.mark.parametrize(
+    ("value", "wait"),
+    [
+        ("7", 7.0),
+        (" 7 ", 7.0),
+        ("\u00b2", None),  # a superscript two: str.isdigit() says yes, HTTP says no
+        ("\u0663", None),  # an Arabic-Indic three, which float() reads as 3
+        ("9" * 5000, math.inf),  # longer than any cap: the user fails for this run, without waiting
+        ("Wed, 21 Oct 99999999999 07:28:00 GMT", None),  # past datetime's range
+        ("Wed, 21 Oct 10000 07:28:00 GMT", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past: now
+    ],
+)
+def test_retry_after_is_ascii_seconds_or_a_date_a_clock_can_hold(value: str, wait: float | None) -> None:
+    assert backend._retry_after(value) == wait
