@@ -3,16 +3,24 @@ raises Invalid with what is wrong; the caller names the key and the file."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import string
 from collections.abc import Callable
 from typing import Any, Final, Literal
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 from emailsync import timespan
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 _TIMEZONE = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+# A host name's label once in ASCII: letters, digits, hyphens, and the underscore that container names carry.
+_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?")
+# Characters that IDNA 2003 (Python's codec, which the resolver and TLS use) maps away and IDNA 2008 (what
+# registries use) keeps: the same name would reach another host. Their ASCII (xn--) form is unambiguous.
+_IDNA_DEVIATIONS = "\u00df\u03c2\u200c\u200d"
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Longer is a typo, and past it the waits and timeouts built from a duration overflow (int(inf), Event.wait).
 MAX_DURATION = 365 * 86400.0
 # PostgreSQL takes statement_timeout as an int of milliseconds, where 0 means no timeout at all.
@@ -154,7 +162,40 @@ def url_path(value: Any) -> str:
     given = text(value)
     if not given.startswith("/") or any(c in given for c in "?# "):
         raise Invalid(f"must be a URL path starting with '/', got {given!r}")
-    return given
+    return _request_path(given)
+
+
+def _request_path(path: str) -> str:
+    """The path as it goes on the request line: printable ASCII as written, any other character percent-encoded as
+    UTF-8 (as browsers and curl send it). Control characters would end the request line early or forge a header."""
+    if any(c < " " or c == "\x7f" for c in path):
+        raise Invalid("must not contain control characters")  # nor show the path: a webhook's may be its key
+    if _BAD_ESCAPE.search(path):
+        raise Invalid("has a '%' that does not start a %XX escape (write a literal % as %25)")
+    try:
+        return quote(path, safe=string.punctuation)
+    except UnicodeEncodeError:  # a lone surrogate: what the environment makes of bytes that are not UTF-8
+        raise Invalid("must be valid UTF-8") from None
+
+
+def _ascii_host(host: str) -> str:
+    """The host as DNS and TLS get it: an IP address, or a name whose labels are ASCII (IDNA: a name in another
+    script becomes its xn-- form)."""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])  # without an IPv6 address's scope (fe80::1%eth0)
+        return host
+    except ValueError:
+        pass
+    if any(c in _IDNA_DEVIATIONS for c in host):
+        raise Invalid(f"has a host name that IDNA 2003 and 2008 read apart: write it in its xn-- form, got {host!r}")
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+        for label in ascii_host.rstrip(".").split("."):
+            if not _LABEL.fullmatch(label) or (label[:4].lower() == "xn--" and not label.encode().decode("idna")):
+                raise UnicodeError(label)
+    except UnicodeError:  # the codec's (a label empty or over 63 characters, a forbidden character), or ours above
+        raise Invalid(f"must have a valid host name (IDNA), got {host!r}") from None
+    return ascii_host
 
 
 def _split(url: str) -> SplitResult:
@@ -167,6 +208,7 @@ def _split(url: str) -> SplitResult:
 
 
 def http_url(value: Any) -> str:
+    """An http(s) URL as requests go to it: its host in ASCII (IDNA) and its path percent-encoded, as url_path."""
     given = text(value).rstrip("/")
     parts = _split(given)
     # Before any message that shows the URL: credentials or a token in the query must not be echoed.
@@ -174,7 +216,13 @@ def http_url(value: Any) -> str:
         raise Invalid("must not contain credentials, a query or a fragment (the token goes in backend.token_file)")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise Invalid(f"must be an http:// or https:// URL, got {given!r}")
-    return given
+    if any(c < " " or c == "\x7f" for c in given):
+        raise Invalid("must not contain control characters")
+    host, path = _ascii_host(parts.hostname), _request_path(parts.path)
+    if host == parts.hostname and path == parts.path:
+        return given
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port is not None else "")
+    return f"{parts.scheme}://{netloc}{path}"
 
 
 def optional_http_url(value: Any) -> str:

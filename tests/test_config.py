@@ -688,6 +688,30 @@ def test_base_url_must_be_http(tmp_path: Path) -> None:
     assert "backend.base_url must be an http" in error_of(config_file(tmp_path, backend={"base_url": "ftp://h"}))
 
 
+def test_a_path_that_is_not_ascii_is_percent_encoded_as_utf8(tmp_path: Path) -> None:
+    path = config_file(tmp_path, backend={"sync_path": "/api/büro/sync", "health_path": "/état"})
+    config = load(path, {})
+    assert (config.backend.sync_path, config.backend.health_path) == ("/api/b%C3%BCro/sync", "/%C3%A9tat")
+    assert config.backend.sync_url == "http://127.0.0.1:9/api/b%C3%BCro/sync"
+
+
+def test_a_host_that_is_not_ascii_becomes_its_idna_form(tmp_path: Path) -> None:
+    config = load(config_file(tmp_path, backend={"base_url": "https://Bücher.example:8443/äpi"}), {})
+    assert config.backend.base_url == "https://xn--bcher-kva.example:8443/%C3%A4pi"
+
+
+@pytest.mark.parametrize(
+    "base_url", ["http://127.0.0.1:9", "http://[::1]:8000", "https://API.Example.com/v1", "http://sync_backend:8000"]
+)
+def test_an_ascii_base_url_is_kept_as_written(base_url: str, tmp_path: Path) -> None:
+    assert load(config_file(tmp_path, backend={"base_url": base_url}), {}).backend.base_url == base_url
+
+
+def test_a_path_that_is_not_utf8_in_the_environment_is_refused_naming_its_variable(tmp_path: Path) -> None:
+    message = error_of(config_file(tmp_path), {"EMAIL_SYNC_BACKEND_SYNC_PATH": "/sync/\udcff"})
+    assert message == "environment EMAIL_SYNC_BACKEND_SYNC_PATH: backend.sync_path must be valid UTF-8"
+
+
 def test_base_url_with_a_bad_port_is_refused(tmp_path: Path) -> None:
     message = error_of(config_file(tmp_path, backend={"base_url": "http://h:99999"}))
     assert "backend.base_url" in message
