@@ -63,6 +63,7 @@ class Behaviour:
     retry_after: str | None = None  # Retry-After header value
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers
     close: bool = False  # close the connection without any response
+    raw: bytes | None = None  # these bytes as they are, in one write (under TLS, one record), instead of an answer
     echo: str = ""  # a key of ECHOES: the body is an error quoting the request's bearer token spelled that way
 
 
@@ -466,6 +467,9 @@ class _Handler(BaseHTTPRequestHandler):
         if behaviour.hang:
             stopping.wait()
             self.close_connection = True
+            return
+        if behaviour.raw is not None:
+            self.wfile.write(behaviour.raw)
             return
         headers = dict(behaviour.headers)
         if behaviour.retry_after is not None:
