@@ -216,12 +216,11 @@ def parse_head(text: str) -> Head:
         value = value.strip(" \t")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     chunked = False
+    length = _content_length(headers)  # checked even where the status or a transfer coding makes it moot
     if status in NO_BODY or status < 200:
-        length: int | None = 0
+        length = 0
     elif "transfer-encoding" in headers:  # a coding other than chunked last: the body ends with the connection
         length, chunked = None, _tokens(headers["transfer-encoding"])[-1] == "chunked"
-    else:
-        length = _content_length(headers)
     keep_alive = version == "HTTP/1.1" and "close" not in _tokens(headers.get("connection", ""))
     return Head(status, headers, length, chunked, keep_alive and (length is not None or chunked))
 

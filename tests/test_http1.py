@@ -32,6 +32,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 class Answer:
     raw: bytes
     close: bool = False  # close the connection once it is sent
+    piece: int = 0  # write it in pieces of this many bytes (under TLS, a record each); 0: in one write
 
 
 @dataclass
@@ -39,7 +40,7 @@ class RawBackend:
     """Answers the n-th request with the n-th scripted answer (the last one again once they run out)."""
 
     answers: list[Answer] = field(default_factory=list)
-    requests: list[bytes] = field(default_factory=list)
+    requests: list[bytes] = field(default_factory=list, repr=False)
     connections: int = 0
     tls: tuple[str, str] | None = None  # (certificate, key): answer over TLS
 
@@ -73,7 +74,7 @@ class RawBackend:
         if self.context is not None:
             with contextlib.suppress(OSError):
                 connection = self.context.wrap_socket(connection, server_side=True)
-        with contextlib.suppress(ConnectionError, ssl.SSLError), connection, connection.makefile("rb") as reader:
+        with contextlib.suppress(OSError), connection, connection.makefile("rb") as reader:  # the client went away
             while True:
                 head = b""
                 while not head.endswith(b"\r\n\r\n"):
@@ -84,7 +85,9 @@ class RawBackend:
                 length = next((int(v) for k, _, v in _fields(head) if k.lower() == b"content-length"), 0)
                 self.requests.append(head + reader.read(length))
                 answer = self.answers[min(len(self.requests), len(self.answers)) - 1]
-                connection.sendall(answer.raw)
+                step = answer.piece or len(answer.raw) or 1
+                for start in range(0, len(answer.raw), step):
+                    connection.sendall(answer.raw[start : start + step])
                 if answer.close:
                     connection.shutdown(socket.SHUT_RDWR)
                     return
@@ -232,6 +235,7 @@ def test_a_body_cut_short_fails_the_call_and_keeps_its_status(raw: RawBackend) -
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\nok", "a Content-Length that is not one number: '2, 3'"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "a Content-Length that is not one number: '-1'"),
         (b"HTTP/1.1 101 Switching\r\n\r\n", "an answer with status 101"),
+        (b"HTTP/1.1 204 None\r\nContent-Length: x\r\n\r\n", "a Content-Length that is not one number: 'x'"),
         (
             b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
             f"a Content-Length of more than 20 digits: {'9' * 40!r}",
@@ -246,6 +250,7 @@ def test_a_body_cut_short_fails_the_call_and_keeps_its_status(raw: RawBackend) -
         "two-lengths",
         "negative-length",
         "101",
+        "bad-length-where-the-status-has-no-body",
         "length-of-thousands-of-digits",
     ],
 )
