@@ -303,7 +303,8 @@ def _emails_synced(body: bytes) -> int | None:
     except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes, e.g. [[[[...
         return None
     count = data.get("emails_synced") if isinstance(data, dict) else None
-    return count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else None
+    is_count = isinstance(count, int) and not isinstance(count, bool) and 0 <= count < 2**63  # a number, not a wall
+    return count if is_count else None
 
 
 def _retry_after(value: str | None) -> float | None:

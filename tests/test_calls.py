@@ -201,8 +201,26 @@ def test_a_run_started_by_hand_against_a_trickling_backend_ends_on_its_own(
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b"not json at all", b"[1, 2, 3]", b'{"emails_synced": "many"}', b"\xff\xfe\x00garbage", b"[" * 60_000],
-    ids=["empty", "not-json", "a-list", "a-string-count", "garbage", "60000-nested-arrays"],
+    [
+        b"",
+        b"not json at all",
+        b"[1, 2, 3]",
+        b'{"emails_synced": "many"}',
+        b"\xff\xfe\x00garbage",
+        b"[" * 60_000,
+        b'{"emails_synced": 1' + b"0" * 4000 + b"}",
+        b'{"emails_synced": 1' + b"0" * 5000 + b"}",
+    ],
+    ids=[
+        "empty",
+        "not-json",
+        "a-list",
+        "a-string-count",
+        "garbage",
+        "60000-nested-arrays",
+        "a-count-of-4000-digits",
+        "a-count-past-ints-digit-limit",
+    ],
 )
 def test_any_2xx_body_counts_as_synced(body: bytes, one_user: AppDb, backend: Backend, email_sync: EmailSync) -> None:
     backend.set_default(Behaviour(status=200, body=body))
