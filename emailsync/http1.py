@@ -196,6 +196,8 @@ class Connection:
 def parse_head(text: str) -> Head:
     """An answer's head (status line and header lines, without the blank line that ends it)."""
     status_line, *lines = text.split("\r\n")
+    if text.count("\n") != len(lines) or text.count("\r") != len(lines):  # two scans in C, not a loop of ours
+        raise BadAnswer(f"an answer whose head has a CR or LF that is not a line's end: {text[:80]!r}")
     version, _, rest = status_line.partition(" ")
     code = rest[:3]
     if version not in ("HTTP/1.1", "HTTP/1.0") or not (code.isascii() and code.isdigit()) or rest[3:4] not in ("", " "):

@@ -237,6 +237,10 @@ def test_a_body_cut_short_fails_the_call_and_keeps_its_status(raw: RawBackend) -
         (b"HTTP/1.1 101 Switching\r\n\r\n", "an answer with status 101"),
         (b"HTTP/1.1 204 None\r\nContent-Length: x\r\n\r\n", "a Content-Length that is not one number: 'x'"),
         (
+            b"HTTP/1.1 200 OK\nContent-Length: 2\r\n\r\nok",
+            "an answer whose head has a CR or LF that is not a line's end: 'HTTP/1.1 200 OK\\nContent-Length: 2'",
+        ),
+        (
             b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
             f"a Content-Length of more than 20 digits: {'9' * 40!r}",
         ),
@@ -251,6 +255,7 @@ def test_a_body_cut_short_fails_the_call_and_keeps_its_status(raw: RawBackend) -
         "negative-length",
         "101",
         "bad-length-where-the-status-has-no-body",
+        "bare-lf",
         "length-of-thousands-of-digits",
     ],
 )
