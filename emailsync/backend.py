@@ -1,6 +1,6 @@
 """The backend client: one POST per user, bounded retries, and a pool of threads each with its own session.
 
-What the answer means is decided here, once: 2xx synced; 429/502/503/504 and transport errors are transient and
+What the answer means is decided here, once: 2xx synced; 409/429/502/503/504 and transport errors are transient and
 retried (exponential backoff, full jitter, Retry-After honoured); 404/405/3xx say the endpoint is wrong and 401/403
 that the token is (the cycle decides whether that is everyone's problem); any other status is this user's failure.
 Redirects are never followed, so the Authorization header only ever goes to the configured backend.

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-TRANSIENT = frozenset({429, 502, 503, 504})  # worth retrying within the call
-# 4xx answers that blame the configuration (401/403/404/405) or ask to come back (408/429): never the user's own.
-NOT_PERMANENT = frozenset({401, 403, 404, 405, 408, 429})
+# Worth retrying within the call. 409 is what the Idempotency-Key draft answers while a first call with the same key
+# is still running: the retry, with the same key, gets that call's answer once it is done.
+TRANSIENT = frozenset({409, 429, 502, 503, 504})
+# 4xx answers that blame the configuration (401/403/404/405) or ask to come back (408/409/429): never the user's own.
+NOT_PERMANENT = frozenset({401, 403, 404, 405, 408, 409, 429})
 
 
 @dataclass(frozen=True)

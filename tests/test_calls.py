@@ -15,7 +15,7 @@ def one_user(pg: AppDb) -> AppDb:
     return pg
 
 
-@pytest.mark.parametrize("status", [429, 502, 503, 504])
+@pytest.mark.parametrize("status", [409, 429, 502, 503, 504])
 def test_transient_status_is_retried_then_synced(
     status: int, one_user: AppDb, backend: Backend, email_sync: EmailSync
 ) -> None:

@@ -140,6 +140,7 @@ def test_the_migration_steps_are_numbered_one_to_the_latest() -> None:
         (405, Kind.ENDPOINT),
         (401, Kind.AUTH),
         (403, Kind.AUTH),
+        (409, None),
         (429, None),
         (503, None),
         (500, Kind.SERVER_ERROR),
