@@ -34,7 +34,7 @@ UNIT_DIRS = (
     Path("/usr/lib/systemd/system"),
     Path("/lib/systemd/system"),
 )
-DEPENDENCIES = ("sqlalchemy", "psycopg2", "urllib3", "structlog", "sdnotify")
+DEPENDENCIES = ("sqlalchemy", "psycopg2", "urllib3", "structlog", "sdnotify", "prometheus_client")
 
 
 @dataclass(frozen=True)
