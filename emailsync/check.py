@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ def run_checks(config: Config | None, unreadable: Sequence[str] = ()) -> list[Ch
         checks += _unless(config, ("backend",), name, partial(_guarded, name, config, check, trace))
     silence = ("backend.call_timeout", "backend.retry_backoff_max")
     checks += _unless(config, silence, "watchdog", lambda: [_watchdog(config)])
+    checks += _unless(config, ("metrics.textfile",), "metrics", lambda: [_metrics_textfile(config)])
     return checks
 
 
@@ -226,6 +228,29 @@ def _watchdog(config: Config) -> Check:
         f"longest silence {silence:g}s vs WatchdogSec={watchdog:g}s",
         "lower backend.call_timeout + retry_backoff_max below WatchdogSec/2",
     )
+
+
+def _metrics_textfile(config: Config) -> Check:
+    """A run writes its metrics to a temporary file beside metrics.textfile, then renames it: try the first half.
+    Run as root by hand, this cannot tell whether the unit's dynamic user may write there."""
+    textfile = Path(config.metrics.textfile)
+    if not config.metrics.textfile:
+        return Check("metrics", True, "off (metrics.textfile is empty)")
+    try:
+        with tempfile.NamedTemporaryFile(dir=textfile.parent, prefix=f"{textfile.name}.check."):
+            pass
+    except OSError as error:
+        return Check(
+            "metrics",
+            False,
+            f"{textfile} cannot be written: {error.strerror}: {textfile.parent}",
+            "under the packaged unit use /run/email-sync/email-sync.prom (docs/operations.md, Metrics)",
+        )
+    if textfile.suffix != ".prom":
+        return Check(
+            "metrics", False, f"{textfile} is not a *.prom file", "node_exporter reads only *.prom", warning=True
+        )
+    return Check("metrics", True, f"{textfile} can be written")
 
 
 def _seconds(span: str) -> float | None:

@@ -56,6 +56,12 @@ def read(connection: Connection) -> FleetMode:
     return FleetMode(RUNNING) if row is None else FleetMode(row.mode, row.changed_at, row.changed_by, row.reason)
 
 
+def changed_age(connection: Connection, d: Dialect) -> float | None:
+    """Seconds since the fleet's mode last changed, by the database clock; None when it never did."""
+    age = connection.execute(text(f"SELECT {d.age('changed_at')} FROM {FLEET} WHERE name = 'fleet'")).scalar()
+    return None if age is None else float(age)
+
+
 def set_mode(engine: Engine, mode: str, by: str, reason: str | None) -> None:
     d = dialect_of(engine)
     with_retry(

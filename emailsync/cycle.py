@@ -78,6 +78,7 @@ def run(config: Config, notifier: Notifier, stop: threading.Event) -> RunReport:
     gate = limiter.admission(config.backend)
     pings = Pinger(config.monitor, run_id)
     engine = db.connect(config.database)
+    metrics.run_started(config.metrics.textfile)
     try:
         schema.check_ready(engine, config.users)
         runs.start(engine, run_id, config.sync.host_id, os.getpid())
@@ -129,17 +130,13 @@ def _report(
         duration_ms=report.duration_ms,
         concurrency_limit=report.concurrency_limit,
     )
-    textfile = config.metrics.textfile
     backlog = None
     if engine is not None and not isinstance(error, DatabaseUnavailable):  # the database is there to write to
         runs.finish(engine, report.run_id, counts, report.outcome, str(error) if error else None)
-        backlog = status.backlog(engine, config) if textfile or pings.on else None
-    if textfile:
-        users = {"due": counts.due, "synced": counts.synced, "failed": counts.failed, "skipped": counts.skipped}
-        try:
-            metrics.write(textfile, report.outcome, report.duration_ms / 1000, users, backlog, report.concurrency_limit)
-        except OSError as error:  # the run's own outcome decides the exit code, not its report's file
-            log.warning("metrics_not_written", textfile=textfile, error=f"{error.strerror}: {error.filename}")
+        backlog = status.backlog(engine, config) if config.metrics.textfile or pings.on else None
+    metrics.run_finished(
+        config, report.outcome, counts, report.duration_ms / 1000, report.concurrency_limit, backlog, engine
+    )
     if pings.on:
         _ping_end(report, backlog, config, pings)
 

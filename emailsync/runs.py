@@ -84,3 +84,27 @@ def last_success_age(connection: Connection, d: Dialect) -> float | None:
         {"healthy": list(HEALTHY_OUTCOMES)},
     ).scalar()
     return None if age is None else float(age)
+
+
+def last_ok_age(connection: Connection, d: Dialect, host: str) -> float | None:
+    """Seconds since a run of ``host`` last ended ok, by the database clock; None when none ever did. Paused,
+    drained and interrupted runs are healthy but did not sync the due users to the end: they do not count."""
+    age = connection.execute(
+        text(f"SELECT min({d.age('finished_at')}) FROM {RUNS} WHERE host = :host AND outcome = 'ok'"), {"host": host}
+    ).scalar()
+    return None if age is None else float(age)
+
+
+def totals(connection: Connection, host: str) -> list[Any]:
+    """Per outcome, the finished runs of ``host`` and their synced, failed and skipped users: counters that stay
+    true across the short-lived processes of the runs, as long as rows are not deleted."""
+    return list(
+        connection.execute(
+            text(
+                f"SELECT outcome, count(*) AS runs, coalesce(sum(synced), 0) AS synced, "
+                f"coalesce(sum(failed), 0) AS failed, coalesce(sum(skipped), 0) AS skipped "
+                f"FROM {RUNS} WHERE host = :host AND finished_at IS NOT NULL GROUP BY outcome ORDER BY outcome"
+            ),
+            {"host": host},
+        )
+    )

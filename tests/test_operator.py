@@ -1,4 +1,4 @@
-"""Operator commands: status, check, sync USER, users, reset, migrate --print-app-indexes, metrics."""
+"""Operator commands: status, check, sync USER, users, reset, migrate --print-app-indexes."""
 
 from __future__ import annotations
 
@@ -427,58 +427,6 @@ def test_reset_all_failing_clears_every_backoff(after_a_run: AppDb, email_sync: 
 
     assert result.event("backoff_reset")["users"] == 2
     assert after_a_run.scalar("SELECT count(*) FROM email_sync_user_state WHERE failures > 0") == 0
-
-
-def test_metrics_textfile_is_written_after_each_run(
-    pg: AppDb, backend: Backend, email_sync: EmailSync, tmp_path: Path
-) -> None:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    pg.add_users(4)
-    pg.add_users(1, age=7200, start=10)
-    backend.script(2, Behaviour(status=400))
-    textfile = tmp_path / "email_sync.prom"
-    email_sync.configure(pg, backend, metrics={"textfile": str(textfile)}, sync={"max_users_per_run": 4})
-
-    assert email_sync("run").code == EXIT_OK
-
-    samples = {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(textfile.read_text())
-        for sample in family.samples
-    }
-    assert samples[("email_sync_last_run_success", ())] == 1
-    assert samples[("email_sync_last_run_outcome", (("outcome", "ok"),))] == 1
-    assert samples[("email_sync_last_run_users", (("state", "synced"),))] == 3
-    assert samples[("email_sync_last_run_users", (("state", "failed"),))] == 1
-    assert samples[("email_sync_last_run_users", (("state", "due"),))] == 5
-    assert samples[("email_sync_users_due", ())] == 1
-    assert 7100 < samples[("email_sync_backlog_oldest_seconds", ())] < 7400
-    assert samples[("email_sync_users_in_backoff", ())] == 1
-    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
-
-
-def test_metrics_record_a_failed_run(pg: AppDb, email_sync: EmailSync, tmp_path: Path) -> None:
-    textfile = tmp_path / "email_sync.prom"
-    pg.add_users(1)
-    with Backend(sync_path="/elsewhere") as backend:
-        email_sync.configure(pg, backend, metrics={"textfile": str(textfile)})
-        email_sync("run")
-
-    text = textfile.read_text()
-    assert "email_sync_last_run_success 0" in text
-    assert 'email_sync_last_run_outcome{outcome="endpoint_misconfigured"} 1' in text
-
-
-def test_a_metrics_file_that_cannot_be_written_is_a_warning_not_a_crash(pg: AppDb, email_sync: EmailSync) -> None:
-    pg.add_users(1)
-    with Backend() as backend:
-        email_sync.configure(pg, backend, metrics={"textfile": "/nonexistent-directory/email_sync.prom"})
-        result = email_sync("run")
-
-    assert result.code == 0, result.stdout
-    assert "nonexistent-directory" in result.event("metrics_not_written")["error"]
-    assert pg.synced_ids() == {1}
 
 
 MONITOR = {
