@@ -19,12 +19,15 @@ lint: venv
 
 # Tools the tests run besides Python: faketime (hosts with skewed clocks), openssl (a self-signed backend),
 # pgbouncer (email-sync behind a connection pooler; the tests start their own, Debian's service stays off),
-# PostgreSQL's server tools (tests/standby.py builds a primary and a streaming standby with initdb, pg_basebackup).
+# PostgreSQL's server tools (tests/standby.py builds a primary and a streaming standby with initdb, pg_basebackup),
+# promtool from Debian's prometheus (checks the metrics textfile and the alerting rules; without its recommended
+# node-exporter).
 system-deps:
 	@command -v faketime >/dev/null && command -v openssl >/dev/null && test -x /usr/sbin/pgbouncer && \
-		ls /usr/lib/postgresql/*/bin/pg_basebackup >/dev/null 2>&1 || \
+		ls /usr/lib/postgresql/*/bin/pg_basebackup >/dev/null 2>&1 && command -v promtool >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime openssl pgbouncer \
-			postgresql >/dev/null; }
+			postgresql >/dev/null && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 test: lint system-deps
 	$(BIN)/pytest
