@@ -244,7 +244,7 @@ def _metrics_textfile(config: Config) -> Check:
             "metrics",
             False,
             f"{textfile} cannot be written: {error.strerror}: {textfile.parent}",
-            "under the packaged unit use /run/email-sync/email-sync.prom (docs/operations.md, Metrics)",
+            "create the directory, or let the unit write there (docs/operations.md, Metrics)",
         )
     if textfile.suffix != ".prom":
         return Check(

@@ -244,7 +244,11 @@ class MonitorConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    textfile: str = key(values.text, "", "Write Prometheus metrics here after each run (node_exporter textfile).")
+    textfile: str = key(
+        values.text,
+        "",
+        "Write Prometheus metrics here at each run's start and end (a node_exporter textfile, *.prom; off when empty).",
+    )
 
 
 @dataclass(frozen=True)

@@ -272,4 +272,4 @@ def test_check_fails_on_a_textfile_that_cannot_be_written(pg: AppDb, backend: Ba
 
     assert result.code == EXIT_NO
     assert "✘ metrics: /nonexistent-directory/email_sync.prom cannot be written" in result.stdout
-    assert "/run/email-sync/email-sync.prom" in result.stdout
+    assert "fix: create the directory" in result.stdout
