@@ -164,7 +164,9 @@ class BackendConfig:
         """At most this many requests per second for the whole fleet: every host sharing the database draws from
         this one budget (0 = unlimited).""",
     )
-    retries: int = key(values.integer(0, 20), 3, "Retries of a transient failure (409, 429, 502-504, connection errors).")
+    retries: int = key(
+        values.integer(0, 20), 3, "Retries of a transient failure (409, 429, 502-504, connection errors)."
+    )
     retry_backoff: float = key(values.duration, 1.0, "First retry waits up to this (full jitter), doubling.")
     retry_backoff_max: float = key(values.duration, 30.0, "Cap of one retry wait, Retry-After included.")
     token: str | None = None  # from the backend-token credential or token_file
