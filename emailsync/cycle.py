@@ -39,6 +39,7 @@ from emailsync.limiter import Admission
 from emailsync.model import Claim, Kind, Outcome, Result, RunCounts, is_permanent
 from emailsync.monitor import Pinger
 from emailsync.notify import Notifier
+from emailsync.runlog import RunLog
 
 log = structlog.get_logger()
 
@@ -162,20 +163,8 @@ def _ping_end(report: RunReport, backlog: status.Backlog | None, config: Config,
 
 
 def result_of(outcome: Outcome, permanent_statuses: tuple[int, ...]) -> Result:
-    """The result to record for a finished call, logged as it is decided."""
+    """The result to record for a finished call."""
     ok = outcome.kind is Kind.SYNCED
-    fields = {
-        "user_id": outcome.claim.user_id,
-        "status": outcome.status,
-        "duration_ms": outcome.duration_ms,
-        "attempts": outcome.attempts,
-    }
-    if ok:
-        log.info("user_synced", **fields, emails_synced=outcome.emails_synced)
-    elif outcome.bug is not None:  # a bug of ours, its traceback logged with the first user it fails
-        log.error("user_failed", **fields, kind=outcome.kind.value, error=outcome.error, exc_info=outcome.bug)
-    else:
-        log.warning("user_failed", **fields, kind=outcome.kind.value, error=outcome.error)
     permanent = not ok and is_permanent(outcome.status, permanent_statuses)
     return Result(outcome.claim, ok, outcome.duration_ms, outcome.error, permanent)
 
@@ -279,6 +268,7 @@ class Cycle:
         self.unwritten = Unwritten(min(UNWRITTEN_AT_MOST, config.sync.batch_size))
         self.claimed = 0
         self.began = time.monotonic()
+        self.runlog = RunLog(counts, self.began)
         self.due = DuePages(leases, min(PAGE, config.sync.max_users_per_run))
         self.failing_in_a_row = 0
         self.verdict = Verdict(config.sync.endpoint_probe, config.backend.sync_url)
@@ -300,6 +290,7 @@ class Cycle:
             self._wind_down(pool)
             raise
         finally:
+            self.runlog.summarize()
             self.notifier.status(self.status_line())
             if self.quarantined:
                 self._alert_quarantined()
@@ -317,6 +308,7 @@ class Cycle:
             if self.attempts != progress_seen:  # only real progress feeds the watchdog: a hang must starve it
                 progress_seen = self.attempts
                 self.notifier.progress(self.status_line())
+            self.runlog.tick(time.monotonic(), len(self.in_flight))
             if self.stop.is_set():
                 self._wind_down(pool)
                 return
@@ -409,6 +401,7 @@ class Cycle:
             self.unwritten.add(outcome.claim, time.monotonic())
             return
         self.unwritten.add(result_of(outcome, self.config.sync.quarantine_statuses), time.monotonic())
+        self.runlog.outcome(outcome)
         if outcome.kind is Kind.SYNCED:
             self.counts.synced += 1
         else:

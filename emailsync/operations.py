@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import structlog
 from sqlalchemy import Engine
 
-from emailsync import backend, budget, control, db, schema, status
+from emailsync import backend, budget, control, db, runlog, schema, status
 from emailsync.backend import Client
 from emailsync.config import Config
 from emailsync.cycle import Verdict, result_of
@@ -42,6 +42,7 @@ def sync_user(config: Config, who: str) -> Outcome:
         if outcome.kind.blames_configuration:
             leases.release([claim])
             raise Verdict(1, config.backend.sync_url, [outcome]).error()
+        runlog.announce(outcome)
         leases.record([result_of(outcome, config.sync.quarantine_statuses)])
         return outcome
 

@@ -20,7 +20,7 @@ def test_transient_status_is_retried_then_synced(
     status: int, one_user: AppDb, backend: Backend, email_sync: EmailSync
 ) -> None:
     backend.script(1, Behaviour(status=status), Behaviour(status=200))
-    email_sync.configure(one_user, backend)
+    email_sync.configure(one_user, backend, logging={"level": "debug"})
 
     result = email_sync("run")
 
@@ -127,7 +127,7 @@ def test_a_kept_alive_connection_the_backend_closed_while_idle_costs_no_failed_c
 ) -> None:
     pg.add_users(3)
     backend.idle_timeout = 0.1  # closed long before the next call: max_rate spaces them 1 s apart
-    email_sync.configure(pg, backend, backend={"concurrency": 1, "max_rate": 1})
+    email_sync.configure(pg, backend, backend={"concurrency": 1, "max_rate": 1}, logging={"level": "debug"})
 
     result = email_sync("run")
 
@@ -224,7 +224,7 @@ def test_a_run_started_by_hand_against_a_trickling_backend_ends_on_its_own(
 )
 def test_any_2xx_body_counts_as_synced(body: bytes, one_user: AppDb, backend: Backend, email_sync: EmailSync) -> None:
     backend.set_default(Behaviour(status=200, body=body))
-    email_sync.configure(one_user, backend)
+    email_sync.configure(one_user, backend, logging={"level": "debug"})
 
     result = email_sync("run")
 
@@ -235,7 +235,7 @@ def test_any_2xx_body_counts_as_synced(body: bytes, one_user: AppDb, backend: Ba
 
 def test_emails_synced_count_is_read_from_a_json_body(one_user: AppDb, backend: Backend, email_sync: EmailSync) -> None:
     backend.set_default(Behaviour(status=202, body=b'{"emails_synced": 12, "other": true}'))
-    email_sync.configure(one_user, backend)
+    email_sync.configure(one_user, backend, logging={"level": "debug"})
 
     result = email_sync("run")
 
@@ -256,7 +256,7 @@ def test_calls_after_a_cut_answer_get_their_own_answers(pg: AppDb, backend: Back
     pg.add_users(3)
     backend.script(1, Behaviour(status=200, body=b"x" * 10_000_000))
     backend.set_default(Behaviour(status=200, body=b'{"emails_synced": 7}'))
-    email_sync.configure(pg, backend, backend={"concurrency": "1"})
+    email_sync.configure(pg, backend, backend={"concurrency": "1"}, logging={"level": "debug"})
 
     result = email_sync("run")
 

@@ -58,7 +58,7 @@ def test_a_retry_after_seen_by_one_host_holds_the_calls_of_every_host(
         pg,
         backend,
         backend={"concurrency": 4, "max_rate": BUDGET, "retry_backoff_max": "5s"},
-        logging={"level": "info"},
+        logging={"level": "debug"},
     )
 
     outputs = run_hosts(email_sync, HOSTS)

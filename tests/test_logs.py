@@ -8,6 +8,7 @@ import socket
 import struct
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import TextIO
 
@@ -17,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from emailsync import logs
+from emailsync.runlog import FAILURES_SHOWN, SAMPLES
 from tests.backend import ECHOES, Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 from tests.test_config_property import bounded
@@ -235,3 +237,54 @@ def test_version_answers_without_importing_the_heavy_modules() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     assert result.stdout.splitlines() == ["email-sync 0.1.0", "[]"]
+
+
+def test_a_run_of_thousands_logs_its_start_its_end_and_a_bounded_number_of_lines_between(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    """journald keeps a bounded number of lines per unit and interval: a run's lines do not grow with its users."""
+    users = pg.add_users(1500)
+    bad_request = {user for user in users if user % 10 == 0}  # more of each kind than are shown one by one
+    broken = {user for user in users if user % 10 == 5}  # never enough in a row to open the circuit
+    for user in bad_request:
+        backend.script(user, Behaviour(status=400))
+    for user in broken:
+        backend.script(user, Behaviour(status=500))
+    email_sync.configure(pg, backend)
+
+    result = email_sync("run")
+
+    assert result.code == 0, result.stdout
+    names = Counter(event["event"] for event in result.events)
+    assert names["cycle_started"] == names["cycle_finished"] == 1
+    assert names["user_synced"] == 0 and names["user_failed"] == 2 * FAILURES_SHOWN
+    assert set(names) <= {"cycle_started", "cycle_finished", "user_failed", "failures_summarized", "progress"}
+    assert names["failures_summarized"] <= names["progress"] + 1
+    finished = result.event("cycle_finished")
+    assert (finished["synced"], finished["failed"]) == (1200, 300)
+    summary = [event for event in result.events if event["event"] == "failures_summarized"][-1]
+    assert summary["failed"] == {"user_error": 150, "server_error": 150}
+    assert summary["not_shown"] == {"user_error": 150 - FAILURES_SHOWN, "server_error": 150 - FAILURES_SHOWN}
+    shown = {event["user_id"] for event in result.events if event["event"] == "user_failed"}
+    sampled = summary["sample_user_ids"]
+    assert set(sampled["user_error"]) <= bad_request - shown and set(sampled["server_error"]) <= broken - shown
+    assert len(sampled["user_error"]) == len(sampled["server_error"]) == SAMPLES
+    assert pg.synced_ids() == set(users) - bad_request - broken
+
+
+def test_at_debug_every_user_has_a_line(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+    users = pg.add_users(FAILURES_SHOWN + 60)
+    failing = set(users[: FAILURES_SHOWN + 10])
+    for user in failing:
+        backend.script(user, Behaviour(status=400))
+    email_sync.configure(pg, backend, logging={"level": "debug"})
+
+    result = email_sync("run")
+
+    assert result.code == 0, result.stdout
+    synced = [event for event in result.events if event["event"] == "user_synced"]
+    failed = [event for event in result.events if event["event"] == "user_failed"]
+    assert {event["user_id"] for event in synced} == set(users) - failing and len(synced) == 50
+    assert {event["user_id"] for event in failed} == failing and len(failed) == len(failing)
+    assert Counter(event["level"] for event in failed) == {"warning": FAILURES_SHOWN, "debug": 10}
+    assert {event["level"] for event in synced} == {"debug"}

@@ -118,6 +118,7 @@ def test_every_log_line_is_json_with_the_journal_priority_of_its_level(e2e: Scen
 
 def test_journal_fields_find_one_users_history(e2e: Scenario) -> None:
     e2e.database.add_users(3)
+    e2e.configure(logging={"level": "debug"})  # a success has a line of its own at debug only
     state = e2e.run_once()
     assert state["Result"] == "success", state
     [run] = e2e.database.runs()
@@ -129,7 +130,7 @@ def test_journal_fields_find_one_users_history(e2e: Scenario) -> None:
 
     assert [entry["EMAIL_SYNC_EVENT"] for entry in entries] == ["user_synced"]
     assert json.loads(message_text(entries[0]))["user_id"] == 2
-    assert entries[0]["PRIORITY"] == "6" and entries[0]["SYSLOG_IDENTIFIER"] == "email-sync"
+    assert entries[0]["PRIORITY"] == "7" and entries[0]["SYSLOG_IDENTIFIER"] == "email-sync"
 
 
 def test_a_trickling_backend_is_cut_at_each_call_deadline_and_the_run_ends_before_the_watchdog(
