@@ -39,7 +39,7 @@ from emailsync.limiter import Admission
 from emailsync.model import Claim, Kind, Outcome, Result, RunCounts, is_permanent
 from emailsync.monitor import Pinger
 from emailsync.notify import Notifier
-from emailsync.runlog import RunLog
+from emailsync.runlog import FAILURES_SHOWN, RunLog
 
 log = structlog.get_logger()
 
@@ -444,9 +444,10 @@ class Cycle:
             log.warning("calls_abandoned", count=len(self.in_flight), lease_s=self.config.sync.lease)
 
     def _alert_quarantined(self) -> None:
-        """One alert per run names every user it quarantined; a failing alert is logged, it does not fail the run."""
+        """One alert per run names every user it quarantined; a failing alert is logged, it does not fail the run.
+        The log line names the first FAILURES_SHOWN of them, so that it stays one line of the journal."""
         users = [{"user_id": r.claim.user_id, "reason": r.error} for r in self.quarantined]
-        log.warning("users_quarantined", count=len(users), users=users)
+        log.warning("users_quarantined", count=len(users), users=users[:FAILURES_SHOWN])
         try:
             alert.deliver(
                 self.config,

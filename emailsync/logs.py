@@ -142,10 +142,21 @@ def is_journal(stream: TextIO, env: MutableMapping[str, str] | None = None) -> b
     return announced == f"{info.st_dev}:{info.st_ino}"
 
 
+def _redacted(value: Any, limit: int) -> Any:
+    """A field's value with every string in it redacted and cut, however deep in lists and dicts (a list of users
+    with their last errors, which a backend may have made of our token)."""
+    if isinstance(value, str):
+        return redact_and_truncate(value, limit)
+    if isinstance(value, dict):
+        return {key: _redacted(item, limit) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(item, limit) for item in value]
+    return value
+
+
 def _redact_values(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for name, value in event.items():
-        if isinstance(value, str):
-            event[name] = redact_and_truncate(value, 20 * MAX_FIELD_CHARS if name == "exception" else MAX_FIELD_CHARS)
+        event[name] = _redacted(value, 20 * MAX_FIELD_CHARS if name == "exception" else MAX_FIELD_CHARS)
     return event
 
 

@@ -134,6 +134,16 @@ def test_secrets_and_url_passwords_are_redacted_in_every_field(tmp_path: Path) -
     assert "postgresql://app:***@db/app" in text
 
 
+def test_secrets_are_redacted_inside_lists_and_dicts(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with out.open("w") as stream:
+        logs.configure(secrets=["tok-1234-secret"], stream=stream)
+        structlog.get_logger().warning("users_quarantined", users=[{"user_id": 1, "reason": "echo tok-1234-secret"}])
+
+    assert "tok-1234-secret" not in out.read_text()
+    assert json.loads(read_lines(out)[0])["users"] == [{"user_id": 1, "reason": "echo ***"}]
+
+
 SECRET = 'tok-S3cr3t/+=Zq9 é"\\x'  # a slash, a plus, an equals sign, a space, non-ASCII, a quote, a backslash
 
 
