@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import uuid
@@ -114,6 +115,25 @@ def app_database() -> Iterator[AppDatabase]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@contextlib.contextmanager
+def fast_backend() -> Iterator[str]:
+    """bench/backend.py in a process of its own (asyncio, keep-alive: not the bottleneck of a run of tens of
+    thousands of calls, as the threaded stand-in would be); every POST answers 200. Its base URL."""
+    process = subprocess.Popen(
+        [sys.executable, str(PROJECT / "bench" / "backend.py"), "--max-seconds", "1800"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        port = process.stdout.readline().strip()
+        assert port.isdigit(), f"bench/backend.py announced no port (exit {process.poll()})"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
