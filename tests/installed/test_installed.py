@@ -145,14 +145,15 @@ def test_a_catch_up_run_of_50000_users_keeps_its_lines_in_the_journal(installed:
     finishes = c.journal("-u", UNIT, "EMAIL_SYNC_EVENT=cycle_finished", after=cursor)
     [finished] = [event for event in (json.loads(e["MESSAGE"]) for e in finishes) if event["synced"] > 0]
     assert (finished["outcome"], finished["synced"]) == ("ok", CATCH_UP), finished
-    events = [
-        json.loads(e["MESSAGE"])["event"] for e in c.journal("-u", UNIT, f"EMAIL_SYNC_RUN_ID={finished['run_id']}")
-    ]
+    lines = c.journal("-u", UNIT, f"EMAIL_SYNC_RUN_ID={finished['run_id']}")
+    events = [json.loads(e["MESSAGE"])["event"] for e in lines]
     assert events.count("cycle_started") == 1 and events[-1] == "cycle_finished", events
     assert "user_synced" not in events and len(events) < 100, Counter(events)
+    # journald counts each priority apart: the run used one, info, which the next run's lines use too.
+    assert {e["PRIORITY"] for e in lines} == {"6"}, Counter(e["PRIORITY"] for e in lines)
 
-    # journald says what it dropped only when the unit's next line comes after the interval: wait it out, then
-    # one more run (nobody is due) logs at the same priority.
+    # journald says what it dropped only when the unit's next line of that priority comes after the interval:
+    # wait it out, then one more run (nobody is due) logs at info.
     time.sleep(max(0.0, began + JOURNALD_INTERVAL + 1 - time.monotonic()))
     state = start_and_wait(installed)
     assert (state["Result"], state["ExecMainStatus"]) == ("success", "0"), state
