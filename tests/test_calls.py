@@ -65,7 +65,7 @@ def test_a_retry_after_that_is_not_ascii_seconds_nor_a_date_in_range_counts_as_a
     retry_after: str, one_user: AppDb, backend: Backend, email_sync: EmailSync
 ) -> None:
     backend.script(1, Behaviour(status=503, retry_after=retry_after), Behaviour(status=200))
-    email_sync.configure(one_user, backend)
+    email_sync.configure(one_user, backend, logging={"level": "debug"})
 
     result = email_sync("run")
 

@@ -93,7 +93,7 @@ def test_a_hostile_answer_fails_or_syncs_its_own_user_and_the_run_goes_on(
     behaviours, failure = CASES[case]
     pg.add_users(USERS)
     backend.script(HOSTILE, *behaviours)
-    email_sync.configure(pg, backend, backend=keys)
+    email_sync.configure(pg, backend, backend=keys, logging={"level": "debug"})
 
     result = run(email_sync)
 
@@ -123,7 +123,7 @@ def test_a_stray_answer_after_each_whole_answer_is_never_read_as_the_next_users(
         head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Pad: " % len(body)
         answer = head + b"p" * (RECEIVE - len(head) - 4 - len(body)) + b"\r\n\r\n" + body
         backend.script(user_id, Behaviour(raw=answer + stray))
-    email_sync.configure(pg, backend, backend={**keys, "concurrency": 2})
+    email_sync.configure(pg, backend, backend={**keys, "concurrency": 2}, logging={"level": "debug"})
 
     result = run(email_sync)
 
@@ -141,7 +141,7 @@ def test_a_bug_set_off_by_one_users_answer_fails_that_user_alone(
     backend, keys = served
     pg.add_users(USERS)
     backend.script(HOSTILE, Behaviour(body=b'{"explode": true}'))
-    email_sync.configure(pg, backend, backend=keys)
+    email_sync.configure(pg, backend, backend=keys, logging={"level": "debug"})
     broken = (
         "import sys\n"
         "import emailsync.backend as backend\n"
@@ -274,7 +274,9 @@ def test_an_address_that_never_answers_leaves_the_next_address_its_turn(
         for user_id in (1, 2, 3):
             backend.script(user_id, Behaviour(body=own_answer(user_id)))
         keys = {"base_url": f"{scheme}://{TWO_ADDRESSES}:{port}", "connect_timeout": "2s", "call_timeout": "3s"}
-        email_sync.configure(pg, backend, backend={**keys, **({"ca_file": tls[0]} if tls else {})})
+        email_sync.configure(
+            pg, backend, backend={**keys, **({"ca_file": tls[0]} if tls else {})}, logging={"level": "debug"}
+        )
 
         result = run(email_sync, prefix)
 
@@ -297,7 +299,10 @@ def test_a_sync_path_and_health_path_that_are_not_ascii_are_sent_percent_encoded
     backend.sync_path, backend.health_path = "/api/v1/b%C3%BCro/sync", "/gesundheit/%C3%BC"
     pg.add_users(USERS)
     email_sync.configure(
-        pg, backend, backend={**keys, "sync_path": "/api/v1/büro/sync", "health_path": "/gesundheit/ü"}
+        pg,
+        backend,
+        backend={**keys, "sync_path": "/api/v1/büro/sync", "health_path": "/gesundheit/ü"},
+        logging={"level": "debug"},
     )
 
     result = run(email_sync)
@@ -323,7 +328,7 @@ def test_a_sync_path_and_health_path_that_are_not_ascii_are_sent_percent_encoded
 def test_a_backend_url_that_cannot_go_on_the_wire_exits_78_naming_its_key(
     key: str, value: str, says: str, pg: AppDb, backend: Backend, email_sync: EmailSync
 ) -> None:
-    email_sync.configure(pg, backend, backend={key: value})
+    email_sync.configure(pg, backend, backend={key: value}, logging={"level": "debug"})
 
     result = run(email_sync)
 

@@ -122,3 +122,16 @@ def test_a_progress_line_brings_a_summary_only_when_failures_went_unshown_since_
         "progress",
         "failures_summarized",
     ]
+
+
+def test_a_bugs_traceback_is_an_error_line_even_past_the_cap(info: Lines) -> None:
+    run = RunLog(RunCounts(), now=0.0)
+    for user in range(FAILURES_SHOWN):
+        run.outcome(outcome(user, Kind.INTERNAL))
+    try:
+        raise KeyError("oops")
+    except KeyError as bug:
+        run.outcome(Outcome(outcome(999, Kind.INTERNAL).claim, Kind.INTERNAL, None, 1, 3, "internal error", bug=bug))
+
+    last = info.events("user_failed")[-1]
+    assert (last["user_id"], last["level"]) == (999, "error") and "KeyError" in last["exception"]
