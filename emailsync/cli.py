@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     park.add_argument("--reason", required=True, help="why, for `status` and `users --parked`")
     unpark = commands.add_parser("unpark", help="return a parked or quarantined user, with its backoff cleared")
     unpark.add_argument("user", metavar="USER", help="the user's id or email")
-    alert = commands.add_parser("alert", help="send the failure alert (started by systemd's OnFailure=)")
+    alert = commands.add_parser("alert", help="record a failed run, alert when its streak calls for it (OnFailure=)")
     alert.add_argument("unit", metavar="UNIT", nargs="?", default="email-sync.service", help="the failed unit")
     reference = commands.add_parser("config", help="print the commented sample config or the key reference, and exit")
     form = reference.add_mutually_exclusive_group(required=True)
@@ -299,7 +299,7 @@ def _unpark(config: Config, args: argparse.Namespace) -> int:
 def _alert(config: Config, args: argparse.Namespace) -> int:
     from emailsync import alert
 
-    alert.send(config, alert.facts(args.unit, os.environ))
+    alert.on_failure(config, args.unit, os.environ)
     return EXIT_OK
 
 

@@ -255,8 +255,21 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class AlertConfig:
-    webhook_url: str = key(values.optional_http_url, "", "POST a JSON alert here when a run fails (off when empty).")
-    command: str = key(values.text, "", "Run this command (no shell) with the alert JSON on stdin when a run fails.")
+    webhook_url: str = key(
+        values.optional_http_url,
+        "",
+        """POST a JSON alert here when runs start failing, and a "resolved" when one succeeds again (off when
+        empty).""",
+    )
+    command: str = key(values.text, "", "Run this command (no shell) with the same JSON on stdin (off when empty).")
+    after: int = key(
+        values.integer(1, 1000),
+        3,
+        """Alert when this many runs in a row failed on something temporary (database or backend down, a crash, the
+        watchdog), or sooner when a failed run finds the freshness promise broken; a configuration error (exit 78)
+        alerts at its first run. 3: a blip that the next run or two outlive pages nobody, an outage of about 15
+        minutes does, as `status` turns unhealthy then too.""",
+    )
 
 
 SECTIONS: dict[str, type[Any]] = {

@@ -118,8 +118,8 @@ def _report(
     report: RunReport, error: EmailSyncError | None, engine: Engine | None, config: Config, pings: Pinger
 ) -> None:
     """What every run leaves behind, however it ended: the log line, its row (``engine``: where the run's row
-    was started), the metrics, the end ping (a failure when the database could not tell whether the freshness
-    promise holds, e.g. when it was unreachable)."""
+    was started), its part of the failure streak (emailsync/alert.py), the metrics, the end ping (a failure when the
+    database could not tell whether the freshness promise holds, e.g. when it was unreachable)."""
     counts = report.counts
     log.info(
         "cycle_finished",
@@ -134,7 +134,10 @@ def _report(
     backlog = None
     if engine is not None and not isinstance(error, DatabaseUnavailable):  # the database is there to write to
         runs.finish(engine, report.run_id, counts, report.outcome, str(error) if error else None)
-        backlog = status.backlog(engine, config) if config.metrics.textfile or pings.on else None
+        wanted = config.metrics.textfile or pings.on or alert.wants_freshness(config, error, os.environ)
+        backlog = status.backlog(engine, config) if wanted else None
+    stale = backlog is not None and not backlog.freshness.holds
+    alert.run_ended(config, report.run_id, report.outcome, error, stale, os.environ)
     metrics.run_finished(
         config, report.outcome, counts, report.duration_ms / 1000, report.concurrency_limit, backlog, engine
     )

@@ -372,6 +372,7 @@ ENV_SAMPLES = {
     "metrics.textfile": ("/var/lib/node_exporter/email_sync.prom", "/var/lib/node_exporter/email_sync.prom"),
     "alert.webhook_url": ("https://hooks.example.com/T1", "https://hooks.example.com/T1"),
     "alert.command": ("/usr/local/bin/page-me", "/usr/local/bin/page-me"),
+    "alert.after": ("1", 1),
     "monitor.ping_url": (
         "https://hc-ping.com/5f0c8a1e-3b7d-4c2a-9e61-d0b4a7c3f218",
         "https://hc-ping.com/5f0c8a1e-3b7d-4c2a-9e61-d0b4a7c3f218",

@@ -43,6 +43,8 @@ ADMIN_URL = db.driver_url(
 UNIT = "email-sync.service"
 TIMER = "email-sync.timer"
 ALERT = "email-sync-alert@.service"
+ALERT_RUN = f"email-sync-alert@{UNIT}.service"  # the instance that OnFailure= starts
+STREAK_FILE = "/var/lib/private/email-sync/failure-streak.json"  # StateDirectory= under DynamicUser=
 UNIT_DIR = "/usr/lib/systemd/system"  # where the .deb puts them; tests' drop-ins go to /etc/systemd/system
 CONFIG = "/etc/email-sync/email-sync.toml"
 CREDSTORE = "/etc/credstore"
@@ -252,7 +254,8 @@ class Scenario:
             shutil.rmtree(c.path(f"/etc/systemd/system/{unit}.d"), ignore_errors=True)
         c.path(TOKEN_CREDENTIAL).unlink(missing_ok=True)
         c.run("systemctl", "daemon-reload")
-        c.run("systemctl", "reset-failed", UNIT, TIMER, check=False)
+        c.run("systemctl", "reset-failed", UNIT, TIMER, ALERT_RUN, check=False)
+        c.path(STREAK_FILE).unlink(missing_ok=True)  # each test starts without a failure streak
         self.database.reset()
         self.configure()
         self.cursor = c.cursor()

@@ -12,7 +12,17 @@ import re
 import pytest
 
 from tests.backend import Backend, Behaviour
-from tests.e2e.conftest import ALERT, TIMER, TOKEN_CREDENTIAL, UNIT, UNIT_DIR, Scenario, message_text
+from tests.e2e.conftest import (
+    ALERT,
+    ALERT_RUN,
+    STREAK_FILE,
+    TIMER,
+    TOKEN_CREDENTIAL,
+    UNIT,
+    UNIT_DIR,
+    Scenario,
+    message_text,
+)
 from tests.e2e.container import PROJECT
 from tests.nspawn import log
 
@@ -237,6 +247,74 @@ def test_a_failed_run_sends_the_alert_with_its_exit_status_and_log_lines(e2e: Sc
     assert (alert["unit"], alert["result"], alert["exit_status"]) == (UNIT, "exit-code", "78"), alert
     assert alert["invocation_id"] == state["InvocationID"]
     assert any("backend.sync_path" in line for line in alert["log"]), alert["log"]
+
+
+def failed_runs(e2e: Scenario) -> list[str]:
+    """The invocation ids of the runs that systemd saw fail, in order."""
+    runs = [run for run in by_invocation(e2e).values() if FAILED in run]
+    return [str(run[FAILED]["INVOCATION_ID"]) for run in sorted(runs, key=lambda run: seconds(run[FAILED]))]
+
+
+def succeeded_runs(e2e: Scenario) -> int:
+    return sum(SUCCEEDED in run for run in by_invocation(e2e).values())
+
+
+def test_a_backend_down_for_several_runs_alerts_once_and_resolves_once(e2e: Scenario) -> None:
+    users = e2e.database.add_users(3)
+    with Backend(sync_path="/hooks/email-sync") as hook:
+        e2e.configure(alert={"webhook_url": hook.base_url + "/hooks/email-sync"})  # alert.after: its default, 3
+        e2e.backend.health_status = 503
+        e2e.dropin(TIMER, "e2e", FAST_TIMER)
+        e2e.container.run("systemctl", "start", TIMER)
+        e2e.container.wait_for("six failed runs", lambda: len(failed_runs(e2e)) >= 6, timeout=180)
+        # A run waits for the alert unit still handling the previous failure (After=): once the sixth has failed,
+        # the fifth has been handled; the sixth's handler runs now.
+        assert len(hook.sync_calls()) == 1, [call.json for call in hook.sync_calls()]
+        e2e.backend.health_status = 200
+        e2e.container.wait_for("the resolved message", lambda: len(hook.sync_calls()) >= 2, timeout=120)
+        e2e.container.wait_for("one more successful run", lambda: succeeded_runs(e2e) >= 2, timeout=60)
+        e2e.container.run("systemctl", "stop", TIMER)
+        e2e.wait_finished(60)
+        alert, resolved = [call.json for call in hook.sync_calls()]
+
+    failed = failed_runs(e2e)
+    log(f"{len(failed)} failed runs, then {succeeded_runs(e2e)} successful ones: 2 messages")
+    assert (alert["event"], alert["result"], alert["exit_status"]) == ("failing", "exit-code", "75"), alert
+    assert (alert["streak"]["runs"], alert["invocation_id"]) == (3, failed[2]), alert
+    assert alert["streak"]["first_error"].startswith("backend_unavailable: "), alert
+    assert resolved["event"] == "resolved", resolved
+    assert resolved["streak"]["runs"] == len(failed), (resolved, failed)  # every failed run counted, once
+    assert resolved["streak"]["first_error"] == alert["streak"]["first_error"]
+    assert resolved["streak"]["since"] == alert["streak"]["since"] < resolved["resolved_at"]
+    assert e2e.database.synced() == set(users)
+    handler = e2e.container.show(ALERT_RUN, "Result", "ExecMainStatus", "User")
+    assert handler == {"Result": "success", "ExecMainStatus": "0", "User": "email-sync"}, handler
+    assert '"streak": null' in e2e.container.path(STREAK_FILE).read_text()  # over, and written by the run
+
+
+def test_a_wrong_token_alerts_once_at_the_first_run(e2e: Scenario) -> None:
+    e2e.database.add_users(3)
+    e2e.backend.token = "e2e-right-token"
+    e2e.container.write(TOKEN_CREDENTIAL, "e2e-wrong-token\n", mode=0o600)
+    with Backend(sync_path="/hooks/email-sync") as hook:
+        e2e.configure(alert={"webhook_url": hook.base_url + "/hooks/email-sync"})
+        e2e.dropin(TIMER, "e2e", FAST_TIMER)
+        e2e.container.run("systemctl", "start", TIMER)
+        e2e.container.wait_for("three failed runs", lambda: len(failed_runs(e2e)) >= 3, timeout=120)
+        e2e.container.run("systemctl", "stop", TIMER)
+        e2e.wait_finished(60)
+        e2e.container.write(TOKEN_CREDENTIAL, "e2e-right-token\n", mode=0o600)
+        state = e2e.run_once()  # starts once the alert unit has handled the last failure (After=)
+        assert (state["Result"], state["ExecMainStatus"]) == ("success", "0"), state
+        assert hook.wait_for_sync_calls(2, timeout=30), [call.json for call in hook.sync_calls()]
+        alert, resolved = [call.json for call in hook.sync_calls()]
+
+    failed = failed_runs(e2e)
+    assert (alert["event"], alert["exit_status"], alert["streak"]["runs"]) == ("failing", "78", 1), alert
+    assert alert["invocation_id"] == failed[0], (alert, failed)  # sent after the first run, none after the others
+    assert alert["streak"]["configuration"] is True and "token" in alert["streak"]["first_error"], alert
+    assert "e2e-wrong-token" not in json.dumps(alert)
+    assert (resolved["event"], resolved["streak"]["runs"]) == ("resolved", len(failed)), (resolved, failed)
 
 
 def test_backend_token_credential_reaches_the_service_and_without_it_the_unit_still_starts(e2e: Scenario) -> None:
