@@ -190,11 +190,12 @@ def _send_resolved(config: Config, run_id: str, invocation: str | None, resolved
 
 
 def _read(file: StreakFile) -> State:
-    """The state, or a fresh one when the file holds something else (it is then overwritten)."""
+    """The state, or a fresh one when the file holds something else (that file is removed)."""
     try:
         return file.read()
     except streak.Unreadable as error:
         log.warning("streak_reset", file=str(file.path), error=str(error))
+        file.path.unlink(missing_ok=True)
         return State()
 
 

@@ -314,19 +314,22 @@ def test_a_state_directory_that_cannot_be_used_alerts_all_the_same(
     assert (alert["event"], alert["streak"]) == ("failing", None)
 
 
+@pytest.mark.parametrize("health", [503, 200])
 def test_a_state_file_holding_something_else_is_replaced_with_a_warning(
-    pg: AppDb, backend: Backend, email_sync: EmailSync, systemd: Systemd
+    pg: AppDb, backend: Backend, email_sync: EmailSync, systemd: Systemd, health: int
 ) -> None:
     pg.add_users(1)
     email_sync.configure(pg, backend)
     (systemd.state / streak.FILE).write_bytes(b"\xff not json")
-    backend.health_status = 503
+    backend.health_status = health
 
     result = systemd.run()
 
     assert "not JSON" in result.event("streak_reset")["error"]
     recorded = streak.StreakFile(systemd.state).read().streak
-    assert recorded is not None and recorded.runs == 1
+    assert recorded is None if health == 200 else recorded is not None and recorded.runs == 1
+    again = systemd.run()
+    assert again.events and "streak_reset" not in [event["event"] for event in again.events]
 
 
 RECORDER = """

@@ -28,6 +28,8 @@ TIMER = "email-sync.timer"
 CREDENTIAL_NOISE = "Couldn't read inherited credential"
 CATCH_UP = 50_000  # due users of one run: more lines than journald's burst if each had its own
 JOURNALD_INTERVAL = 30  # seconds: journald.conf's RateLimitIntervalSec= default
+ALERT_TEMPLATE = "email-sync-alert@.service"
+STREAK_FILE = "/var/lib/private/email-sync/failure-streak.json"  # StateDirectory= under DynamicUser=
 
 
 def test_readme_installs_the_previous_version_from_the_signed_repository(installed: Installed) -> None:
@@ -221,7 +223,9 @@ def test_the_watchdog_kills_a_hung_run_and_the_failed_run_alerts_the_webhook(ins
     """Every call has its deadline (backend.call_timeout), so no answer can hang a run any more: the watchdog is
     the guard against whatever else could. The hang here is the deepest there is: the process frozen (SIGSTOP)
     right after READY=1, mid-call. It pings no more; systemd's watchdog aborts it, then kills it (the abort signal
-    waits on a frozen process, so TimeoutAbortSec= is short)."""
+    waits on a frozen process, so TimeoutAbortSec= is short). The run records nothing; the alert unit records the
+    kill in the failure streak (alert.after = 1 here: one kill alerts), and the next run, which succeeds, reads the
+    same state directory and sends the "resolved"."""
     # Calls that fit a 10 s watchdog: call_timeout + retry_backoff_max = 4.5 s < 10 s / 2.
     installed.dropin(
         "hang",
@@ -230,6 +234,10 @@ def test_the_watchdog_kills_a_hung_run_and_the_failed_run_alerts_the_webhook(ins
         " EMAIL_SYNC_BACKEND_CALL_TIMEOUT=4s EMAIL_SYNC_BACKEND_RETRY_BACKOFF_MAX=500ms EMAIL_SYNC_BACKEND_RETRIES=0"
         " EMAIL_SYNC_SYNC_LEASE=10s\n",
     )
+    alert_dropin = f"/etc/systemd/system/{ALERT_TEMPLATE}.d/after.conf"
+    installed.container.write(alert_dropin, "[Service]\nEnvironment=EMAIL_SYNC_ALERT_AFTER=1\n")
+    installed.container.run("systemctl", "daemon-reload")
+    installed.container.path(STREAK_FILE).unlink(missing_ok=True)
     installed.database.execute("UPDATE users SET last_sync = NULL WHERE id = 1")
     installed.backend.set_default(Behaviour(delay=30))
     try:
@@ -241,11 +249,18 @@ def test_the_watchdog_kills_a_hung_run_and_the_failed_run_alerts_the_webhook(ins
     finally:
         installed.backend.set_default(Behaviour())
         installed.remove_dropin("hang")
-    [alert] = [call.json for call in installed.webhook.sync_calls()]
+    installed.container.run("systemctl", "start", UNIT)  # waits for the alert unit still at work (After=)
+    again = installed.wait_finished()
+    assert (again["Result"], again["ExecMainStatus"]) == ("success", "0"), again
+    assert installed.webhook.wait_for_sync_calls(2, timeout=30), "the run that succeeded sent no resolved"
+    installed.container.path(alert_dropin).unlink()
+    installed.container.run("systemctl", "daemon-reload")
+    alert, resolved = [call.json for call in installed.webhook.sync_calls()]
     assert (alert["unit"], alert["result"], alert["invocation_id"]) == (UNIT, "watchdog", state["InvocationID"]), alert
+    assert (alert["event"], alert["streak"]["runs"]) == ("failing", 1), alert
+    assert (resolved["event"], resolved["streak"]["first_error"]) == ("resolved", alert["streak"]["first_error"])
     ran = installed.unit(f"email-sync-alert@{UNIT}.service", "Result", "ExecMainStatus")
     assert (ran["Result"], ran["ExecMainStatus"]) == ("success", "0"), ran
-    installed.container.run("systemctl", "reset-failed", UNIT)
 
 
 def test_an_absent_optional_token_costs_no_log_line(installed: Installed) -> None:
