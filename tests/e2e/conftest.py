@@ -250,7 +250,7 @@ class Scenario:
     def reset(self) -> None:
         c = self.container
         c.run("systemctl", "stop", TIMER, UNIT, timeout=90)
-        for unit in (UNIT, TIMER):
+        for unit in (UNIT, TIMER, ALERT):
             shutil.rmtree(c.path(f"/etc/systemd/system/{unit}.d"), ignore_errors=True)
         c.path(TOKEN_CREDENTIAL).unlink(missing_ok=True)
         c.run("systemctl", "daemon-reload")

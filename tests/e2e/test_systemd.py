@@ -292,6 +292,29 @@ def test_a_backend_down_for_several_runs_alerts_once_and_resolves_once(e2e: Scen
     assert '"streak": null' in e2e.container.path(STREAK_FILE).read_text()  # over, and written by the run
 
 
+def test_a_run_waits_for_the_alert_unit_still_handling_the_previous_failure(e2e: Scenario) -> None:
+    """The alert unit is slowed down here, so the next run is started while it still works: without the service's
+    After=email-sync-alert@%n.service, that run would end the streak before its alert went out (silently, as a
+    streak never alerted), and the alert unit would then record the failure again as a new streak that nobody
+    ends: an alert and no resolved."""
+    users = e2e.database.add_users(2)
+    e2e.dropin(ALERT, "slow", "[Service]\nExecStartPre=/bin/sleep 6\n")
+    with Backend(sync_path="/hooks/email-sync") as hook:
+        e2e.configure(alert={"webhook_url": hook.base_url + "/hooks/email-sync", "after": 1})
+        e2e.backend.health_status = 503
+        failed = e2e.run_once()
+        assert (failed["Result"], failed["ExecMainStatus"]) == ("exit-code", "75"), failed
+        e2e.backend.health_status = 200
+        state = e2e.run_once(timeout=90)  # started while the alert unit sleeps
+        assert (state["Result"], state["ExecMainStatus"]) == ("success", "0"), state
+        assert hook.wait_for_sync_calls(2, timeout=30), [call.json for call in hook.sync_calls()]
+        messages = [call.json for call in hook.sync_calls()]
+
+    assert [(m["event"], m["streak"]["runs"]) for m in messages] == [("failing", 1), ("resolved", 1)], messages
+    assert messages[0]["invocation_id"] == failed["InvocationID"]
+    assert e2e.database.synced() == set(users)
+
+
 def test_a_wrong_token_alerts_once_at_the_first_run(e2e: Scenario) -> None:
     e2e.database.add_users(3)
     e2e.backend.token = "e2e-right-token"
