@@ -18,7 +18,7 @@ from dataclasses import replace
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
-from emailsync import __version__
+from emailsync import SCHEMA_VERSION, __version__
 from emailsync.errors import EXIT_BUG, EXIT_CONFIG, EXIT_NO, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE, EmailSyncError
 
 if TYPE_CHECKING:
@@ -32,7 +32,8 @@ exit codes:
   {EXIT_USAGE}  usage: an unknown command or option; no such user (`sync`, `reset`, `park`, `unpark`),
       or `unpark` of a user not parked
   {EXIT_TEMPFAIL}  temporary: the database or the backend is unreachable or failing; the next run may succeed
-  {EXIT_CONFIG}  configuration: bad config, wrong endpoint or token, missing schema; fix it, then run again
+  {EXIT_CONFIG}  configuration: bad config, wrong endpoint or token, a schema this role may not migrate
+      (or database.migrate = "manual" and `migrate` not run); fix it, then run again
 
 config: --config PATH, else $EMAIL_SYNC_CONFIG, else /etc/email-sync/email-sync.toml;
 any key can be overridden by EMAIL_SYNC_<SECTION>_<KEY> (e.g. EMAIL_SYNC_BACKEND_SYNC_PATH).
@@ -59,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"email-sync {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"email-sync {__version__} (database schema v{SCHEMA_VERSION})"
+    )
     parser.add_argument("--config", metavar="PATH", help="the TOML config file")
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", help="what to do; email-sync COMMAND --help for its options"

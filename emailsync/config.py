@@ -22,6 +22,7 @@ from emailsync.errors import ConfigError
 
 DEFAULT_PATH = "/etc/email-sync/email-sync.toml"
 ENV_PREFIX = "EMAIL_SYNC_"
+MIGRATE_MODES = ("auto", "manual")  # database.migrate: who applies a new release's schema steps
 PING_STYLES = ("healthchecks", "uptime-kuma", "ntfy")  # what monitor.ping_url points at (emailsync/monitor.py)
 
 
@@ -69,6 +70,12 @@ class DatabaseConfig:
     url_file: str = key(values.text, "", "File holding the database URL (mode 0600).")
     connect_timeout: float = key(values.duration, 10.0, "Give up connecting to the database after this.")
     statement_timeout: float = key(values.statement_timeout, 30.0, "PostgreSQL statement_timeout for our statements.")
+    migrate: str = key(
+        values.one_of(*MIGRATE_MODES),
+        "auto",
+        """auto: a run first applies the schema steps the database lacks (one host migrates, the others wait for it);
+        manual: a run exits 78 until `email-sync migrate` has run, for a DBA who applies the DDL with another role.""",
+    )
     timezone: str = "UTC"  # users.last_sync_timezone: every transaction runs in it, whatever the server's default
     url_from: str = "database.url"  # where the URL came from, for an error that must name it but not show it
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import structlog
 from sqlalchemy import Engine
 
-from emailsync import alert, backend, budget, control, db, limiter, metrics, runs, schema, status
+from emailsync import __version__, alert, backend, budget, control, db, limiter, metrics, runs, schema, status
 from emailsync.backend import CallPool, Client
 from emailsync.config import Config
 from emailsync.control import FleetMode, FleetWatch
@@ -81,15 +81,19 @@ def run(config: Config, notifier: Notifier, stop: threading.Event) -> RunReport:
     engine = db.connect(config.database)
     metrics.run_started(config.metrics.textfile)
     try:
-        schema.check_ready(engine, config.users)
-        runs.start(engine, run_id, config.sync.host_id, os.getpid())
+        ready = schema.ready_for_run(engine, config.users, config.database.migrate)
+        if ready.migrated:
+            log.info("schema_migrated", from_version=ready.found, to_version=ready.version)
+        runs.start(engine, run_id, config.sync.host_id, os.getpid(), __version__)
         recorded = True
         pings.start()
         leases = Leases(engine, config.users, config.sync, run_id)
         fleet = FleetWatch(engine)
         counts.due = leases.count_due()
         mode = fleet.current()
-        if not mode.claims:  # the backend may be down for the very maintenance the pause is for
+        if ready.newer:  # the upgraded hosts do the work; a fleet that nobody upgrades breaks the freshness promise
+            outcome = _stand_aside(ready.version)
+        elif not mode.claims:  # the backend may be down for the very maintenance the pause is for
             outcome = _halted(mode)
         else:
             backend.check_health(config.backend, run_id)
@@ -105,6 +109,13 @@ def run(config: Config, notifier: Notifier, stop: threading.Event) -> RunReport:
         _report(report, error, engine if recorded else None, config, pings)
         engine.dispose()
     return report
+
+
+def _stand_aside(version: int) -> str:
+    """The outcome of a run whose release is older than the database's schema: it claims nobody, and says so once.
+    Not a failure (exit 0, no OnFailure= alert): the hosts already upgraded do the work."""
+    log.warning("awaiting_upgrade", release=__version__, schema_known=schema.SCHEMA_VERSION, schema_found=version)
+    return runs.STOOD_ASIDE
 
 
 def _halted(mode: FleetMode) -> str:

@@ -3,6 +3,7 @@ back from it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, text
@@ -11,20 +12,23 @@ from emailsync.db import MAX_ERROR_CHARS, RUNS, Dialect, dialect_of, with_retry
 from emailsync.logs import redact_and_truncate
 from emailsync.model import RunCounts
 
-# A stopped run is a healthy one: systemd asked it to stop, or an operator paused or drained the fleet.
-HEALTHY_OUTCOMES = ("ok", "interrupted", "paused", "drained")
+RELEASE_SINCE = 5  # the schema version whose step added the release column (emailsync/schema.py)
+STOOD_ASIDE = "stood_aside"  # the outcome of a run whose release is older than the database's schema
+# A stopped run is a healthy one: systemd asked it to stop, an operator paused or drained the fleet, or the host
+# awaits an upgrade while the upgraded hosts do the work.
+HEALTHY_OUTCOMES = ("ok", "interrupted", "paused", "drained", STOOD_ASIDE)
 
 
-def start(engine: Engine, run_id: str, host: str, pid: int) -> None:
+def start(engine: Engine, run_id: str, host: str, pid: int, release: str) -> None:
     d = dialect_of(engine)
     with_retry(
         engine,
         lambda connection: connection.execute(
             text(
-                f"INSERT INTO {RUNS} (id, host, pid, started_at, outcome) "
-                f"VALUES (:id, :host, :pid, {d.now}, 'running') ON CONFLICT (id) DO NOTHING"
+                f"INSERT INTO {RUNS} (id, host, pid, release, started_at, outcome) "
+                f"VALUES (:id, :host, :pid, :release, {d.now}, 'running') ON CONFLICT (id) DO NOTHING"
             ),
-            {"id": run_id, "host": host, "pid": pid},
+            {"id": run_id, "host": host, "pid": pid, "release": release},
         ),
     )
 
@@ -108,3 +112,27 @@ def totals(connection: Connection, host: str) -> list[Any]:
             {"host": host},
         )
     )
+
+
+@dataclass(frozen=True)
+class AwaitingUpgrade:
+    host: str
+    release: str | None
+    since_s: float  # since its latest run started (which stood aside), by the database clock
+
+
+def awaiting_upgrade(connection: Connection, d: Dialect, within: float) -> list[AwaitingUpgrade]:
+    """The hosts whose latest run, among those started in the last ``within`` seconds, stood aside because their
+    release is older than the database's schema: what `status` and the metrics show as awaiting an upgrade. A host
+    that stopped running long ago is not counted (it awaits nothing: `status` shows when no run succeeds)."""
+    rows = connection.execute(
+        text(
+            f"SELECT host, release, {d.age('started_at')} AS age FROM ("
+            f"SELECT host, release, outcome, started_at, "
+            f"row_number() OVER (PARTITION BY host ORDER BY started_at DESC) AS latest "
+            f"FROM {RUNS} WHERE started_at > {d.shifted('-:within')}) AS recent "
+            f"WHERE latest = 1 AND outcome = :stood_aside ORDER BY host"
+        ),
+        {"within": within, "stood_aside": STOOD_ASIDE},
+    ).all()
+    return [AwaitingUpgrade(row.host, row.release, round(float(row.age))) for row in rows]

@@ -1,8 +1,12 @@
 """email-sync's own tables as ordered migration steps, and what a run needs of the app's schema.
 
-Each step takes the schema from the version before it to its own; `migrate` applies the steps a database lacks,
-in one transaction, so a host upgrading from any earlier version ends where a fresh install starts. A new version
-is a new step at the end: never an edit of an old one, which databases out there have already run.
+Each step takes the schema from the version before it to its own; `migrate` (and, with database.migrate = "auto",
+every run before it claims anyone) applies the steps a database lacks, in one transaction under one lock, so a host
+upgrading from any earlier version ends where a fresh install starts. A new version is a new step at the end: never
+an edit of an old one, which databases out there have already run.
+
+A host whose release is older than the database's schema stands aside (emailsync/cycle.py): it writes only its run
+row. So no step may drop or rename the runs table's id, host, pid, started_at, finished_at, outcome or release.
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, inspect, text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from emailsync.config import UsersConfig
 from emailsync.db import BUDGET, FLEET, RUNS, STATE, URL_FROM, VERSION_TABLE, Dialect, dialect_of, transaction
 from emailsync.db_failures import describe, on_standby
 from emailsync.errors import ConfigError, SchemaError
+
+INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's SQLSTATE for a role that may not create or alter a table
 
 
 @dataclass(frozen=True)
@@ -98,11 +104,17 @@ def _results_recorded(d: Dialect) -> list[str]:
     return [f"ALTER TABLE {STATE} ADD COLUMN results integer NOT NULL DEFAULT 0"]
 
 
+def _run_release(d: Dialect) -> list[str]:
+    """The release of email-sync each run was, so `status` can say which hosts await an upgrade."""
+    return [f"ALTER TABLE {RUNS} ADD COLUMN release text"]
+
+
 STEPS: tuple[Step, ...] = (
     Step(1, _v1_state_and_runs),
     Step(2, _fleet_budget),
     Step(3, _fleet_control),
     Step(4, _results_recorded),
+    Step(5, _run_release),
 )
 SCHEMA_VERSION = STEPS[-1].version
 
@@ -117,26 +129,75 @@ def schema_version(connection: Connection) -> int | None:
 
 def migrate(engine: Engine, target: int = SCHEMA_VERSION) -> tuple[int | None, int]:
     """Apply the steps the database lacks, up to ``target`` (only tests stop short of the latest); safe to run
-    again and from several hosts at once. Returns the versions before and after."""
+    again and from several hosts at once: the first takes the lock and migrates, the others wait for it, then find
+    nothing left to do. Returns the versions before and after."""
     d = dialect_of(engine)
     with transaction(engine) as connection:
         if d.postgres:
             # Two hosts migrating at once must not both apply a step. Transaction-scoped: fine behind PgBouncer.
+            # (SQLite's BEGIN IMMEDIATE, see db.connect, already lets one writer in at a time.)
             connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('email-sync migrate'))"))
         before = schema_version(connection)
         if before is not None and before > SCHEMA_VERSION:
             raise SchemaError(_newer_schema(before))
-        connection.execute(
-            text(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version integer NOT NULL, applied_at {d.timestamp})")
-        )
-        for step in STEPS:
-            if (before or 0) < step.version <= target:
-                for statement in step.statements(d):
-                    connection.execute(text(statement))
-                connection.execute(
-                    text(f"INSERT INTO {VERSION_TABLE} (version, applied_at) VALUES (:v, {d.now})"), {"v": step.version}
-                )
+        try:
+            if before is None:
+                columns = f"version integer NOT NULL, applied_at {d.timestamp}"
+                connection.execute(text(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} ({columns})"))
+            for step in STEPS:
+                if (before or 0) < step.version <= target:
+                    for statement in step.statements(d):
+                        connection.execute(text(statement))
+                    connection.execute(
+                        text(f"INSERT INTO {VERSION_TABLE} (version, applied_at) VALUES (:v, {d.now})"),
+                        {"v": step.version},
+                    )
+        except ProgrammingError as error:
+            if getattr(error.orig, "pgcode", None) != INSUFFICIENT_PRIVILEGE:
+                raise
+            url_from = engine.get_execution_options().get(URL_FROM, "database.url")
+            raise SchemaError(
+                f"{url_from}: its role may not change email-sync's schema (v{before or 0} to v{target}): "
+                f"{describe(error)}; run `email-sync migrate` once as a role that may (the owner of email-sync's "
+                f"tables: EMAIL_SYNC_DATABASE_URL=<its URL> email-sync migrate)"
+            ) from None
     return before, max(before or 0, target)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What a run found of our schema: the version before it migrated (None: no tables), and the one it works on."""
+
+    found: int | None
+    version: int
+
+    @property
+    def migrated(self) -> bool:
+        return self.found != self.version
+
+    @property
+    def newer(self) -> bool:
+        """The database is ahead of this release: the run stands aside (emailsync/cycle.py)."""
+        return self.version > SCHEMA_VERSION
+
+
+def ready_for_run(engine: Engine, users: UsersConfig, mode: str) -> Readiness:
+    """A run's preflight (see check_ready), with what a run does about the schema's version: behind, it applies
+    the missing steps under migrate's lock (``mode`` "auto", database.migrate) or refuses (78, "manual"); ahead, it
+    says so, and the run stands aside."""
+    found = _preflight(engine, users)
+    if found is not None and found >= SCHEMA_VERSION:
+        return Readiness(found, found)
+    if mode != "auto":
+        raise SchemaError(_behind(found))
+    before, version = migrate(engine)  # another host may have migrated while this one waited for the lock
+    return Readiness(before, version)
+
+
+def _behind(version: int | None) -> str:
+    if version is None:
+        return "email-sync's tables do not exist in this database: run `email-sync migrate`"
+    return f"email-sync schema v{version} is older than v{SCHEMA_VERSION}: run `email-sync migrate`"
 
 
 def _newer_schema(version: int) -> str:
@@ -154,19 +215,26 @@ def app_index_ddl(dialect: Dialect, users: UsersConfig) -> str:
     return f"CREATE INDEX IF NOT EXISTS {name} ON {on});"
 
 
-def check_ready(engine: Engine, users: UsersConfig, *, writing: bool = True) -> None:
-    """Preflight: reachable, our schema current, the app's table and columns where configured, and writable unless
-    the command only reads (`status` and `users` answer on a standby too). Every command checks this before its
-    queries, so a database never migrated is exit 78 naming `email-sync migrate`, never a failed query."""
+def check_ready(engine: Engine, users: UsersConfig, *, writing: bool = True, newer: bool = False) -> int:
+    """Preflight of the commands that need our schema as this release knows it: reachable, our schema current (or,
+    with ``newer``, ahead of this release: `status` reads it, since steps only add), the app's table and columns
+    where configured, and writable unless the command only reads (`status` and `users` answer on a standby too).
+    Every command checks this before its queries, so a database never migrated is exit 78 naming `email-sync
+    migrate`, never a failed query. Returns the schema's version."""
+    version = _preflight(engine, users, writing=writing)
+    if version is None or version < SCHEMA_VERSION:
+        raise SchemaError(_behind(version))
+    if version > SCHEMA_VERSION and not newer:
+        raise SchemaError(_newer_schema(version))
+    return version
+
+
+def _preflight(engine: Engine, users: UsersConfig, *, writing: bool = True) -> int | None:
+    """Reachable, writable (unless ``writing`` is False), the app's table and columns where configured; our
+    schema's version, whatever it is."""
     d = dialect_of(engine)
     with transaction(engine) as connection:
         version = schema_version(connection)
-        if version is None:
-            raise SchemaError("email-sync's tables do not exist in this database: run `email-sync migrate`")
-        if version < SCHEMA_VERSION:
-            raise SchemaError(f"email-sync schema v{version} is older than v{SCHEMA_VERSION}: run `email-sync migrate`")
-        if version > SCHEMA_VERSION:
-            raise SchemaError(_newer_schema(version))
         if writing and d.postgres:
             _check_writable(connection, engine.get_execution_options().get(URL_FROM, "database.url"))
         _check_users_table(connection, d, users)
@@ -174,6 +242,7 @@ def check_ready(engine: Engine, users: UsersConfig, *, writing: bool = True) -> 
             refused = _refused(connection, f"SELECT 1 FROM {d.quote(users.table)} AS u WHERE ({users.filter}) LIMIT 0")
             if refused is not None:
                 raise ConfigError(f"users.filter is not a valid condition on {users.table}: {describe(refused)}")
+    return version
 
 
 def _check_writable(connection: Connection, url_from: str) -> None:

@@ -81,6 +81,7 @@ class Status:
     parked: int
     quarantined: int
     parked_users: list[control.Parked]
+    awaiting_upgrade: list[runs_table.AwaitingUpgrade] = field(default_factory=list)
     timer: dict[str, str] = field(default_factory=dict)
     day: list[Column] = field(default_factory=list)  # the last 24 hours, oldest first
     problems: list[str] = field(default_factory=list)
@@ -124,6 +125,9 @@ def gather(engine: Engine, config: Config) -> Status:
         ).scalar()
         fleet = control.read(connection)
         parked_users = control.parked_users(connection, d, LISTED)
+        awaiting = []
+        if (version or 0) >= runs_table.RELEASE_SINCE:  # `status` may be asked before a run has migrated
+            awaiting = runs_table.awaiting_upgrade(connection, d, config.status.stale_after)
     now = backlog(engine, config)
     status = Status(
         schema_version=version,
@@ -141,6 +145,7 @@ def gather(engine: Engine, config: Config) -> Status:
         parked=now.parked,
         quarantined=now.quarantined,
         parked_users=parked_users,
+        awaiting_upgrade=awaiting,
         timer=timer_state(),
         day=day,
     )
@@ -356,6 +361,12 @@ def render(status: Status, width: int = WIDTH) -> str:
     lines += ["  " + render_user(user) for user in status.leases]
     lines.append(f"parked: {status.parked} ({status.quarantined} quarantined)")
     lines += ["  " + render_parked(user) for user in status.parked_users]
+    if status.awaiting_upgrade:
+        lines.append(f"awaiting upgrade (release older than schema v{status.schema_version}, syncing nobody):")
+        lines += [
+            f"  {host.host:<30} {host.release or '?'}, last run {duration(host.since_s)} ago"
+            for host in status.awaiting_upgrade
+        ]
     return "\n".join(wrapped for line in lines for wrapped in _wrap(line, width))
 
 

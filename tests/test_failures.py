@@ -158,9 +158,11 @@ def test_database_unreachable_exits_75_without_the_password(pg: AppDb, backend: 
     assert backend.requests() == []
 
 
-def test_missing_schema_exits_78_asking_for_migrate(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+def test_missing_schema_exits_78_asking_for_migrate_when_migrating_is_manual(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
     pg.execute("DROP TABLE email_sync_schema")
-    email_sync.configure(pg, backend)
+    email_sync.configure(pg, backend, database={"migrate": "manual"})
 
     result = email_sync("run")
 
@@ -179,11 +181,11 @@ def test_migrate_creates_the_schema_and_is_idempotent(pg: AppDb, backend: Backen
     assert email_sync("run").code == 0
 
 
-def test_newer_schema_is_refused(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+def test_migrate_refuses_a_newer_schema(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
     pg.execute("INSERT INTO email_sync_schema (version) VALUES (999)")
     email_sync.configure(pg, backend)
 
-    result = email_sync("run")
+    result = email_sync("migrate")
 
     result.assert_one_clear_error(EXIT_CONFIG, "v999", "upgrade")
 

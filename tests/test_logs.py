@@ -17,7 +17,7 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from emailsync import logs
+from emailsync import SCHEMA_VERSION, __version__, logs
 from emailsync.runlog import FAILURES_SHOWN, SAMPLES
 from tests.backend import ECHOES, Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
@@ -246,7 +246,7 @@ def test_version_answers_without_importing_the_heavy_modules() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
-    assert result.stdout.splitlines() == ["email-sync 0.1.0", "[]"]
+    assert result.stdout.splitlines() == [f"email-sync {__version__} (database schema v{SCHEMA_VERSION})", "[]"]
 
 
 def test_a_run_of_thousands_logs_its_start_its_end_and_a_bounded_number_of_lines_between(

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, event, make_url, text
 
+from emailsync import db, schema
+from emailsync.config import DatabaseConfig
 from tests.backend import Backend, Behaviour
 from tests.conftest import ADMIN_URL, AppDb, EmailSync
 
@@ -264,3 +266,42 @@ def test_postgresql_restarted_mid_cycle_loses_nothing(pg: AppDb, backend: Backen
     pg.execute("UPDATE email_sync_user_state SET lease_until = now() - interval '1 second'")  # leases expire
     assert email_sync("run").code == 0
     assert pg.synced_ids() == set(range(1, 41))
+
+
+def test_two_runs_meeting_a_schema_step_at_once_one_migrates_the_other_waits_and_both_sync(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    """The test holds migrate's lock until both runs wait for it: then one applies the step, the other finds it
+    applied, and both go on to share the due users."""
+    engine = db.connect(DatabaseConfig(url=pg.url, connect_timeout=5, statement_timeout=30))
+    pg.drop_our_tables()
+    schema.migrate(engine, target=schema.SCHEMA_VERSION - 1)
+    engine.dispose()
+    pg.add_users(200)
+    backend.set_default(Behaviour(delay=0.01))
+    email_sync.configure(pg, backend, backend={"concurrency": 8}, sync={"batch_size": 20})
+
+    with pg.engine.connect() as holder:
+        holder.execute(text("SELECT pg_advisory_lock(hashtext('email-sync migrate'))"))
+        processes = [email_sync.popen("run", env={"EMAIL_SYNC_SYNC_HOST_ID": f"host-{n}"}) for n in range(2)]
+        waiting = (
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        hung = time.monotonic() + 60  # only a guard against a hang: the runs wait within a second or two
+        while pg.scalar(waiting) < 2:
+            assert all(process.poll() is None for process in processes), "a run did not wait for the lock"
+            assert time.monotonic() < hung, "the runs never both waited for migrate's lock"
+            time.sleep(0.05)
+        assert pg.scalar(f"SELECT max(version) FROM {db.VERSION_TABLE}") == schema.SCHEMA_VERSION - 1
+        holder.execute(text("SELECT pg_advisory_unlock(hashtext('email-sync migrate'))"))
+        holder.commit()
+    outputs = [process.communicate(timeout=120)[0] for process in processes]
+
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    assert sum('"event":"schema_migrated"' in output for output in outputs) == 1
+    versions = [row[0] for row in pg.rows(f"SELECT version FROM {db.VERSION_TABLE} ORDER BY version")]
+    assert versions == [step.version for step in schema.STEPS]  # each step once
+    calls = Counter(call.user_id for call in backend.sync_calls())
+    assert set(calls) == set(range(1, 201)) and set(calls.values()) == {1}
+    assert {run.host for run in pg.runs()} == {"host-0", "host-1"}
