@@ -26,7 +26,8 @@ from requests.adapters import HTTPAdapter
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from emailsync.backend import Session  # noqa: E402 -- the repository root is on the path only now
+from emailsync import __version__  # noqa: E402 -- the repository root is on the path only now
+from emailsync.backend import Session  # noqa: E402
 from emailsync.config import BackendConfig  # noqa: E402
 
 PAYLOAD = {"user_id": 12345, "email": "user12345@example.com", "max_emails": 50}
@@ -37,7 +38,7 @@ def with_requests(port: int, n: int) -> None:
     session = requests.Session()
     session.trust_env = False
     session.verify = "/etc/ssl/certs/ca-certificates.crt"
-    session.headers["User-Agent"] = "email-sync/0.1.0"
+    session.headers["User-Agent"] = f"email-sync/{__version__}"
     session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0))
     url = f"http://127.0.0.1:{port}/api/v1/sync/start"
     for i in range(n):
@@ -61,7 +62,7 @@ def with_urllib3(port: int, n: int) -> None:
         maxsize=1,
         retries=False,
         timeout=urllib3.Timeout(connect=5, read=30),
-        headers={"User-Agent": "email-sync/0.1.0", "Content-Type": "application/json"},
+        headers={"User-Agent": f"email-sync/{__version__}", "Content-Type": "application/json"},
     )
     for i in range(n):
         response = pool.urlopen(
@@ -84,7 +85,7 @@ def sync_request(i: int) -> dict[str, Any]:
         "url": "/api/v1/sync/start",
         "body": json.dumps(PAYLOAD).encode(),
         "headers": {
-            "User-Agent": "email-sync/0.1.0",
+            "User-Agent": f"email-sync/{__version__}",
             "Content-Type": "application/json",
             "Idempotency-Key": str(uuid.uuid5(NS, f"r/{i}")),
         },

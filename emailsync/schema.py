@@ -158,8 +158,9 @@ def migrate(engine: Engine, target: int = SCHEMA_VERSION) -> tuple[int | None, i
             url_from = engine.get_execution_options().get(URL_FROM, "database.url")
             raise SchemaError(
                 f"{url_from}: its role may not change email-sync's schema (v{before or 0} to v{target}): "
-                f"{describe(error)}; run `email-sync migrate` once as a role that may (the owner of email-sync's "
-                f"tables: EMAIL_SYNC_DATABASE_URL=<its URL> email-sync migrate)"
+                f"{describe(error)}; run `email-sync migrate` once as a role that may, the owner of email-sync's "
+                "tables: EMAIL_SYNC_DATABASE_URL_FILE=<a file holding its URL> email-sync migrate "
+                "(or EMAIL_SYNC_DATABASE_URL=<its URL>)"
             ) from None
     return before, max(before or 0, target)
 

@@ -4,10 +4,10 @@
 # tarballs) in a clean chroot of that release, against its python3 and libpq.
 #
 #   [SUITE=bookworm] packaging/deb-build.sh [--version 0.0.9-1] [--out DIR]
-#   SUITE=bookworm packaging/deb-build.sh --dsc dist/bookworm/email-sync_0.1.0-1+deb12.dsc [--out DIR]
+#   SUITE=bookworm packaging/deb-build.sh --dsc dist/bookworm/email-sync_0.2.0-1+deb12.dsc [--out DIR]
 #
 # The version is debian/changelog's plus +deb<N> (N: the release's major version), written into the copy's
-# changelog with the release as its distribution: the same tree gives one package per release, a newer release's
+# changelog (and into debian/NEWS when its latest entry is this version's) with the release as its distribution: the same tree gives one package per release, a newer release's
 # sorting after an older one's. The orig tarballs are the same for every release (the wheelhouse holds every
 # release's wheels).
 # The chroot (debootstrap + the Build-Depends, cached under /var/cache/email-sync-build) runs read-only under
@@ -17,7 +17,7 @@
 # orig-wheels component: the build is offline. Out: the .deb, and the source package (.dsc and tarballs).
 # --from DIR builds that copy of the tree instead of the working tree (deb-test's reproducibility check).
 # --version builds the same tree as another version (the upgrade fixture): changelog, pyproject.toml and
-# emailsync/__init__.py of the copy get that version (+deb<N> in the changelog).
+# emailsync/__init__.py of the copy get that version (+deb<N> in the changelog), and it has no debian/NEWS.
 # --dsc rebuilds a source package alone, as anyone would from the .dsc and its tarballs (deb-test's proof that it
 # rebuilds offline to the same bytes).
 set -euo pipefail
@@ -101,8 +101,14 @@ else
             echo
             echo " -- $maintainer  $date"
         } >"$SRC/debian/changelog"
+        rm -f "$SRC/debian/NEWS"  # its news are of the real versions, not of this fixture
     else
+        release=$(dpkg-parsechangelog -l "$SRC/debian/changelog" -SVersion)
         sed -i "1s/^email-sync (\([^)]*\)) [^;]*;/email-sync (\1+deb$DEBIAN_MAJOR) $SUITE;/" "$SRC/debian/changelog"
+        # A NEWS.Debian entry for this release names the same version and distribution as its changelog entry.
+        if [ -f "$SRC/debian/NEWS" ] && [ "$(dpkg-parsechangelog -l "$SRC/debian/NEWS" -SVersion)" = "$release" ]; then
+            sed -i "1s/^email-sync (\([^)]*\)) [^;]*;/email-sync (\1+deb$DEBIAN_MAJOR) $SUITE;/" "$SRC/debian/NEWS"
+        fi
     fi
     [ "$(dpkg-parsechangelog -l "$SRC/debian/changelog" -SDistribution)" = "$SUITE" ] || die "changelog for $SUITE"
 

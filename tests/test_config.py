@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import structlog
 
-from emailsync import __version__, cli
+from emailsync import __version__, cli, schema
 from emailsync.config import DEFAULT_PATH, KEYS, Config, config_path, load
 from emailsync.database_url import url_password
 from emailsync.errors import EXIT_CONFIG, EXIT_TEMPFAIL, ConfigError
@@ -332,6 +332,7 @@ ENV_SAMPLES = {
     "database.url_file": None,
     "database.connect_timeout": ("7s", 7.0),
     "database.statement_timeout": ("1m", 60.0),
+    "database.migrate": ("Manual", "manual"),
     "users.table": ("app.people", "app.people"),
     "users.id_column": ("pk", "pk"),
     "users.email_column": ("mail", "mail"),
@@ -998,11 +999,11 @@ def test_cli_logs_the_warning_of_a_secret_file_readable_by_others(
     assert PASSWORD not in output
 
 
-def test_version_prints_the_version(capsys: pytest.CaptureFixture[str]) -> None:
+def test_version_prints_the_release_and_the_schema_version_it_needs(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         cli.main(["--version"])
     assert exited.value.code == 0
-    assert capsys.readouterr().out.strip() == f"email-sync {__version__}"
+    assert capsys.readouterr().out.strip() == f"email-sync {__version__} (database schema v{schema.SCHEMA_VERSION})"
 
 
 def test_help_mentions_exit_codes_75_and_78(capsys: pytest.CaptureFixture[str]) -> None:
@@ -1046,3 +1047,9 @@ def test_outside_the_unit_the_credstore_file_stands_in_for_the_credential(
 
     assert load(str(path), {}).database.url == "postgresql://app:pw@db/app"
     assert load(str(path), {"CREDENTIALS_DIRECTORY": str(tmp_path / "none")}, need_database=False).database.url == ""
+
+
+def test_database_migrate_accepts_only_auto_or_manual(tmp_path: Path) -> None:
+    message = error_of(config_file(tmp_path, database={"migrate": "sometimes"}))
+
+    assert "database.migrate" in message and "auto, manual" in message

@@ -173,6 +173,24 @@ def test_a_run_whose_role_may_not_change_the_schema_exits_78_saying_how_to_migra
     assert backend.sync_calls() == []
 
 
+def test_migrate_as_the_owner_as_the_refusal_says_lets_the_runs_of_a_role_that_may_not_sync(
+    pg: AppDb, dml_role: str, backend: Backend, email_sync: EmailSync, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behind(pg, schema.SCHEMA_VERSION - 1)
+    pg.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(OUR_TABLES)} TO {dml_role}")
+    pg.add_users(2)
+    email_sync.configure(as_role(pg, dml_role), backend)
+    assert email_sync("run").code == EXIT_CONFIG
+    with monkeypatch.context() as owner:
+        owner.setenv("EMAIL_SYNC_DATABASE_URL", pg.url)
+        assert email_sync("migrate").code == EXIT_OK
+
+    result = email_sync("run")
+
+    assert result.code == EXIT_OK, result.stdout
+    assert pg.synced_ids() == {1, 2}
+
+
 def test_a_run_whose_role_may_not_create_our_tables_exits_78_saying_how_to_migrate(
     pg: AppDb, dml_role: str, backend: Backend, email_sync: EmailSync
 ) -> None:
