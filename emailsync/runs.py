@@ -118,7 +118,7 @@ def totals(connection: Connection, host: str) -> list[Any]:
 class AwaitingUpgrade:
     host: str
     release: str | None
-    since_s: float  # since its latest run started (which stood aside), by the database clock
+    last_run_age_s: float  # since its latest run started (which stood aside), by the database clock
 
 
 def awaiting_upgrade(connection: Connection, d: Dialect, within: float) -> list[AwaitingUpgrade]:

@@ -364,7 +364,7 @@ def render(status: Status, width: int = WIDTH) -> str:
     if status.awaiting_upgrade:
         lines.append(f"awaiting upgrade (release older than schema v{status.schema_version}, syncing nobody):")
         lines += [
-            f"  {host.host:<30} {host.release or '?'}, last run {duration(host.since_s)} ago"
+            f"  {host.host:<30} {host.release or '?'}, last run {duration(host.last_run_age_s)} ago"
             for host in status.awaiting_upgrade
         ]
     return "\n".join(wrapped for line in lines for wrapped in _wrap(line, width))
