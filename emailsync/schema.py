@@ -5,8 +5,10 @@ every run before it claims anyone) applies the steps a database lacks, in one tr
 upgrading from any earlier version ends where a fresh install starts. A new version is a new step at the end: never
 an edit of an old one, which databases out there have already run.
 
-A host whose release is older than the database's schema stands aside (emailsync/cycle.py): it writes only its run
-row. So no step may drop or rename the runs table's id, host, pid, started_at, finished_at, outcome or release.
+A host whose release is older than the database's schema stands aside (emailsync/cycle.py), and a run that began
+before another host migrated finishes on a schema it does not know: so a step only adds (tables, nullable or
+defaulted columns, indexes) and never drops, renames or changes the meaning of what an earlier release reads or
+writes (docs/operations.md, "Upgrades").
 """
 
 from __future__ import annotations
@@ -130,7 +132,15 @@ def schema_version(connection: Connection) -> int | None:
 def migrate(engine: Engine, target: int = SCHEMA_VERSION) -> tuple[int | None, int]:
     """Apply the steps the database lacks, up to ``target`` (only tests stop short of the latest); safe to run
     again and from several hosts at once: the first takes the lock and migrates, the others wait for it, then find
-    nothing left to do. Returns the versions before and after."""
+    nothing left to do. Returns the versions before and after; a schema newer than this release is refused."""
+    before, after = _apply_missing_steps(engine, target)
+    if before is not None and before > SCHEMA_VERSION:
+        raise SchemaError(_newer_schema(before))
+    return before, after
+
+
+def _apply_missing_steps(engine: Engine, target: int) -> tuple[int | None, int]:
+    """migrate's work, which leaves a schema newer than this release as it is (before and after: its version)."""
     d = dialect_of(engine)
     with transaction(engine) as connection:
         if d.postgres:
@@ -139,7 +149,7 @@ def migrate(engine: Engine, target: int = SCHEMA_VERSION) -> tuple[int | None, i
             connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('email-sync migrate'))"))
         before = schema_version(connection)
         if before is not None and before > SCHEMA_VERSION:
-            raise SchemaError(_newer_schema(before))
+            return before, before
         try:
             if before is None:
                 columns = f"version integer NOT NULL, applied_at {d.timestamp}"
@@ -191,7 +201,8 @@ def ready_for_run(engine: Engine, users: UsersConfig, mode: str) -> Readiness:
         return Readiness(found, found)
     if mode != "auto":
         raise SchemaError(_behind(found))
-    before, version = migrate(engine)  # another host may have migrated while this one waited for the lock
+    # Another host may have migrated while this one waited for the lock, even past this release.
+    before, version = _apply_missing_steps(engine, SCHEMA_VERSION)
     return Readiness(before, version)
 
 

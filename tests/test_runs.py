@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -268,6 +269,21 @@ def test_postgresql_restarted_mid_cycle_loses_nothing(pg: AppDb, backend: Backen
     assert pg.synced_ids() == set(range(1, 41))
 
 
+MIGRATE_LOCK = "hashtext('email-sync migrate')"  # the advisory lock key of emailsync.schema.migrate
+
+
+def wait_until_waiting_for_migrate(pg: AppDb, processes: list[subprocess.Popen[str]]) -> None:
+    waiting = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    hung = time.monotonic() + 60  # only a guard against a hang: the runs wait within a second or two
+    while pg.scalar(waiting) < len(processes):
+        assert all(process.poll() is None for process in processes), "a run did not wait for migrate's lock"
+        assert time.monotonic() < hung, "the runs never all waited for migrate's lock"
+        time.sleep(0.05)
+
+
 def test_two_runs_meeting_a_schema_step_at_once_one_migrates_the_other_waits_and_both_sync(
     pg: AppDb, backend: Backend, email_sync: EmailSync
 ) -> None:
@@ -282,19 +298,11 @@ def test_two_runs_meeting_a_schema_step_at_once_one_migrates_the_other_waits_and
     email_sync.configure(pg, backend, backend={"concurrency": 8}, sync={"batch_size": 20})
 
     with pg.engine.connect() as holder:
-        holder.execute(text("SELECT pg_advisory_lock(hashtext('email-sync migrate'))"))
+        holder.execute(text(f"SELECT pg_advisory_lock({MIGRATE_LOCK})"))
         processes = [email_sync.popen("run", env={"EMAIL_SYNC_SYNC_HOST_ID": f"host-{n}"}) for n in range(2)]
-        waiting = (
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        )
-        hung = time.monotonic() + 60  # only a guard against a hang: the runs wait within a second or two
-        while pg.scalar(waiting) < 2:
-            assert all(process.poll() is None for process in processes), "a run did not wait for the lock"
-            assert time.monotonic() < hung, "the runs never both waited for migrate's lock"
-            time.sleep(0.05)
+        wait_until_waiting_for_migrate(pg, processes)
         assert pg.scalar(f"SELECT max(version) FROM {db.VERSION_TABLE}") == schema.SCHEMA_VERSION - 1
-        holder.execute(text("SELECT pg_advisory_unlock(hashtext('email-sync migrate'))"))
+        holder.execute(text(f"SELECT pg_advisory_unlock({MIGRATE_LOCK})"))
         holder.commit()
     outputs = [process.communicate(timeout=120)[0] for process in processes]
 
@@ -305,3 +313,34 @@ def test_two_runs_meeting_a_schema_step_at_once_one_migrates_the_other_waits_and
     calls = Counter(call.user_id for call in backend.sync_calls())
     assert set(calls) == set(range(1, 201)) and set(calls.values()) == {1}
     assert {run.host for run in pg.runs()} == {"host-0", "host-1"}
+
+
+def test_a_run_that_waited_for_migrate_while_a_newer_release_migrated_past_it_stands_aside(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    engine = db.connect(DatabaseConfig(url=pg.url, connect_timeout=5, statement_timeout=30))
+    pg.drop_our_tables()
+    schema.migrate(engine, target=schema.SCHEMA_VERSION - 1)
+    engine.dispose()
+    pg.add_users(3)
+    email_sync.configure(pg, backend)
+    newer = schema.SCHEMA_VERSION + 1
+
+    with pg.engine.connect() as holder:  # the newer release's migrate, holding the lock while this run waits for it
+        holder.execute(text(f"SELECT pg_advisory_lock({MIGRATE_LOCK})"))
+        process = email_sync.popen("run")
+        wait_until_waiting_for_migrate(pg, [process])
+        for statement in schema.STEPS[-1].statements(db.Dialect("postgresql")):
+            holder.execute(text(statement))
+        for version in (schema.SCHEMA_VERSION, newer):
+            holder.execute(text(f"INSERT INTO {db.VERSION_TABLE} (version, applied_at) VALUES ({version}, now())"))
+        holder.commit()
+        holder.execute(text(f"SELECT pg_advisory_unlock({MIGRATE_LOCK})"))
+        holder.commit()
+    stdout, _ = process.communicate(timeout=120)
+
+    assert process.returncode == 0, stdout
+    assert '"event":"awaiting_upgrade"' in stdout and '"event":"schema_migrated"' not in stdout
+    assert backend.sync_calls() == []
+    [run] = pg.runs()
+    assert run.outcome == "stood_aside"
