@@ -16,6 +16,7 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import make_url
 
+from emailsync import SCHEMA_VERSION
 from tests import scripts
 from tests.backend import Behaviour
 from tests.installed.conftest import TOKEN, USERS, Installed, deb_field, fast_backend
@@ -217,6 +218,52 @@ def test_a_host_list_finds_the_server_and_load_balance_hosts_needs_the_releases_
         assert balanced.returncode == 78, balanced.stdout + balanced.stderr
         assert f"load_balance_hosts needs libpq 16 or later (this one is {libpq}." in balanced.stdout
         assert "Traceback" not in balanced.stdout + balanced.stderr
+
+
+def test_the_services_first_run_after_an_upgrade_with_a_schema_step_applies_it_with_nobody_typing_migrate(
+    installed: Installed,
+) -> None:
+    """The upgrade above kept the schema (its fixture is this tree as an older version): the database is put back as
+    the release before this one's step left it, then the timer's service runs as it would after `apt upgrade`."""
+    c, database = installed.container, installed.database
+    database.execute("ALTER TABLE email_sync_runs DROP COLUMN release")
+    database.execute(f"DELETE FROM email_sync_schema WHERE version = {SCHEMA_VERSION}")
+    database.execute("UPDATE users SET last_sync = NULL WHERE id = 3")
+    synced, cursor = database.synced(), c.cursor()
+
+    state = start_and_wait(installed)
+
+    assert (state["Result"], state["ExecMainStatus"]) == ("success", "0"), state
+    assert database.scalar("SELECT max(version) FROM email_sync_schema") == SCHEMA_VERSION
+    assert database.synced() == synced + 1
+    [migrated] = [json.loads(e["MESSAGE"]) for e in c.journal("EMAIL_SYNC_EVENT=schema_migrated", after=cursor)]
+    assert (migrated["from_version"], migrated["to_version"]) == (SCHEMA_VERSION - 1, SCHEMA_VERSION), migrated
+    version = c.run("email-sync", "--version").stdout.strip()
+    assert version.endswith(f"(database schema v{SCHEMA_VERSION})"), version
+
+
+def test_a_host_older_than_the_schema_stands_aside_without_failing_its_unit_and_status_names_it(
+    installed: Installed,
+) -> None:
+    c, database = installed.container, installed.database
+    newer = SCHEMA_VERSION + 1
+    database.execute(f"INSERT INTO email_sync_schema (version, applied_at) VALUES ({newer}, now())")  # another host's
+    database.execute("UPDATE users SET last_sync = NULL WHERE id = 4")
+    synced, cursor = database.synced(), c.cursor()
+    try:
+        state = start_and_wait(installed)
+        status = c.run("email-sync", "status", "--json", check=False)
+    finally:
+        database.execute(f"DELETE FROM email_sync_schema WHERE version = {newer}")
+
+    assert (state["Result"], state["ExecMainStatus"]) == ("success", "0"), state
+    assert database.synced() == synced  # user 4 waits for an upgraded host
+    [warning] = [json.loads(e["MESSAGE"]) for e in c.journal("EMAIL_SYNC_EVENT=awaiting_upgrade", after=cursor)]
+    assert (warning["schema_known"], warning["schema_found"]) == (SCHEMA_VERSION, newer), warning
+    assert status.returncode == 0, status.stdout + status.stderr
+    awaiting = json.loads(status.stdout)["awaiting_upgrade"]
+    assert [host["release"] for host in awaiting] == [deb_field(installed.current_deb, "Version").split("-")[0]]
+    assert installed.webhook.sync_calls() == [], "standing aside alerted"
 
 
 def test_the_watchdog_kills_a_hung_run_and_the_failed_run_alerts_the_webhook(installed: Installed) -> None:
