@@ -229,7 +229,8 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     from emailsync import db, schema, status
 
     with db.connected(config.database) as engine:
-        schema.check_ready(engine, config.users, writing=False)
+        # On a host not yet upgraded too: it reads a newer schema (steps only add) to show who awaits an upgrade.
+        schema.check_ready(engine, config.users, writing=False, newer=True)
         report = status.gather(engine, config)
     if args.json:
         print(json.dumps(report.as_json(), indent=2, default=str))

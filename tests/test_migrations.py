@@ -317,7 +317,7 @@ def test_after_an_older_release_ran_the_first_run_of_this_one_migrates_and_syncs
 ) -> None:
     behind(app_db, 0)  # the older release makes its own schema
     app_db.add_users(4)
-    email_sync.configure(app_db, backend)
+    email_sync.configure(app_db, backend, backend={"sync_path": backend.sync_path})  # 0.1.0 had another default
 
     def older(*args: str) -> subprocess.CompletedProcess[str]:
         command = [str(older_release), "-m", "emailsync", "--config", str(email_sync.config_path), *args]
