@@ -36,6 +36,7 @@ from emailsync.errors import (
 )
 from emailsync.leases import PAGE, DuePages, Leases
 from emailsync.limiter import Admission
+from emailsync.logs import redact_and_truncate
 from emailsync.model import Claim, Kind, Outcome, Result, RunCounts, is_permanent
 from emailsync.monitor import Pinger
 from emailsync.notify import Notifier
@@ -459,8 +460,12 @@ class Cycle:
 
     def _alert_quarantined(self) -> None:
         """One alert per run names every user it quarantined; a failing alert is logged, it does not fail the run.
-        The log line names the first FAILURES_SHOWN of them, so that it stays one line of the journal."""
-        users = [{"user_id": r.claim.user_id, "reason": r.error} for r in self.quarantined]
+        The log line names the first FAILURES_SHOWN of them, so that it stays one line of the journal. Each reason is
+        the one the user was parked with: redacted, since a backend may quote the token in its error."""
+        users = [
+            {"user_id": r.claim.user_id, "reason": redact_and_truncate(r.error or "failed", db.MAX_ERROR_CHARS)}
+            for r in self.quarantined
+        ]
         log.warning("users_quarantined", count=len(users), users=users[:FAILURES_SHOWN])
         try:
             alert.deliver(

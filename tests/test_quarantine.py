@@ -62,6 +62,30 @@ def test_one_alert_names_every_user_a_run_quarantined(pg: AppDb, backend: Backen
     assert result.event("users_quarantined")["count"] == 2
 
 
+def test_the_quarantine_alert_never_carries_the_token_a_backend_echoed(
+    pg: AppDb, backend: Backend, email_sync: EmailSync, tmp_path: Path
+) -> None:
+    pg.add_users(1)
+    backend.script(1, Behaviour(status=422, echo="raw"))
+    token = tmp_path / "token"
+    token.write_text("the-backend-token-value")
+    token.chmod(0o600)
+    with Backend(sync_path="/hooks/email-sync") as hook:
+        email_sync.configure(
+            pg,
+            backend,
+            backend={"token_file": str(token)},
+            sync={"quarantine_after": 1},
+            alert={"webhook_url": hook.base_url + "/hooks/email-sync"},
+        )
+        assert email_sync("run").code == EXIT_OK
+        [alert] = hook.sync_calls()
+
+    [user] = alert.json["users"]
+    assert "422" in user["reason"] and "***" in user["reason"]
+    assert "the-backend-token-value" not in alert.body.decode()
+
+
 def test_transient_failures_keep_their_backoff_and_are_never_quarantined(
     pg: AppDb, backend: Backend, email_sync: EmailSync
 ) -> None:
