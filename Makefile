@@ -19,7 +19,8 @@ lint: venv
 
 # Tools the tests run besides Python: faketime (hosts with skewed clocks), openssl (a self-signed backend),
 # pgbouncer (email-sync behind a connection pooler; the tests start their own, Debian's service stays off),
-# PostgreSQL's server tools (tests/standby.py builds a primary and a streaming standby with initdb, pg_basebackup),
+# PostgreSQL's server tools (tests/postgres.py: the session's throwaway cluster, initdb and pg_ctl; tests/standby.py
+# builds a primary and a streaming standby with pg_basebackup),
 # promtool from Debian's prometheus (checks the metrics textfile and the alerting rules; without its recommended
 # node-exporter).
 system-deps:

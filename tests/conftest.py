@@ -22,24 +22,40 @@ from emailsync import cli, db, schema
 from emailsync.config import DatabaseConfig
 from tests.backend import Backend
 from tests.pgbouncer import PgBouncer
+from tests.postgres import Cluster
 from tests.standby import Replicated
 
-ADMIN_URL = db.driver_url(
-    os.environ.get("EMAIL_SYNC_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-)
+EXTERNAL_URL = os.environ.get("EMAIL_SYNC_TEST_DATABASE_URL")
 
 
 @pytest.fixture(scope="session")
-def pg_server_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session. PostgreSQL unreachable fails the run: never a skip."""
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)  # survives a restart test
+def pg_admin_url() -> Iterator[str]:
+    """The PostgreSQL server of this session: a throwaway cluster of its own (tests/postgres.py), or the server
+    EMAIL_SYNC_TEST_DATABASE_URL names. It fails the run when it cannot be had: never a skip."""
+    if EXTERNAL_URL:
+        yield db.driver_url(EXTERNAL_URL)
+        return
+    try:
+        cluster = Cluster().start()
+    except RuntimeError as error:
+        pytest.exit(f"no PostgreSQL for the tests (or set EMAIL_SYNC_TEST_DATABASE_URL): {error}", 3)
+    try:
+        yield db.driver_url(cluster.url())
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session."""
+    admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     name = f"email_sync_test_{uuid.uuid4().hex[:10]}"
     try:
         with admin.connect() as connection:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
     except OperationalError as error:
-        pytest.exit(f"PostgreSQL is unreachable at {ADMIN_URL} (set EMAIL_SYNC_TEST_DATABASE_URL): {error}", 3)
-    yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        pytest.exit(f"PostgreSQL is unreachable at {pg_admin_url} (set EMAIL_SYNC_TEST_DATABASE_URL): {error}", 3)
+    yield make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import make_url
 
 from emailsync import schema
 from emailsync.errors import EXIT_CONFIG, EXIT_NO, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
@@ -276,17 +277,22 @@ def test_check_says_to_migrate_when_the_schema_is_missing(pg: AppDb, backend: Ba
     assert "✘ database" in result.stdout and "fix: run `email-sync migrate`" in result.stdout
 
 
+NO_SUCH_DB = "no_such_db on the test server"
+
+
 @pytest.mark.parametrize(
     ("url", "says"),
     [
         ("postgresql://app:s3cret@127.0.0.1:notaport/app", "would exit 78"),
-        ("postgresql://postgres@127.0.0.1:5432/no_such_db", "would exit 78"),
+        (NO_SUCH_DB, "would exit 78"),
         ("postgresql://app:s3cret@127.0.0.1:1/app", "would exit 75"),
     ],
 )
 def test_check_says_whether_a_database_failure_is_configuration_or_temporary(
     url: str, says: str, pg: AppDb, backend: Backend, email_sync: EmailSync
 ) -> None:
+    if url == NO_SUCH_DB:
+        url = make_url(pg.url).set(database="no_such_db").render_as_string(hide_password=False)
     email_sync.configure(pg, backend, database={"url": url})
 
     result = email_sync("check")

@@ -8,18 +8,17 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, event, make_url, text
+from sqlalchemy import Engine, event, text
 
 from emailsync import db, schema
 from emailsync.config import DatabaseConfig
 from tests.backend import Backend, Behaviour
-from tests.conftest import ADMIN_URL, AppDb, EmailSync
-
-ADMIN_URL_IS_REMOTE = make_url(ADMIN_URL).host not in ("127.0.0.1", "localhost", None)
+from tests.conftest import AppDb, EmailSync, _fresh_app_db
+from tests.postgres import Cluster
 
 
 def test_sigterm_records_calls_in_flight_and_releases_the_rest(
@@ -244,20 +243,26 @@ def test_a_thousand_due_users_are_each_synced_once_and_a_second_run_finds_none(
     assert [run.synced for run in pg.runs()] == [1000, 0]
 
 
-def test_postgresql_restarted_mid_cycle_loses_nothing(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
-    import subprocess
-    from pathlib import Path
+@pytest.fixture
+def restartable() -> Iterator[tuple[Cluster, AppDb]]:
+    """The app's database on a cluster of this test's own, so restarting it disconnects no other test or suite."""
+    with Cluster() as cluster:
+        cluster_db = _fresh_app_db(db.driver_url(cluster.url()), "postgresql")
+        yield cluster, cluster_db
+        cluster_db.engine.dispose()
 
-    if ADMIN_URL_IS_REMOTE:
-        pytest.fail("this test restarts the local PostgreSQL cluster: run it against 127.0.0.1")
-    version = sorted(Path("/etc/postgresql").iterdir())[0].name
+
+def test_postgresql_restarted_mid_cycle_loses_nothing(
+    restartable: tuple[Cluster, AppDb], backend: Backend, email_sync: EmailSync
+) -> None:
+    cluster, pg = restartable
     pg.add_users(40)
     backend.set_default(Behaviour(delay=0.1))
     email_sync.configure(pg, backend, backend={"concurrency": 4}, sync={"batch_size": 8})
     process = email_sync.popen("run")
     assert backend.wait_for_sync_calls(8, timeout=30)
 
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True, timeout=60)
+    cluster.restart()
     stdout, _ = process.communicate(timeout=120)
 
     assert process.returncode in (0, 75), stdout

@@ -21,7 +21,7 @@ from emailsync.config import DatabaseConfig, SyncConfig, UsersConfig
 from emailsync.errors import EXIT_CONFIG, EXIT_OK
 from emailsync.leases import Leases
 from tests.backend import Backend
-from tests.conftest import ADMIN_URL, OUR_TABLES, AppDb, EmailSync, _fresh_app_db
+from tests.conftest import OUR_TABLES, AppDb, EmailSync, _fresh_app_db
 from tests.pgbouncer import PgBouncer
 
 ZONES = ("UTC", "America/New_York", "Asia/Kolkata")
@@ -29,15 +29,18 @@ HOUR = 3600
 
 
 @pytest.fixture(scope="module")
-def zone_databases(pg_server_url: str) -> Iterator[dict[str, str]]:
-    """A database per server time zone (ALTER DATABASE ... SET timezone), as an app's DBA may have set it."""
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+def zone_databases(pg_admin_url: str) -> Iterator[dict[str, str]]:
+    """A database per server time zone (ALTER DATABASE ... SET timezone), as an app's DBA may have set it: its URL."""
+    admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     names = {zone: f"email_sync_tz_{uuid.uuid4().hex[:10]}" for zone in ZONES}
     with admin.connect() as connection:
         for zone, name in names.items():
             connection.execute(text(f'CREATE DATABASE "{name}"'))
             connection.execute(text(f"ALTER DATABASE \"{name}\" SET timezone TO '{zone}'"))
-    yield names
+    yield {
+        zone: make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
+        for zone, name in names.items()
+    }
     with admin.connect() as connection:
         for name in names.values():
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -61,8 +64,8 @@ def app_in_zone(
 ) -> AppDb:
     """The app's users table with a ``column``-typed last_sync in the database whose time zone is ``zone``;
     email-sync reaches it by ``route`` (direct or through PgBouncer), the test always directly."""
-    name = zone_databases[zone]
-    direct = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    direct = zone_databases[zone]
+    name = make_url(direct).database or ""
     engine = create_engine(direct, poolclass=NullPool)
     with engine.begin() as connection:
         for table in ("users", *OUR_TABLES):
