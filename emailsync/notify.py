@@ -1,18 +1,20 @@
-"""Report readiness, status, watchdog pings and shutdown to systemd (sd_notify protocol).
+"""When and what to tell systemd: readiness, status, watchdog pings and shutdown. sdnotify sends the messages.
 
-A Type=notify service talks to systemd through datagrams sent to $NOTIFY_SOCKET. Delivery is best effort: a
+A Type=notify service talks to systemd through datagrams sent to $NOTIFY_SOCKET. This module keeps the policy: which
+message when, how often progress pings the watchdog, the watchdog systemd armed (sdnotify reads neither WATCHDOG_USEC
+nor WATCHDOG_PID), a STATUS that stays one ASCII line (sdnotify encodes with latin-1). Delivery is best effort: a
 notification that cannot be sent is logged and dropped, never raised, so a systemd hiccup cannot take the sync down
-with it.
+with it. sdnotify runs with debug=True so that it raises instead of swallowing the failure we log.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import sdnotify
 import structlog
 
 _log = structlog.get_logger(__name__)
@@ -58,28 +60,28 @@ def _one_ascii_line(text: str) -> str:
     return short.translate(_LINE_BREAKS_TO_SPACES).encode("ascii", "replace").decode("ascii")
 
 
-class _Connection:
-    """A datagram socket connected to systemd's notify socket ('@' names the abstract namespace).
+class _Systemd:
+    """sdnotify's client for $NOTIFY_SOCKET, connected on the first message and again after a failed one (a
+    connected datagram socket stays tied to the receiver it found, even after that one is gone).
 
-    Non-blocking, so a full receive queue in systemd cannot stall the work loop; a failed send raises OSError.
+    Its socket is made non-blocking, so a full receive queue in systemd raises instead of stalling the work loop.
     """
 
-    def __init__(self, socket_name: str) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        address = "\0" + socket_name[1:] if socket_name.startswith("@") else socket_name
-        try:
-            sock.connect(address)
-        except OSError:
-            sock.close()
-            raise
-        self._socket = sock
+    def __init__(self) -> None:
+        self._client: sdnotify.SystemdNotifier | None = None
 
     def send(self, message: str) -> None:
-        self._socket.send(message.encode("ascii"))  # every message is ASCII: _one_ascii_line made STATUS= so
-
-    def close(self) -> None:
-        self._socket.close()
+        """Raises OSError when the message could not be sent."""
+        if self._client is None:
+            client = sdnotify.SystemdNotifier(debug=True)
+            client.socket.setblocking(False)
+            self._client = client
+        try:
+            self._client.notify(message)
+        except OSError:
+            self._client.socket.close()
+            self._client = None
+            raise
 
 
 class Notifier:
@@ -87,11 +89,12 @@ class Notifier:
 
     def __init__(
         self,
-        socket_name: str | None,
+        enabled: bool,
         watchdog: WatchdogSettings | None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._socket_name = socket_name or None
+        """``enabled``: whether to notify at all; sdnotify sends to this process's $NOTIFY_SOCKET."""
+        self._systemd = _Systemd() if enabled else None
         self._watchdog = watchdog
         self._clock = clock
         # A quarter of the interval keeps pings well inside the required interval / 2 even when the progress calls
@@ -100,19 +103,17 @@ class Notifier:
             min(_MAX_PROGRESS_GAP, watchdog.interval / 4) if watchdog is not None else _MAX_PROGRESS_GAP
         )
         self._last_progress: float | None = None
-        self._connection: _Connection | None = None  # connected on first send
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, pid: int | None = None) -> Notifier:
-        """The notifier systemd asked for via the environment (os.environ by default)."""
-        env = os.environ if env is None else env
+    def from_env(cls, pid: int | None = None) -> Notifier:
+        """The notifier systemd asked for through this process's environment."""
         pid = os.getpid() if pid is None else pid
-        return cls(env.get("NOTIFY_SOCKET"), watchdog_from_env(env, pid))
+        return cls(bool(os.environ.get("NOTIFY_SOCKET")), watchdog_from_env(os.environ, pid))
 
     @property
     def enabled(self) -> bool:
         """Whether there is a socket to notify, i.e. whether systemd is listening."""
-        return self._socket_name is not None
+        return self._systemd is not None
 
     @property
     def watchdog(self) -> WatchdogSettings | None:
@@ -147,16 +148,9 @@ class Notifier:
         self._send(status if self._watchdog is None else "WATCHDOG=1\n" + status)
 
     def _send(self, message: str) -> None:
-        if self._socket_name is None:
+        if self._systemd is None:
             return
         try:
-            if self._connection is None:
-                self._connection = _Connection(self._socket_name)
-            self._connection.send(message)
+            self._systemd.send(message)
         except OSError as exc:
             _log.warning("notify_failed", error=str(exc))
-            if self._connection is not None:
-                # A connected datagram socket stays tied to the receiver it found, even after that one is gone:
-                # connect afresh on the next send.
-                self._connection.close()
-                self._connection = None

@@ -1,4 +1,5 @@
-"""emailsync.notify against real AF_UNIX datagram sockets, like the one systemd provides."""
+"""emailsync.notify (its policy, and sdnotify sending) against real AF_UNIX datagram sockets, like the one systemd
+provides in $NOTIFY_SOCKET."""
 
 import os
 import socket
@@ -50,9 +51,11 @@ def _bind(name: str) -> socket.socket:
 
 
 @pytest.fixture(params=["path", "abstract"])
-def receiver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Receiver]:
+def receiver(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
+    """A socket bound where $NOTIFY_SOCKET says, as systemd sets it for the service."""
     name = str(tmp_path / "notify.sock") if request.param == "path" else f"@emailsync-test-{uuid.uuid4().hex}"
     sock = _bind(name)
+    monkeypatch.setenv("NOTIFY_SOCKET", name)
     yield Receiver(name, sock)
     sock.close()
 
@@ -67,32 +70,32 @@ def _vanish(receiver: Receiver) -> None:
 
 
 def test_ready_sends_ready_alone(receiver: Receiver) -> None:
-    Notifier(receiver.name, None).ready()
+    Notifier(True, None).ready()
     assert receiver.recv() == b"READY=1"
 
 
 def test_status_sends_text(receiver: Receiver) -> None:
-    Notifier(receiver.name, None).status("syncing 3 mailboxes")
+    Notifier(True, None).status("syncing 3 mailboxes")
     assert receiver.recv() == b"STATUS=syncing 3 mailboxes"
 
 
 def test_status_replaces_non_ascii_with_question_marks(receiver: Receiver) -> None:
-    Notifier(receiver.name, None).status("caf\u00e9 \u2603 \U0001f4e7 ok")
+    Notifier(True, None).status("caf\u00e9 \u2603 \U0001f4e7 ok")
     assert receiver.recv() == b"STATUS=caf? ? ? ok"
 
 
 def test_status_turns_line_breaks_into_spaces(receiver: Receiver) -> None:
-    Notifier(receiver.name, None).status("first\nsecond\r\nREADY=1")
+    Notifier(True, None).status("first\nsecond\r\nREADY=1")
     assert receiver.recv() == b"STATUS=first second  READY=1"
 
 
 def test_status_truncates_to_200_characters(receiver: Receiver) -> None:
-    Notifier(receiver.name, None).status("\u00e9" + "x" * 300)
+    Notifier(True, None).status("\u00e9" + "x" * 300)
     assert receiver.recv() == b"STATUS=?" + b"x" * 199
 
 
 def test_stopping_sends_stopping(receiver: Receiver) -> None:
-    Notifier(receiver.name, None).stopping()
+    Notifier(True, None).stopping()
     assert receiver.recv() == b"STOPPING=1"
 
 
@@ -100,18 +103,18 @@ def test_stopping_sends_stopping(receiver: Receiver) -> None:
 
 
 def test_progress_without_watchdog_sends_status_only(receiver: Receiver) -> None:
-    Notifier(receiver.name, None).progress("user 7 of 9\n\u00e9")
+    Notifier(True, None).progress("user 7 of 9\n\u00e9")
     assert receiver.recv() == b"STATUS=user 7 of 9 ?"
 
 
 def test_progress_with_watchdog_pings_and_sends_status(receiver: Receiver) -> None:
-    Notifier(receiver.name, WatchdogSettings(interval=30.0)).progress("user 7 of 9\n\u00e9")
+    Notifier(True, WatchdogSettings(interval=30.0)).progress("user 7 of 9\n\u00e9")
     assert receiver.recv() == b"WATCHDOG=1\nSTATUS=user 7 of 9 ?"
 
 
 def test_progress_without_watchdog_sends_at_most_once_per_second(receiver: Receiver) -> None:
     clock = FakeClock()
-    notifier = Notifier(receiver.name, None, clock=clock)
+    notifier = Notifier(True, None, clock=clock)
     for now, text in [(0.0, "a"), (0.0, "b"), (0.5, "c"), (0.999, "d"), (1.0, "e"), (1.5, "f")]:
         clock.now = now
         notifier.progress(text)
@@ -127,7 +130,7 @@ def test_progress_without_watchdog_sends_at_most_once_per_second(receiver: Recei
 )
 def test_progress_with_watchdog_sends_at_most_once_per_gap(receiver: Receiver, interval: float, gap: float) -> None:
     clock = FakeClock()
-    notifier = Notifier(receiver.name, WatchdogSettings(interval=interval), clock=clock)
+    notifier = Notifier(True, WatchdogSettings(interval=interval), clock=clock)
     for now, text in [(100.0, "a"), (100.0 + gap * 0.99, "b"), (100.0 + gap, "c")]:
         clock.now = now
         notifier.progress(text)
@@ -139,12 +142,12 @@ def test_progress_with_watchdog_sends_at_most_once_per_gap(receiver: Receiver, i
 def test_progress_first_call_sends_whatever_the_clock_says(receiver: Receiver) -> None:
     clock = FakeClock()
     clock.now = -1e9
-    Notifier(receiver.name, None, clock=clock).progress("started")
+    Notifier(True, None, clock=clock).progress("started")
     assert receiver.recv() == b"STATUS=started"
 
 
 def test_progress_does_not_delay_other_notifications(receiver: Receiver) -> None:
-    notifier = Notifier(receiver.name, None, clock=FakeClock())
+    notifier = Notifier(True, None, clock=FakeClock())
     notifier.progress("a")
     notifier.status("b")
     notifier.progress("c")
@@ -156,12 +159,8 @@ def test_progress_does_not_delay_other_notifications(receiver: Receiver) -> None
 # --- disabled and failing sockets ------------------------------------------------------
 
 
-@pytest.mark.parametrize("socket_name", [None, ""])
-def test_disabled_notifier_sends_nothing_even_with_notify_socket_set(
-    receiver: Receiver, monkeypatch: pytest.MonkeyPatch, socket_name: str | None
-) -> None:
-    monkeypatch.setenv("NOTIFY_SOCKET", receiver.name)  # the environment's socket must not leak in
-    notifier = Notifier(socket_name, WatchdogSettings(interval=1.0))
+def test_disabled_notifier_sends_nothing_even_with_notify_socket_set(receiver: Receiver) -> None:
+    notifier = Notifier(False, WatchdogSettings(interval=1.0))
     with capture_logs() as logs:
         notifier.ready()
         notifier.status("x")
@@ -173,7 +172,7 @@ def test_disabled_notifier_sends_nothing_even_with_notify_socket_set(
 
 
 def test_vanished_socket_logs_notify_failed_without_raising(receiver: Receiver) -> None:
-    notifier = Notifier(receiver.name, WatchdogSettings(interval=1.0))
+    notifier = Notifier(True, WatchdogSettings(interval=1.0))
     notifier.ready()
     assert receiver.recv() == b"READY=1"
     _vanish(receiver)
@@ -185,8 +184,9 @@ def test_vanished_socket_logs_notify_failed_without_raising(receiver: Receiver) 
     assert all(log["log_level"] == "warning" and log["error"] for log in logs)
 
 
-def test_missing_socket_logs_notify_failed_without_raising(tmp_path: Path) -> None:
-    notifier = Notifier(str(tmp_path / "never-bound.sock"), None)
+def test_missing_socket_logs_notify_failed_without_raising(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "never-bound.sock"))
+    notifier = Notifier(True, None)
     with capture_logs() as logs:
         notifier.ready()
     assert [(log["event"], log["log_level"]) for log in logs] == [("notify_failed", "warning")]
@@ -194,7 +194,7 @@ def test_missing_socket_logs_notify_failed_without_raising(tmp_path: Path) -> No
 
 
 def test_sends_again_once_the_socket_is_back(receiver: Receiver) -> None:
-    notifier = Notifier(receiver.name, None)
+    notifier = Notifier(True, None)
     notifier.ready()
     assert receiver.recv() == b"READY=1"
     _vanish(receiver)
@@ -205,20 +205,32 @@ def test_sends_again_once_the_socket_is_back(receiver: Receiver) -> None:
         assert again.recv(4096) == b"STATUS=found"
 
 
+def test_a_full_notify_socket_is_a_warning_not_a_stall(receiver: Receiver) -> None:
+    """systemd not reading its socket must not hold up the work loop: once the queue is full, sends fail at once."""
+    notifier = Notifier(True, None)
+    with capture_logs() as logs:
+        for number in range(100_000):
+            notifier.status(f"update {number}")
+            if logs:
+                break
+    assert [(log["event"], log["log_level"]) for log in logs] == [("notify_failed", "warning")]
+    assert receiver.recv() == b"STATUS=update 0"  # what fitted was delivered, in order
+
+
 # --- configuration from the environment ------------------------------------------------
 
 
-def test_from_env_uses_notify_socket_and_watchdog(receiver: Receiver) -> None:
-    env = {"NOTIFY_SOCKET": receiver.name, "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "42"}
-    notifier = Notifier.from_env(env, pid=42)
+def test_from_env_uses_notify_socket_and_watchdog(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "4000000")
+    monkeypatch.setenv("WATCHDOG_PID", "42")
+    notifier = Notifier.from_env(pid=42)
     assert notifier.enabled
     assert notifier.watchdog == WatchdogSettings(interval=4.0)
     notifier.progress("up")
     assert receiver.recv() == b"WATCHDOG=1\nSTATUS=up"
 
 
-def test_from_env_defaults_to_process_environment(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NOTIFY_SOCKET", receiver.name)
+def test_from_env_defaults_to_this_process_id(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WATCHDOG_USEC", "1000000")
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
     notifier = Notifier.from_env()
@@ -228,9 +240,12 @@ def test_from_env_defaults_to_process_environment(receiver: Receiver, monkeypatc
 
 
 @pytest.mark.parametrize("socket_name", [None, ""])
-def test_from_env_without_notify_socket_is_disabled(socket_name: str | None) -> None:
-    env = {} if socket_name is None else {"NOTIFY_SOCKET": socket_name}
-    assert not Notifier.from_env(env, pid=1).enabled
+def test_from_env_without_notify_socket_is_disabled(socket_name: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    if socket_name is None:
+        monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    else:
+        monkeypatch.setenv("NOTIFY_SOCKET", socket_name)
+    assert not Notifier.from_env(pid=1).enabled
 
 
 def test_watchdog_from_env_converts_microseconds_to_seconds() -> None:
