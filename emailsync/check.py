@@ -35,7 +35,7 @@ UNIT_DIRS = (
     Path("/usr/lib/systemd/system"),
     Path("/lib/systemd/system"),
 )
-DEPENDENCIES = ("sqlalchemy", "psycopg2", "urllib3", "structlog", "sdnotify", "prometheus_client")
+DEPENDENCIES = ("sqlalchemy", "psycopg2", "requests", "structlog", "sdnotify", "prometheus_client")
 
 
 @dataclass(frozen=True)

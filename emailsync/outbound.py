@@ -1,21 +1,19 @@
-"""HTTP requests to the operator's own endpoints: the alert webhook and the monitoring pings.
+"""HTTP requests to the operator's own endpoints: the alert webhook and the monitoring pings, sent with requests.
 
 Unlike the backend calls, they go through the environment's proxy when it names one for their URL (http_proxy,
-https_proxy, no_proxy), as curl does: such endpoints often have to be reached through one. No redirects, no
-retries of urllib3's own: the callers decide what a failure means.
+https_proxy, no_proxy), as curl does: such endpoints often have to be reached through one. requests does that from
+the environment (trust_env). No redirects and no retries of its own: the callers decide what a failure means.
+Certificates are checked against the system's trusted CAs (Debian's ca-certificates, SSL_CERT_FILE), as curl does,
+not against the certifi bundle requests would pick.
 
-urllib3 is imported by the first request, not before: most runs send none (no alert, no ping URL), and its import
-(with http.client and urllib.request) is about 20 ms of CPU that a run finding nobody due need not spend.
+requests is imported by the first request, not before: most runs send none (no alert, no ping URL), and its import
+is CPU that a run finding nobody due need not spend.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
-
-if TYPE_CHECKING:
-    import urllib3
 
 
 class Unreachable(Exception):
@@ -32,31 +30,37 @@ def request(
     read: float | None = None,
     total: float | None = None,
 ) -> int:
-    """The answer's status, within the timeouts (seconds; None: unbounded); Unreachable when there is none."""
-    import urllib3
+    """The answer's status, within the timeouts (seconds; None: unbounded); Unreachable when there is none.
 
-    try:
-        response = _pool_for(url).request(
-            method,
-            url,
-            body=body,
-            headers=dict(headers),
-            timeout=urllib3.Timeout(connect=connect, read=read, total=total),
-            retries=False,
-            redirect=False,
-        )
-    except urllib3.exceptions.HTTPError as failure:
-        raise Unreachable(type(failure).__name__) from None
-    return int(response.status)
+    ``total`` bounds the connect and the wait for the answer alike, where ``connect`` or ``read`` is not given.
+    """
+    import requests
+
+    with requests.Session() as session:
+        session.headers.clear()  # only the caller's headers, as before: no requests defaults
+        try:
+            response = session.request(
+                method,
+                url,
+                data=body,
+                headers=dict(headers),
+                timeout=(_bound(connect, total), _bound(read, total)),
+                allow_redirects=False,
+                verify=_system_trust(),
+            )
+        except requests.RequestException as failure:
+            raise Unreachable(type(failure).__name__) from None
+        response.close()
+        return response.status_code
 
 
-def _pool_for(url: str) -> urllib3.PoolManager:
-    import urllib.request
+def _bound(phase: float | None, total: float | None) -> float | None:
+    if phase is None:
+        return total
+    return phase if total is None else min(phase, total)
 
-    import urllib3
 
-    parts = urlsplit(url)
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
-        return urllib3.ProxyManager(proxy)
-    return urllib3.PoolManager()
+def _system_trust() -> str | bool:
+    """The system's CA bundle (or directory) OpenSSL would use, SSL_CERT_FILE and SSL_CERT_DIR included."""
+    paths = ssl.get_default_verify_paths()
+    return paths.cafile or paths.capath or True

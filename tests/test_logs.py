@@ -242,7 +242,7 @@ def test_version_answers_without_importing_the_heavy_modules() -> None:
     code = (
         "import sys\nfrom emailsync import cli\n"
         "try:\n    cli.main(['--version'])\nexcept SystemExit:\n    pass\n"
-        "print(sorted(m for m in ('sqlalchemy', 'urllib3', 'structlog') if m in sys.modules))"
+        "print(sorted(m for m in ('sqlalchemy', 'urllib3', 'requests', 'structlog') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 

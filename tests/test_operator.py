@@ -488,6 +488,33 @@ def test_alert_webhook_skips_the_proxy_for_no_proxy_hosts(
     assert result.code == EXIT_OK
 
 
+def test_alert_webhook_over_https_trusts_the_systems_cas(
+    pg: AppDb, email_sync: EmailSync, monkeypatch: pytest.MonkeyPatch, self_signed_cert: tuple[str, str]
+) -> None:
+    """As curl does: the CAs the system trusts (SSL_CERT_FILE here, ca-certificates on Debian), not a bundle of its
+    own, so an operator's internal CA works for the webhook."""
+    monkeypatch.delenv("https_proxy", raising=False)
+    with Backend(sync_path="/hook", tls=self_signed_cert) as hook:
+        email_sync.configure(pg, hook, alert={"webhook_url": hook.base_url + "/hook"})
+        untrusted = email_sync("alert", "email-sync.service")
+        monkeypatch.setenv("SSL_CERT_FILE", self_signed_cert[0])
+        trusted = email_sync("alert", "email-sync.service")
+        calls = hook.sync_calls()
+
+    untrusted.assert_one_clear_error(EXIT_TEMPFAIL, "alert webhook unreachable: SSLError")
+    assert trusted.code == EXIT_OK and len(calls) == 1
+
+
+def test_a_webhook_redirect_is_not_followed(pg: AppDb, email_sync: EmailSync) -> None:
+    with Backend(sync_path="/hook") as hook, Backend(sync_path="/hook") as elsewhere:
+        hook.set_default(Behaviour(status=302, headers={"Location": elsewhere.base_url + "/hook"}))
+        email_sync.configure(pg, hook, alert={"webhook_url": hook.base_url + "/hook"})
+        result = email_sync("alert", "email-sync.service")
+
+        assert elsewhere.requests() == []
+    result.assert_one_clear_error(EXIT_TEMPFAIL, "alert webhook answered 302")
+
+
 def test_alert_runs_the_command_with_the_alert_on_stdin(
     pg: AppDb, backend: Backend, email_sync: EmailSync, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
