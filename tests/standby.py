@@ -7,10 +7,8 @@ Each server listens on a free port on 127.0.0.1 with its socket in its own direc
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -20,14 +18,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from tests.pgbouncer import free_port
-
-
-def pg_bin(name: str) -> str:
-    """A server tool of the newest PostgreSQL installed (the postgresql package's, under /usr/lib/postgresql)."""
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(Path(p).parts[-3]))
-    if not found:
-        raise RuntimeError(f"{name} is missing: `make test` installs PostgreSQL's server (apt-get install postgresql)")
-    return found[-1]
+from tests.postgres import as_postgres, pg_bin
 
 
 class Server:
@@ -68,13 +59,6 @@ class Server:
                 return result.scalar() if result.returns_rows else None
         finally:
             engine.dispose()
-
-
-def as_postgres(*argv: str) -> None:
-    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    result = subprocess.run([*prefix, *argv], capture_output=True, text=True, check=False)
-    if result.returncode:
-        raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stdout}{result.stderr}")
 
 
 class Replicated:
