@@ -2,7 +2,7 @@
 # make deb-test: the proofs that each release's dist/<release>/email-sync_<version>+deb<N>_<arch>.deb is a good
 # Debian package of that release (every release of packaging/releases, or SUITE=trixie for one).
 #
-#   [SUITE=...] packaging/deb-test.sh [lintian] [units] [piuparts] [repro] [boot]      (default: all five)
+#   [SUITE=...] packaging/deb-test.sh [lintian] [units] [piuparts] [repro] [boot] [rolling]      (default: all six)
 #
 #   lintian   the release's own lintian (in its build chroot), --fail-on error,warning, on the .changes
 #   units     every email-sync unit a shipped unit names (OnFailure=, Wants=, ...) is in the .deb (unit_refs.py)
@@ -11,6 +11,9 @@
 #   repro     a rebuild from the source package alone (.dsc, tarballs) gives the same .deb bytes
 #   boot      tests/installed, one pytest run for all releases: in a booted container of each release, the
 #             package installed from a signed apt repository (packaging/repo.sh) and proven feature by feature
+#   rolling   tests/rolling, on the newest requested release only: three booted containers on one PostgreSQL,
+#             timers on, upgraded one at a time by apt from the previous release (built from its own commit,
+#             $PREVIOUS_COMMIT) to this one, then from this one to a test-only next release with a schema step
 #
 # Root; caches under /var/cache/email-sync-build (shared with deb-build.sh). Everything started here is stopped and
 # removed on exit, failure or not. Nothing is ever skipped: a missing tool is installed, a missing prerequisite
@@ -20,11 +23,13 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 STEPS=("$@")
-[ ${#STEPS[@]} -gt 0 ] || STEPS=(lintian units piuparts repro boot)
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(lintian units piuparts repro boot rolling)
 want() { local s; for s in "${STEPS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 ARCH=$(dpkg --print-architecture)
 FIXTURE_VERSION=0.0.9-1
+# The last release before this tree's, as its own commit built it: what a fleet upgrades from (tests/rolling).
+PREVIOUS_COMMIT=22aa74a
 mapfile -t SUITES < <(requested_suites)
 ensure_host_tools
 WORK=$(mktemp -d "$CACHE/test-XXXXXX")
@@ -52,6 +57,71 @@ fixture() {
         mv "$out.tmp" "$out"
     fi
     echo "$fixture_deb"
+}
+
+# The previous release of the release: the tree of $PREVIOUS_COMMIT built by that tree's own deb-build.sh (its
+# make deb), into $DIST/previous/<release> (reused while it is from that commit). The shared caches (chroot,
+# wheelhouse) serve it too.
+previous() {
+    local out=$DIST/previous/$SUITE commit tree
+    if [ "$(git -C "$ROOT" rev-parse --is-shallow-repository 2>/dev/null)" = true ]; then
+        log "a shallow clone: fetching the history for the previous release's commit $PREVIOUS_COMMIT"
+        git -C "$ROOT" fetch --quiet --unshallow || die "git fetch --unshallow (the previous release is built from its commit)"
+    fi
+    commit=$(git -C "$ROOT" rev-parse --verify --quiet "$PREVIOUS_COMMIT^{commit}") \
+        || die "no commit $PREVIOUS_COMMIT (the previous release) in $ROOT: the rolling upgrade needs the git history (a full clone)"
+    if [ ! -f "$out/commit" ] || [ "$(cat "$out/commit")" != "$commit" ]; then
+        log "$SUITE: building the previous release from its commit $PREVIOUS_COMMIT, with its own packaging/deb-build.sh"
+        tree=$WORK/previous-$SUITE
+        mkdir -p "$tree"
+        git -C "$ROOT" archive "$commit" | tar -x -C "$tree"
+        rm -rf "$out" "$out.tmp"
+        (cd "$tree" && SUITE=$SUITE DIST=$out.tmp EMAIL_SYNC_BUILD_CACHE=$CACHE packaging/deb-build.sh) \
+            >"$WORK/previous.log" 2>&1 || { tail -20 "$WORK/previous.log" >&2; die "$SUITE: the previous release's build"; }
+        mv "$out.tmp/$SUITE" "$out"
+        rm -rf "$out.tmp"
+        echo "$commit" >"$out/commit"
+    fi
+    ls "$out"/email-sync_*_"$ARCH".deb
+}
+
+# A next release that exists only for tests/rolling: this tree with one more schema step (a table nobody uses),
+# versioned after it (<version>+next), in $DIST/next/<release>; rebuilt when the tree changed since make deb.
+next_release() {
+    local out=$DIST/next/$SUITE src=$WORK/next-$SUITE version
+    version=$(dpkg-parsechangelog -l "$ROOT/debian/changelog" -SVersion | sed 's/-\([^-]*\)$/+next-\1/')
+    if [ ! -f "$out/tree-sha256" ] || ! cmp -s "$out/tree-sha256" "$DIST/$SUITE/email-sync_${DEB_VERSION}_$ARCH.tree-sha256"; then
+        log "$SUITE: building the test-only next release $(deb_version "$version"): this tree and a schema step"
+        copy_tree "$src"
+        python3 - "$src" <<'EOF_PY' || die "could not add the next release's schema step"
+import re, sys
+from pathlib import Path
+root = Path(sys.argv[1])
+schema = root / "emailsync" / "schema.py"
+text = schema.read_text()
+steps = re.search(r"^STEPS: tuple\[Step, \.\.\.\] = \(\n(.*?)^\)\n", text, re.S | re.M)
+last = int(re.findall(r"Step\((\d+),", steps[1])[-1])
+step = f'''
+
+def _next_release_probe(d: Dialect) -> list[str]:
+    return ["CREATE TABLE IF NOT EXISTS email_sync_next_release_probe (id integer)"]
+'''
+text = (
+    text[: steps.start()] + step.lstrip("\n") + "\n\n" + text[steps.start() : steps.end(1)]
+    + f"    Step({last + 1}, _next_release_probe),\n" + text[steps.end(1) :]
+)
+schema.write_text(text)
+init = root / "emailsync" / "__init__.py"
+init.write_text(re.sub(r"^SCHEMA_VERSION = \d+$", f"SCHEMA_VERSION = {last + 1}", init.read_text(), flags=re.M))
+EOF_PY
+        rm -rf "$out" "$out.tmp"
+        SUITE=$SUITE "$ROOT/packaging/deb-build.sh" --from "$src" --version "$version" --out "$out.tmp" \
+            >"$WORK/next.log" 2>&1 || { tail -20 "$WORK/next.log" >&2; die "$SUITE: the next release's build"; }
+        rm -f "$out.tmp"/*.changes "$out.tmp"/*.buildinfo "$out.tmp"/*.log "$out.tmp"/*.dsc "$out.tmp"/*.tar.xz
+        cp "$DIST/$SUITE/email-sync_${DEB_VERSION}_$ARCH.tree-sha256" "$out.tmp/tree-sha256"
+        mv "$out.tmp" "$out"
+    fi
+    ls "$out"/email-sync_*_"$ARCH".deb
 }
 
 prove() {
@@ -145,6 +215,25 @@ prove() {
     fi
 }
 
+# The rolling upgrade runs on one release: what it proves (schema steps applied by one host under the lock, older
+# hosts standing aside, a cycle surviving apt, several hosts' leases on one database) is the same Python code and
+# the same maintainer scripts on every release; each release's interpreter, libpq and upgrade are proven by boot.
+ROLLING_SUITE=${SUITES[${#SUITES[@]}-1]}
+rolling() {
+    use_suite "$ROLLING_SUITE"
+    DEB_VERSION=$(deb_version)
+    DEB=$SUITE_DIST/email-sync_${DEB_VERSION}_${ARCH}.deb
+    [ -f "$DEB" ] || die "no $DEB: run make deb first"
+    exec 9>"$CACHE/.lock"; flock 9
+    derive_rootfs "$CACHE/boot-$SUITE" boot-rootfs systemd systemd-sysv dbus python3 curl
+    flock -u 9
+    ROLLING_PREVIOUS=$(previous)
+    ROLLING_NEXT=$(next_release)
+    log "$SUITE: tests/rolling: $(basename "$ROLLING_PREVIOUS") -> $(basename "$DEB") -> $(basename "$ROLLING_NEXT"), three hosts"
+    (cd "$ROOT" && EMAIL_SYNC_ROLLING_SUITE=$SUITE EMAIL_SYNC_BUILD_CACHE=$CACHE EMAIL_SYNC_ROLLING_DEBS="$ROLLING_PREVIOUS $DEB $ROLLING_NEXT" \
+        "$ROOT/.venv/bin/python" -m pytest -p no:cacheprovider tests/rolling) || die "tests/rolling"
+}
+
 for suite in "${SUITES[@]}"; do prove "$suite"; done
 
 if want boot; then
@@ -153,4 +242,9 @@ if want boot; then
     log "tests/installed for ${SUITES[*]}: a booted container each, email-sync from the signed repository"
     (cd "$ROOT" && EMAIL_SYNC_SUITES="${SUITES[*]}" EMAIL_SYNC_BUILD_CACHE=$CACHE DIST=$DIST \
         "$PY" -m pytest -p no:cacheprovider tests/installed) || die "tests/installed"
+fi
+
+if want rolling; then
+    [ -x "$ROOT/.venv/bin/python" ] || die "no $ROOT/.venv/bin/python: run make venv first (the suite runs on the host)"
+    rolling
 fi
