@@ -255,8 +255,9 @@ class MonitorConfig:
 class MetricsConfig:
     textfile: str = key(
         values.text,
-        "",
-        "Write Prometheus metrics here at each run's start and end (a node_exporter textfile, *.prom; off when empty).",
+        "/var/lib/email-sync-metrics/email-sync.prom",
+        "Write Prometheus metrics here at each run's start and end (a node_exporter textfile, *.prom; off when empty)."
+        " The default is the package's place, which the unit may write and node_exporter reads through a link.",
     )
 
 

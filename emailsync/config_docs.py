@@ -79,7 +79,8 @@ MARKDOWN_FOOTER = """
   `WatchdogSec=` (`run` and `check` enforce it).
 - `backend.retry_backoff_max`: a `Retry-After` longer than this fails the user for this run.
 - `metrics.textfile`: a file node_exporter's textfile collector reads, in a directory the unit may write; off when
-  empty. See "Metrics" in [operations.md](operations.md).
+  empty. The default is the package's place, linked from Debian's node_exporter textfile directory. See "Metrics"
+  in [operations.md](operations.md).
 - `alert.webhook_url` is treated as a secret in logs; `alert.command` is split like a shell would split it, but run
   without a shell. Both are off when empty. See "Alerts" in [operations.md](operations.md).
 """

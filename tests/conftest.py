@@ -223,6 +223,7 @@ FAST = {
         "concurrency": 4,
     },
     "sync": {"shutdown_grace": "3s", "lease": "5m"},
+    "metrics": {"textfile": ""},  # the default is the package's directory, absent here; a test that wants one names it
 }
 
 

@@ -45,6 +45,7 @@ TIMER = "email-sync.timer"
 ALERT = "email-sync-alert@.service"
 ALERT_RUN = f"email-sync-alert@{UNIT}.service"  # the instance that OnFailure= starts
 STREAK_FILE = "/var/lib/private/email-sync/failure-streak.json"  # StateDirectory= under DynamicUser=
+METRICS = "/var/lib/email-sync-metrics/email-sync.prom"  # metrics.textfile's default, the package's place
 UNIT_DIR = "/usr/lib/systemd/system"  # where the .deb puts them; tests' drop-ins go to /etc/systemd/system
 CONFIG = "/etc/email-sync/email-sync.toml"
 CREDSTORE = "/etc/credstore"
@@ -197,6 +198,12 @@ def system(app_database: AppDatabase) -> Iterator[System]:
         container.sh(INSTALL, timeout=300)
         for unit in (UNIT, TIMER, ALERT):
             container.write(f"{UNIT_DIR}/{unit}", (PROJECT / "systemd" / unit).read_text())
+        # The metrics group and directory, as the .deb's postinst makes them (dh_installsysusers, dh_installtmpfiles):
+        # the unit's SupplementaryGroups= fails the start without the group.
+        container.write("/usr/lib/sysusers.d/email-sync.conf", (PROJECT / "debian" / "email-sync.sysusers").read_text())
+        container.write("/usr/lib/tmpfiles.d/email-sync.conf", (PROJECT / "debian" / "email-sync.tmpfiles").read_text())
+        container.run("systemd-sysusers", "email-sync.conf")
+        container.run("systemd-tmpfiles", "--create", "email-sync.conf")
         container.path(CREDSTORE).mkdir(mode=0o700, exist_ok=True)
         container.write(DATABASE_CREDENTIAL, app_database.url + "\n", mode=0o600)
         write_config(container, {"backend": {"base_url": "http://127.0.0.1:9"}})

@@ -15,6 +15,7 @@ from tests.backend import Backend, Behaviour
 from tests.e2e.conftest import (
     ALERT,
     ALERT_RUN,
+    METRICS,
     STREAK_FILE,
     TIMER,
     TOKEN_CREDENTIAL,
@@ -359,6 +360,17 @@ def test_backend_token_credential_reaches_the_service_and_without_it_the_unit_st
     errors = [json.loads(message_text(e)) for e in e2e.our_lines() if int(e["PRIORITY"]) <= 3]
     assert len(errors) == 1 and "token" in errors[0]["error"], errors
     assert all(token not in message_text(e) for e in e2e.journal())
+
+
+def test_the_dynamic_user_writes_the_default_metrics_textfile_for_other_users_to_read(e2e: Scenario) -> None:
+    e2e.database.add_users(2)
+    state = e2e.run_once()
+    assert (state["Result"], state["ExecMainStatus"]) == ("success", "0"), state
+    assert not [e for e in e2e.events() if e["event"] == "metrics_not_written"], e2e.events()
+    # Read as an unprivileged user, as node_exporter (user prometheus) reads it.
+    done = e2e.container.run("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat", METRICS)
+    assert "email_sync_last_run_success 1.0" in done.stdout, done.stdout
+    assert 'email_sync_last_run_users{outcome="synced"} 2.0' in done.stdout, done.stdout
 
 
 def test_units_pass_systemd_analyze_verify_and_security(e2e: Scenario) -> None:

@@ -103,6 +103,33 @@ def test_status_as_root(installed: Installed) -> None:
     assert "email-sync: healthy" in done.stdout and "timer: active" in done.stdout, done.stdout
 
 
+def test_debians_node_exporter_serves_the_metrics_of_a_run_with_no_configuration(installed: Installed) -> None:
+    # The package's metrics place (metrics.textfile's default, tmpfiles.d, the email-sync-metrics group) and its
+    # link in node_exporter's default textfile directory: nothing to configure, no drop-in.
+    c = installed.container
+    c.sh("apt-get install --no-install-recommends prometheus-node-exporter", timeout=300)
+    state = start_and_wait(installed)
+    assert (state["Result"], state["ExecMainStatus"]) == ("success", "0"), state
+
+    def scraped() -> str | None:
+        done = c.run("curl", "-fsS", "http://localhost:9100/metrics", check=False, timeout=30)
+        return done.stdout if done.returncode == 0 else None
+
+    metrics: str = c.wait_for("node_exporter on localhost:9100", scraped, timeout=60, interval=1)
+    version = deb_field(installed.fixture_deb, "Version").split("-")[0]
+    assert re.search(rf'^email_sync_build_info{{schema="\d+",version="{re.escape(version)}"}} 1', metrics, re.M), [
+        line for line in metrics.splitlines() if "email_sync_build_info" in line
+    ]
+    assert re.search(r"^email_sync_last_run_success 1", metrics, re.M), metrics
+    assert re.search(r"^email_sync_run_in_progress 0", metrics, re.M), metrics
+    assert re.search(r"^email_sync_database_up 1", metrics, re.M), metrics
+    # node_exporter read the file without error, through the link (1.5 names it by file name, 1.7+ by path).
+    assert re.search(r"^node_textfile_scrape_error 0", metrics, re.M), metrics
+    assert re.search(
+        r'^node_textfile_mtime_seconds{file="(/var/lib/prometheus/node-exporter/)?email-sync\.prom"}', metrics, re.M
+    ), [line for line in metrics.splitlines() if line.startswith("node_textfile")]
+
+
 def test_a_pause_typed_on_the_host_holds_the_services_runs_until_resume(installed: Installed) -> None:
     c = installed.container
     synced = installed.database.synced()
