@@ -176,34 +176,23 @@ def app_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AppDb]:
     app.engine.dispose()
 
 
-@pytest.fixture(scope="session")
-def self_signed_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """(certificate, key) for https://127.0.0.1, signed by nobody a client trusts."""
-    directory = tmp_path_factory.mktemp("tls")
+def make_cert(directory: Path, name: str, alt_name: str) -> tuple[str, str]:
+    """(certificate, key) for ``name``, with ``alt_name`` (e.g. IP:127.0.0.1, DNS:host.test) as its
+    subjectAltName, signed by nobody a client trusts."""
     cert, key = directory / "cert.pem", directory / "key.pem"
+    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}"]
     subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
+        ["openssl", *request, "-addext", f"subjectAltName={alt_name}", "-keyout", str(key), "-out", str(cert)],
         check=True,
         capture_output=True,
     )
     return str(cert), str(key)
+
+
+@pytest.fixture(scope="session")
+def self_signed_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(certificate, key) for https://127.0.0.1."""
+    return make_cert(tmp_path_factory.mktemp("tls"), "127.0.0.1", "IP:127.0.0.1")
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import pytest
 from emailsync.errors import EXIT_CONFIG, EXIT_TEMPFAIL
 from emailsync.http1 import RECEIVE
 from tests.backend import Backend, Behaviour
-from tests.conftest import AppDb, CommandResult, EmailSync
+from tests.conftest import AppDb, CommandResult, EmailSync, make_cert
 
 USERS = 6
 HOSTILE = 3  # the user whose call gets the hostile answer
@@ -236,28 +236,7 @@ def test_two_addresses_that_never_answer_share_one_connect_timeout_within_the_ca
 @pytest.fixture(scope="module")
 def two_addresses_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """(certificate, key) for https://two-addresses.test."""
-    directory = tmp_path_factory.mktemp("tls-two-addresses")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            *(
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                f"/CN={TWO_ADDRESSES}",
-            ),
-            *("-addext", f"subjectAltName=DNS:{TWO_ADDRESSES}", "-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return str(cert), str(key)
+    return make_cert(tmp_path_factory.mktemp("tls-two-addresses"), TWO_ADDRESSES, f"DNS:{TWO_ADDRESSES}")
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
