@@ -134,11 +134,17 @@ class Container:
         return match[1].strip() if match else ""
 
     def journal(self, *matches: str, after: str = "") -> list[dict[str, Any]]:
-        """Journal entries as parsed JSON (journalctl -o json), optionally after a cursor."""
-        args = ["journalctl", "--no-pager", "-o", "json", *matches]
-        if after:
-            args.append(f"--after-cursor={after}")
-        out = self.run(*args, timeout=30).stdout
+        """Journal entries as parsed JSON (journalctl -o json), optionally after a cursor. With both, the entries
+        that match and the entries after the cursor are read apart and intersected: journalctl 252 given a match
+        and --after-cursor skips the first matching entry (it steps over the cursor's entry, assuming it matches)."""
+        entries = self._journal(*matches)
+        if not after:
+            return entries
+        later = {entry["__CURSOR"] for entry in self._journal(f"--after-cursor={after}")}
+        return [entry for entry in entries if entry["__CURSOR"] in later]
+
+    def _journal(self, *args: str) -> list[dict[str, Any]]:
+        out = self.run("journalctl", "--no-pager", "-o", "json", *args, timeout=30).stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def wait_for(self, what: str, predicate: Any, timeout: float, interval: float = 0.2) -> Any:
