@@ -1,7 +1,7 @@
 """CPU per request of the HTTP client styles email-sync could use, one thread, keep-alive, against bench/backend.py
 at latency 0: requests.Session.post (stream=True, raw.read: what `Client._attempt` used until issue 6), urllib3's
 HTTPConnectionPool.urlopen (what backend.Session used until issue 14), one urllib3 HTTPConnection kept by the
-caller (what it used next), http.client, and backend.Session as it is now (emailsync.http1: the request in one
+caller (what it used next), http.client, and backend.Session as it is now (emailsync.sync.http1: the request in one
 write, the answer parsed from what arrives). The numbers behind leaving requests, then the pool, then urllib3.
 
     .venv/bin/python bench/clientcost.py [--requests 3000]
@@ -27,8 +27,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from emailsync import __version__  # noqa: E402 -- the repository root is on the path only now
-from emailsync.backend import Session  # noqa: E402
-from emailsync.config import BackendConfig  # noqa: E402
+from emailsync.config.settings import BackendConfig  # noqa: E402
+from emailsync.sync.backend import Session  # noqa: E402
 
 PAYLOAD = {"user_id": 12345, "email": "user12345@example.com", "max_emails": 50}
 NS = uuid.UUID("6b0e1e53-8a0b-4c1a-9a43-53b0f2a54e0c")

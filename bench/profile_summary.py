@@ -14,28 +14,28 @@ from typing import Any
 
 # Areas: a sample belongs to an area when any frame of its stack contains the marker (so areas may overlap).
 AREAS = {
-    "HTTP call (Client._attempt)": "_attempt (emailsync/backend.py",
+    "HTTP call (Client._attempt)": "_attempt (emailsync/sync/backend.py",
     "  requests Session.request/prepare (excl. send)": "prepare_request (requests/sessions.py",
     "  requests adapter send (urllib3 + http.client)": "send (requests/adapters.py",
     "  http.client response parsing": "begin (http/client.py",
     "  socket send/recv": "sock",
-    "  idempotency_key (uuid5)": "idempotency_key (emailsync/backend.py",
-    "main thread loop (_call_until_done)": "_call_until_done (emailsync/cycle.py",
-    "  waiting for outcomes (next_outcome)": "next_outcome (emailsync/backend.py",
-    "  claims (Leases.claim)": "claim (emailsync/leases.py",
-    "  result writes (Leases.record)": "record (emailsync/leases.py",
-    "  accounting + logging (_account)": "_account (emailsync/cycle.py",
-    "  watchdog/status (notifier.progress)": "progress (emailsync/notify.py",
+    "  idempotency_key (uuid5)": "idempotency_key (emailsync/sync/backend.py",
+    "main thread loop (_call_until_done)": "_call_until_done (emailsync/sync/cycle.py",
+    "  waiting for outcomes (next_outcome)": "next_outcome (emailsync/sync/backend.py",
+    "  claims (Leases.claim)": "claim (emailsync/store/leases.py",
+    "  result writes (Leases.record)": "record (emailsync/store/leases.py",
+    "  accounting + logging (_account)": "_account (emailsync/sync/cycle.py",
+    "  watchdog/status (notifier.progress)": "progress (emailsync/systemd/notify.py",
     "structlog (any thread)": "structlog",
     "SQLAlchemy (any thread)": "sqlalchemy/",
     "psycopg2 execute (any thread)": "execute (psycopg2",
-    "call threads (CallPool._work, all)": "_work (emailsync/backend.py",
+    "call threads (CallPool._work, all)": "_work (emailsync/sync/backend.py",
     "  of which requests' own code (Session.request minus urllib3 urlopen): see inclusive": "Session.request (",
     "  urllib3 urlopen": "urlopen (urllib3/connectionpool.py",
     "  typing Protocol isinstance checks (_ProtocolMeta)": "_ProtocolMeta.__instancecheck__",
     "startup: imports": "_find_and_load",
-    "startup: preflight (check_ready)": "check_ready (emailsync/db.py",
-    "startup: count_due": "count_due (emailsync/leases.py",
+    "startup: preflight (check_ready)": "check_ready (emailsync/store/db.py",
+    "startup: count_due": "count_due (emailsync/store/leases.py",
 }
 
 
@@ -61,7 +61,7 @@ def summarize_raw(path: Path, top: int = 20) -> dict[str, Any]:
     areas: Counter[str] = Counter()
     for frames, count in stacks:
         body = [f for f in frames if not f.startswith(("thread", "process"))]
-        name = "call threads" if any("_work (emailsync/backend.py" in f for f in body) else "main thread"
+        name = "call threads" if any("_work (emailsync/sync/backend.py" in f for f in body) else "main thread"
         threads[name] += count
         if body:
             self_time[function_of(body[-1])] += count

@@ -1,3 +1,3 @@
-from emailsync.cli import entry
+from emailsync.commands.cli import entry
 
 entry()

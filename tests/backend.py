@@ -131,7 +131,7 @@ class Backend:
         self.peak_in_flight = 0
         self.refused = 0  # sync calls the overload model answered 503
         self.health_status = 200
-        # Requests under this path are monitoring pings (emailsync/monitor.py): answered monitor_status, "OK".
+        # Requests under this path are monitoring pings (emailsync/report/monitor.py): answered monitor_status, "OK".
         self.monitor_path = "/ping/"
         self.monitor_status = 200
         self.monitor_delay = 0.0  # seconds before a ping's answer

@@ -18,8 +18,9 @@ from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from emailsync import cli, db, schema
-from emailsync.config import DatabaseConfig
+from emailsync.commands import cli
+from emailsync.config.settings import DatabaseConfig
+from emailsync.store import db, schema
 from tests.backend import Backend
 from tests.pgbouncer import PgBouncer
 from tests.postgres import Cluster

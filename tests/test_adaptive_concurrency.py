@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from emailsync import db, limiter
+from emailsync.store import db
+from emailsync.sync import limiter
 from tests.backend import Backend, Behaviour, Overload
 from tests.conftest import AppDb, EmailSync
 

@@ -7,7 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from emailsync import timespan
+from emailsync.systemd import timespan
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "packaging/prometheus/email-sync.rules.yml"

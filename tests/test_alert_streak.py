@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from emailsync import streak
 from emailsync.errors import EXIT_CONFIG, EXIT_OK, EXIT_TEMPFAIL
+from emailsync.report import streak
 from tests.backend import Backend, Behaviour
 from tests.conftest import AppDb, CommandResult, EmailSync
 
@@ -336,7 +336,7 @@ RECORDER = """
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from emailsync import streak
+from emailsync.report import streak
 
 file = streak.StreakFile(Path(sys.argv[1]))
 for n in range(int(sys.argv[3])):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from emailsync.config import load
+from emailsync.config.settings import load
 from tests.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 

@@ -16,11 +16,13 @@ from typing import Any
 import pytest
 import structlog
 
-from emailsync import __version__, cli, schema
-from emailsync.config import DEFAULT_PATH, KEYS, Config, config_path, load
-from emailsync.database_url import url_password
+from emailsync import __version__
+from emailsync.commands import cli
+from emailsync.config.database_url import url_password
+from emailsync.config.settings import DEFAULT_PATH, KEYS, Config, config_path, load
+from emailsync.config.values import duration as parse_duration
 from emailsync.errors import EXIT_CONFIG, EXIT_TEMPFAIL, ConfigError
-from emailsync.values import duration as parse_duration
+from emailsync.store import schema
 from tests.conftest import write_config
 
 UNREACHABLE_DB = "postgresql://u:pw@127.0.0.1:1/x"
@@ -1036,7 +1038,7 @@ def test_a_usage_error_exits_64_not_2_which_means_unhealthy(
 def test_outside_the_unit_the_credstore_file_stands_in_for_the_credential(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from emailsync import credentials
+    from emailsync.config import credentials
 
     monkeypatch.setattr(credentials, "CREDSTORE", str(tmp_path))
     stored = tmp_path / "email-sync.database-url"

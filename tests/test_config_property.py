@@ -30,8 +30,8 @@ import structlog
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from emailsync import cli
-from emailsync.config import KEYS, Config, Key, load
+from emailsync.commands import cli
+from emailsync.config.settings import KEYS, Config, Key, load
 from emailsync.errors import EXIT_CONFIG, EXIT_TEMPFAIL, ConfigError
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

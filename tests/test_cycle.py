@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from sqlalchemy import text
 
-from emailsync.leases import DuePages, Leases
 from emailsync.model import Result
+from emailsync.store.leases import DuePages, Leases
 from tests.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 
@@ -332,8 +332,8 @@ def test_users_filter_limits_who_is_synced(app_db: AppDb, backend: Backend, emai
 
 def _stores(url: str) -> Iterator[Callable[[str], Leases]]:
     """The leases of a run with the given id, on one engine, as `email-sync run` would have it."""
-    from emailsync import db
-    from emailsync.config import DatabaseConfig, SyncConfig, UsersConfig
+    from emailsync.config.settings import DatabaseConfig, SyncConfig, UsersConfig
+    from emailsync.store import db
 
     engine = db.connect(DatabaseConfig(url=url, connect_timeout=5, statement_timeout=30))
     users = UsersConfig("users", "id", "email", "last_sync", "UTC", "")

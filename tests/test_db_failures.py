@@ -1,6 +1,6 @@
 """Every way a connection to the database fails is one of two things: the operator must fix the configuration
 (exit 78, naming the key, no secret shown) or the next timer tick may succeed (exit 75). Real servers refuse where
-they can be made to; see emailsync/db_failures.py for the table."""
+they can be made to; see emailsync/store/db_failures.py for the table."""
 
 from __future__ import annotations
 

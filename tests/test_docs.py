@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from emailsync import config_docs
-from emailsync.config import KEYS
+from emailsync.config import reference
+from emailsync.config.settings import KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -14,7 +14,7 @@ FAILURES = ROOT / "docs" / "failures.md"
 
 
 def test_the_configuration_reference_is_what_email_sync_config_markdown_prints() -> None:
-    assert CONFIGURATION.read_text() == config_docs.markdown(), (
+    assert CONFIGURATION.read_text() == reference.markdown(), (
         "docs/configuration.md is stale: regenerate with `make docs` (email-sync config --markdown) and commit it"
     )
 
@@ -60,7 +60,7 @@ def test_every_relative_link_leads_to_a_file_that_exists(page: str) -> None:
 
 
 def test_the_crash_window_the_docs_state_is_the_one_the_cycle_keeps() -> None:
-    from emailsync.cycle import UNWRITTEN_AT_MOST, UNWRITTEN_FOR
+    from emailsync.sync.cycle import UNWRITTEN_AT_MOST, UNWRITTEN_FOR
 
     window = f"last {UNWRITTEN_FOR * 1000:g} ms, {UNWRITTEN_AT_MOST} at most"
     for page in (ROOT / "docs" / "operations.md", FAILURES):

@@ -231,7 +231,7 @@ def test_read_only_database_exits_78(pg: AppDb, backend: Backend, email_sync: Em
 def test_a_bug_in_every_call_fails_each_user_and_logs_its_traceback_once(
     pg: AppDb, backend: Backend, email_sync: EmailSync, monkeypatch
 ) -> None:
-    from emailsync.backend import Client
+    from emailsync.sync.backend import Client
 
     def broken(*_: object) -> None:
         raise RuntimeError("simulated bug in a call thread")
@@ -257,7 +257,7 @@ def test_a_bug_in_every_call_fails_each_user_and_logs_its_traceback_once(
 def test_a_bug_failing_every_call_opens_the_circuit_naming_the_bug(
     pg: AppDb, backend: Backend, email_sync: EmailSync, monkeypatch
 ) -> None:
-    from emailsync.backend import Client
+    from emailsync.sync.backend import Client
 
     def broken(*_: object) -> None:
         raise RuntimeError("simulated bug in a call thread")

@@ -11,9 +11,9 @@ from subprocess import Popen
 
 import pytest
 
-from emailsync import db
-from emailsync.control import READ_EVERY
 from emailsync.errors import EXIT_NO, EXIT_OK, EXIT_USAGE
+from emailsync.store import db
+from emailsync.store.control import READ_EVERY
 from tests.backend import Backend
 from tests.conftest import AppDb, EmailSync
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from emailsync.errors import EXIT_CONFIG, EXIT_TEMPFAIL
-from emailsync.http1 import RECEIVE
+from emailsync.sync.http1 import RECEIVE
 from tests.backend import Backend, Behaviour
 from tests.conftest import AppDb, CommandResult, EmailSync, make_cert
 
@@ -144,14 +144,14 @@ def test_a_bug_set_off_by_one_users_answer_fails_that_user_alone(
     email_sync.configure(pg, backend, backend=keys, logging={"level": "debug"})
     broken = (
         "import sys\n"
-        "import emailsync.backend as backend\n"
+        "import emailsync.sync.backend as backend\n"
         "count = backend._emails_synced\n"
         "def _emails_synced(body):\n"
         "    if b'explode' in body:\n"
         "        raise RuntimeError('simulated bug reading an answer')\n"
         "    return count(body)\n"
         "backend._emails_synced = _emails_synced\n"
-        "from emailsync import cli\n"
+        "from emailsync.commands import cli\n"
         "sys.exit(cli.main(sys.argv[1:]))\n"
     )
     process = subprocess.run(

@@ -1,4 +1,4 @@
-"""The backend's HTTP/1.1 (emailsync.http1, through backend.Session): what each way of answering gives a call.
+"""The backend's HTTP/1.1 (emailsync.sync.http1, through backend.Session): what each way of answering gives a call.
 
 The backend here is a real TCP server on 127.0.0.1 that answers each request with scripted bytes, so the answers
 can take every form HTTP/1.1 allows (and some it does not), which a well-behaved server would never send.
@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emailsync.backend import MAX_BODY, CallFailed, Session
-from emailsync.config import BackendConfig
-from emailsync.http1 import RECEIVE, BadAnswer, parse_head
+from emailsync.config.settings import BackendConfig
+from emailsync.sync.backend import MAX_BODY, CallFailed, Session
+from emailsync.sync.http1 import RECEIVE, BadAnswer, parse_head
 from tests.backend import Backend
 
 RUN_ID = str(uuid.uuid4())

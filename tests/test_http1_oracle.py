@@ -1,4 +1,4 @@
-"""emailsync.http1 against h11, python-hyper's HTTP/1.1, as an oracle: the same answer bytes, sent by a real server
+"""emailsync.sync.http1 against h11, python-hyper's HTTP/1.1, as an oracle: the same answer bytes, sent by a real server
 over plain TCP and over TLS in pieces (a TLS record's size among them), read by http1 through backend.Session and
 fed to an h11 client connection that sent the same request. Either both read the same status, body and framing
 (whether the connection can carry the next call), or http1 fails the call cleanly where h11 rejects the answer.
@@ -38,8 +38,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emailsync.backend import MAX_BODY, CallFailed
-from emailsync.http1 import MAX_HEAD
+from emailsync.sync.backend import MAX_BODY, CallFailed
+from emailsync.sync.http1 import MAX_HEAD
 from tests.test_http1 import Answer, RawBackend
 
 REQUEST_BODY = b'{"user_id": 1}'  # what tests.test_http1.post sends

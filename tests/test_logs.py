@@ -17,8 +17,9 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from emailsync import SCHEMA_VERSION, __version__, logs
-from emailsync.runlog import FAILURES_SHOWN, SAMPLES
+from emailsync import SCHEMA_VERSION, __version__, redaction
+from emailsync.report.runlog import FAILURES_SHOWN, SAMPLES
+from emailsync.systemd import logs
 from tests.backend import ECHOES, Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 from tests.test_config_property import bounded
@@ -159,21 +160,21 @@ def leaks(text: str, secret: str) -> list[str]:
 
 
 def windows(text: str) -> list[str]:
-    return [text[i : i + logs.MIN_PARTIAL] for i in range(max(1, len(text) - logs.MIN_PARTIAL + 1))]
+    return [text[i : i + redaction.MIN_PARTIAL] for i in range(max(1, len(text) - redaction.MIN_PARTIAL + 1))]
 
 
 @pytest.mark.parametrize("spelling", ECHOES)
 def test_a_secret_is_redacted_in_each_spelling_an_echo_can_take(spelling: str) -> None:
     logs.configure(secrets=[SECRET])
 
-    shown = logs.redact(f"HTTP 400: token {ECHOES[spelling](SECRET)} rejected")
+    shown = redaction.redact(f"HTTP 400: token {ECHOES[spelling](SECRET)} rejected")
 
     assert leaks(shown, SECRET) == [] and "***" in shown
 
 
 @bounded(200)
 @given(
-    secret=st.text(st.characters(codec="utf-8", exclude_categories=["Cc", "Cs"]), min_size=logs.MIN_PARTIAL),
+    secret=st.text(st.characters(codec="utf-8", exclude_categories=["Cc", "Cs"]), min_size=redaction.MIN_PARTIAL),
     spelling=st.sampled_from(list(ECHOES)),
     before=st.text(max_size=5),
     after=st.text(max_size=5),
@@ -181,29 +182,30 @@ def test_a_secret_is_redacted_in_each_spelling_an_echo_can_take(spelling: str) -
 def test_no_spelling_of_any_secret_survives_redaction(secret: str, spelling: str, before: str, after: str) -> None:
     logs.configure(secrets=[secret])
 
-    assert leaks(logs.redact(before + ECHOES[spelling](secret) + after), secret) == []
+    assert leaks(redaction.redact(before + ECHOES[spelling](secret) + after), secret) == []
 
 
 def test_a_prefix_shorter_than_min_partial_is_left_as_is() -> None:
     """The documented limit: a few leading characters of a secret are too common in ordinary text to redact."""
     logs.configure(secrets=[SECRET])
 
-    assert logs.redact(f"token {SECRET[: logs.MIN_PARTIAL - 1]}") == f"token {SECRET[: logs.MIN_PARTIAL - 1]}"
+    short = SECRET[: redaction.MIN_PARTIAL - 1]
+    assert redaction.redact(f"token {short}") == f"token {short}"
 
 
 def test_a_secret_our_own_cut_goes_through_is_redacted_up_to_the_cut() -> None:
     logs.configure(secrets=[SECRET])
 
-    shown = logs.redact_and_truncate("x" * 90 + SECRET + "y" * 1000, 100)
+    shown = redaction.redact_and_truncate("x" * 90 + SECRET + "y" * 1000, 100)
 
-    assert shown.startswith("x" * 90 + "***") and SECRET[: logs.MIN_PARTIAL] not in shown
+    assert shown.startswith("x" * 90 + "***") and SECRET[: redaction.MIN_PARTIAL] not in shown
 
 
 def test_a_url_password_with_an_unencoded_at_sign_is_redacted_whole() -> None:
     logs.configure()
 
     assert (
-        logs.redact("bad port in postgresql://app:p@ss:w0rd@db:5432/app")
+        redaction.redact("bad port in postgresql://app:p@ss:w0rd@db:5432/app")
         == "bad port in postgresql://app:***@db:5432/app"
     )
 
@@ -240,7 +242,7 @@ def test_a_run_never_logs_the_token_or_the_database_password(pg: AppDb, email_sy
 
 def test_version_answers_without_importing_the_heavy_modules() -> None:
     code = (
-        "import sys\nfrom emailsync import cli\n"
+        "import sys\nfrom emailsync.commands import cli\n"
         "try:\n    cli.main(['--version'])\nexcept SystemExit:\n    pass\n"
         "print(sorted(m for m in ('sqlalchemy', 'urllib3', 'requests', 'structlog') if m in sys.modules))"
     )

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from emailsync import __version__, metrics, schema
+from emailsync import __version__
 from emailsync.errors import EXIT_NO, EXIT_OK, EXIT_TEMPFAIL
+from emailsync.report import metrics
+from emailsync.store import schema
 from tests.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 

@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, inspect, make_url
 
-from emailsync import __version__, db, schema
-from emailsync.config import DatabaseConfig
+from emailsync import __version__
+from emailsync.config.settings import DatabaseConfig
 from emailsync.errors import EXIT_CONFIG, EXIT_OK
+from emailsync.store import db, schema
 from tests.backend import Backend
 from tests.conftest import OUR_TABLES, AppDb, EmailSync
 

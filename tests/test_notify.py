@@ -1,5 +1,5 @@
-"""emailsync.notify (its policy, and sdnotify sending) against real AF_UNIX datagram sockets, like the one systemd
-provides in $NOTIFY_SOCKET."""
+"""emailsync.systemd.notify (its policy, and sdnotify sending) against real AF_UNIX datagram sockets, like the one
+systemd provides in $NOTIFY_SOCKET."""
 
 import os
 import socket
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from emailsync.notify import Notifier, WatchdogSettings, watchdog_from_env
+from emailsync.systemd.notify import Notifier, WatchdogSettings, watchdog_from_env
 
 RECV_TIMEOUT = 2.0  # only reached when an expected datagram is missing
 SILENCE_TIMEOUT = 0.2  # how long "nothing was sent" waits; absence, not performance

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import make_url
 
-from emailsync import schema
 from emailsync.errors import EXIT_CONFIG, EXIT_NO, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
+from emailsync.store import schema
 from tests.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 from tests.terminal import in_terminal
@@ -316,8 +316,9 @@ def test_the_due_queries_use_indexes_at_a_million_users(pg: AppDb, backend: Back
     """Reading a page of due users takes the printed app index; claiming them takes the app's primary key."""
     from sqlalchemy import bindparam, text
 
-    from emailsync import config, db
-    from emailsync.users import UsersTable
+    from emailsync.config import settings
+    from emailsync.store import db
+    from emailsync.store.users import UsersTable
 
     pg.execute(
         "INSERT INTO users SELECT g, 'u' || g || '@example.com', now() - interval '10 minutes' "
@@ -330,7 +331,7 @@ def test_the_due_queries_use_indexes_at_a_million_users(pg: AppDb, backend: Back
             email_sync("migrate", "--print-app-indexes").stdout.strip()
         )
     pg.execute("ANALYZE users")
-    loaded = config.load(str(email_sync.config_path), {})
+    loaded = settings.load(str(email_sync.config_path), {})
     users = UsersTable(loaded.users, db.dialect_of(pg.engine))
 
     page_plan = "\n".join(row[0] for row in pg.rows(f"EXPLAIN {users.page_query}", interval=3600.0, limit=1000))

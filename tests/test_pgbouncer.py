@@ -9,8 +9,8 @@ from contextlib import contextmanager
 
 from sqlalchemy import create_engine, text
 
-from emailsync import db, schema
 from emailsync.errors import EXIT_CONFIG, EXIT_OK, EXIT_TEMPFAIL
+from emailsync.store import db, schema
 from tests.backend import Backend
 from tests.conftest import AppDb, EmailSync
 from tests.pgbouncer import PgBouncer

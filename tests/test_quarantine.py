@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from emailsync import db
 from emailsync.errors import EXIT_OK
+from emailsync.store import db
 from tests.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, event, text
 
-from emailsync import db, schema
-from emailsync.config import DatabaseConfig
+from emailsync.config.settings import DatabaseConfig
+from emailsync.store import db, schema
 from tests.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync, _fresh_app_db
 from tests.postgres import Cluster
@@ -274,7 +274,7 @@ def test_postgresql_restarted_mid_cycle_loses_nothing(
     assert pg.synced_ids() == set(range(1, 41))
 
 
-MIGRATE_LOCK = "hashtext('email-sync migrate')"  # the advisory lock key of emailsync.schema.migrate
+MIGRATE_LOCK = "hashtext('email-sync migrate')"  # the advisory lock key of emailsync.store.schema.migrate
 
 
 def wait_until_waiting_for_migrate(pg: AppDb, processes: list[subprocess.Popen[str]]) -> None:

@@ -15,11 +15,11 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
-from emailsync import db, schema
-from emailsync.backend import idempotency_key
-from emailsync.config import DatabaseConfig, SyncConfig, UsersConfig
+from emailsync.config.settings import DatabaseConfig, SyncConfig, UsersConfig
 from emailsync.errors import EXIT_CONFIG, EXIT_OK
-from emailsync.leases import Leases
+from emailsync.store import db, schema
+from emailsync.store.leases import Leases
+from emailsync.sync.backend import idempotency_key
 from tests.backend import Backend
 from tests.conftest import OUR_TABLES, AppDb, EmailSync, _fresh_app_db
 from tests.pgbouncer import PgBouncer

@@ -1,5 +1,5 @@
-"""The conffile the .deb ships (/etc/email-sync/email-sync.toml) lists every key of emailsync.config.KEYS with its
-default, and is exactly what `email-sync config --sample` renders from them: it cannot drift from the code."""
+"""The conffile the .deb ships (/etc/email-sync/email-sync.toml) lists every key of emailsync.config.settings.KEYS
+with its default, and is exactly what `email-sync config --sample` renders from them: it cannot drift from the code."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from emailsync import config, config_docs
+from emailsync.config import reference, settings
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "packaging" / "email-sync.toml"
@@ -29,7 +29,7 @@ def listed_defaults(text: str) -> dict[str, str]:
 
 
 def test_the_committed_template_is_what_email_sync_config_sample_prints() -> None:
-    assert TEMPLATE.read_text() == config_docs.sample(), REGENERATE
+    assert TEMPLATE.read_text() == reference.sample(), REGENERATE
 
 
 def test_packaging_renders_it_with_a_bare_python_from_the_source_tree() -> None:
@@ -47,15 +47,15 @@ def test_packaging_renders_it_with_a_bare_python_from_the_source_tree() -> None:
 
 def test_every_key_is_listed_once_in_its_section() -> None:
     lines = [line for line in TEMPLATE.read_text().splitlines() if re.fullmatch(r"#\w+ = .*", line)]
-    assert len(lines) == len(config.KEYS)
-    assert sorted(listed_defaults(TEMPLATE.read_text())) == sorted(key.dotted for key in config.KEYS)
+    assert len(lines) == len(settings.KEYS)
+    assert sorted(listed_defaults(TEMPLATE.read_text())) == sorted(key.dotted for key in settings.KEYS)
 
 
 def test_every_default_as_written_parses_back_to_the_keys_default() -> None:
-    keys = {key.dotted: key for key in config.KEYS}
+    keys = {key.dotted: key for key in settings.KEYS}
     for name, raw in listed_defaults(TEMPLATE.read_text()).items():
         key = keys[name]
-        if key.default is config.REQUIRED or key.default == "":
+        if key.default is settings.REQUIRED or key.default == "":
             assert raw == '""', name
             continue
         assert key.parse(tomllib.loads(f"v = {raw}")["v"]) == key.default, name
@@ -70,5 +70,5 @@ def test_the_template_as_shipped_is_valid_toml_and_only_needs_the_backend_url(tm
     assert all(not table for table in tomllib.loads(shipped).values())  # every key commented out
     edited = tmp_path / "email-sync.toml"
     edited.write_text(shipped.replace('#base_url = ""', 'base_url = "http://127.0.0.1:8000"'))
-    loaded = config.load(str(edited), env={"EMAIL_SYNC_DATABASE_URL": "sqlite:////var/lib/email-sync/app.db"})
+    loaded = settings.load(str(edited), env={"EMAIL_SYNC_DATABASE_URL": "sqlite:////var/lib/email-sync/app.db"})
     assert loaded.backend.base_url == "http://127.0.0.1:8000"

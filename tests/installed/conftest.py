@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, make_url, text
 
-from emailsync import db
+from emailsync.store import db
 from tests.backend import Backend
 from tests.nspawn import CONTAINER_PATH, Container, log, run_host
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from emailsync import check
+from emailsync.commands import check
 
 SHIPPED = Path(__file__).resolve().parents[2] / "systemd" / "email-sync.service"
 

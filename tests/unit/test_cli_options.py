@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from emailsync import cli
+from emailsync.commands import cli
 from emailsync.errors import EXIT_USAGE
 
 

@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from emailsync import cli, config_docs
+from emailsync.commands import cli
+from emailsync.config import reference
 
 
 @pytest.mark.parametrize(
@@ -14,10 +15,10 @@ from emailsync import cli, config_docs
     [(3600.0, "1h"), (90.0, "1m30s"), (86400.0, "1d"), (0.25, "250ms"), (1.5, "1500ms")],
 )
 def test_a_default_duration_is_written_the_way_an_operator_would(seconds: float, written: str) -> None:
-    assert config_docs.duration(seconds) == written
+    assert reference.duration(seconds) == written
 
 
-@pytest.mark.parametrize(("flag", "render"), [("--sample", config_docs.sample), ("--markdown", config_docs.markdown)])
+@pytest.mark.parametrize(("flag", "render"), [("--sample", reference.sample), ("--markdown", reference.markdown)])
 def test_the_config_command_prints_its_form_without_reading_any_config(
     flag: str, render: Callable[[], str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,10 +10,13 @@ from typing import Any
 import pytest
 from sqlalchemy import URL
 
-from emailsync import database_url, db, logs
-from emailsync.config import load
+from emailsync import redaction
+from emailsync.config import database_url
+from emailsync.config.settings import load
+from emailsync.config.values import Invalid
 from emailsync.errors import ConfigError
-from emailsync.values import Invalid
+from emailsync.store import db
+from emailsync.systemd import logs
 
 PASSWORD = "Sw0rdfish-9Lq"  # no character a URL must encode
 
@@ -137,7 +140,7 @@ def test_the_password_of_every_form_is_a_secret_and_redacted(url: str, tmp_path:
     logs.configure(secrets=loaded.secrets)
 
     assert PASSWORD in loaded.secrets
-    assert PASSWORD not in logs.redact(f"could not connect with {url}")
+    assert PASSWORD not in redaction.redact(f"could not connect with {url}")
 
 
 @pytest.mark.parametrize(
@@ -164,8 +167,8 @@ def test_a_refused_url_of_any_form_is_not_shown(url: str, tmp_path: Path) -> Non
 def test_a_password_in_a_connection_string_is_redacted_in_any_message() -> None:
     logs.configure()
 
-    assert logs.redact("failed: host=db password=hunter2x dbname=app") == "failed: host=db password=*** dbname=app"
-    assert logs.redact("GET /?host=db&password=hunter2x&x=1") == "GET /?host=db&password=***&x=1"
+    assert redaction.redact("failed: host=db password=hunter2x dbname=app") == "failed: host=db password=*** dbname=app"
+    assert redaction.redact("GET /?host=db&password=hunter2x&x=1") == "GET /?host=db&password=***&x=1"
 
 
 def test_sqlite_urls_are_left_as_they_are() -> None:

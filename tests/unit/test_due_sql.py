@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from emailsync.config import UsersConfig
-from emailsync.db import STATE, Dialect
-from emailsync.schema import STEPS
-from emailsync.users import UsersTable
+from emailsync.config.settings import UsersConfig
+from emailsync.store.db import STATE, Dialect
+from emailsync.store.schema import STEPS
+from emailsync.store.users import UsersTable
 
 SQLITE = Dialect("sqlite")
 HOUR = 3600.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from emailsync.limiter import INITIAL, Fixed, Gate, Limiter
+from emailsync.sync.limiter import INITIAL, Fixed, Gate, Limiter
 
 FLAT = 0.1  # seconds: the backend without a queue
 

@@ -6,7 +6,8 @@ import argparse
 import re
 from pathlib import Path
 
-from emailsync import cli, errors
+from emailsync import errors
+from emailsync.commands import cli
 
 MAN = (Path(__file__).resolve().parents[2] / "debian" / "email-sync.1").read_text()
 

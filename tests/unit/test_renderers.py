@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from emailsync.status import MIN_TEXT, Column, UserRow, _wrap, chart, duration, render_user
+from emailsync.commands.status import MIN_TEXT, Column, UserRow, _wrap, chart, render_user
+from emailsync.systemd.timespan import brief
 
 
 @pytest.mark.parametrize(
@@ -21,7 +22,7 @@ from emailsync.status import MIN_TEXT, Column, UserRow, _wrap, chart, duration, 
     ],
 )
 def test_duration_is_short_and_keeps_its_sign(seconds: float | None, shown: str) -> None:
-    assert duration(seconds) == shown
+    assert brief(seconds) == shown
 
 
 def test_a_failing_user_line_shows_failures_retry_and_the_whole_error_on_one_line() -> None:

@@ -13,14 +13,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from emailsync import backend, schema, values
-from emailsync.backend import idempotency_key
-from emailsync.config import SyncConfig
-from emailsync.cycle import UNWRITTEN_FOR, Unwritten, Verdict
-from emailsync.db_failures import classify
+from emailsync.config import values
+from emailsync.config.settings import SyncConfig
 from emailsync.errors import ConfigError, DatabaseUnavailable, EndpointError
-from emailsync.leases import failure_backoff
 from emailsync.model import NOT_PERMANENT, Claim, Kind, Outcome, Result, is_permanent, kind_of
+from emailsync.store import schema
+from emailsync.store.db_failures import classify
+from emailsync.store.leases import failure_backoff
+from emailsync.sync import backend
+from emailsync.sync.backend import idempotency_key
+from emailsync.sync.cycle import UNWRITTEN_FOR, Unwritten, Verdict
 
 SYNC = SyncConfig(3600, 100, 50, 10, 600, 5, "host", 300, 86400, 20, 3)
 

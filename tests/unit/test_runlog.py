@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from emailsync import logs
 from emailsync.model import Claim, Kind, Outcome, RunCounts
-from emailsync.runlog import FAILURES_SHOWN, PROGRESS_EVERY, SAMPLES, RunLog
+from emailsync.report.runlog import FAILURES_SHOWN, PROGRESS_EVERY, SAMPLES, RunLog
+from emailsync.systemd import logs
 
 
 def outcome(user_id: int, kind: Kind) -> Outcome:

@@ -6,13 +6,13 @@ import gc
 import subprocess
 import sys
 
-from emailsync import cli
+from emailsync.commands import cli
 
 
 def test_a_run_from_the_console_script_collects_what_its_work_makes() -> None:
     probe = (
         "import gc\n"
-        "from emailsync import cli\n"
+        "from emailsync.commands import cli\n"
         "gc.disable()  # as cli.entry does\n"
         "cli._start_up_done()\n"
         "print(gc.isenabled(), gc.get_freeze_count() > 0)\n"

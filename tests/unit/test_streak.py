@@ -10,8 +10,8 @@ from itertools import count
 
 import pytest
 
-from emailsync import streak
-from emailsync.streak import Alert, Kind, Outcome, Resolved, State
+from emailsync.report import streak
+from emailsync.report.streak import Alert, Kind, Outcome, Resolved, State
 
 AFTER = 3
 START = datetime(2026, 12, 6, 4, 0, tzinfo=UTC)

@@ -26,7 +26,7 @@ from typing import Protocol
 
 import structlog
 
-from emailsync.config import BackendConfig
+from emailsync.config.settings import BackendConfig
 
 log = structlog.get_logger()
 

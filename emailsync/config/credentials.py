@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from emailsync import database_url
+from emailsync.config import database_url
 from emailsync.errors import ConfigError
 
 DATABASE_URL_CREDENTIAL = "database-url"

@@ -21,11 +21,13 @@ from pathlib import Path
 
 from sqlalchemy import Engine, inspect
 
-from emailsync import backend, control, db, schema, systemctl, timespan
-from emailsync.config import Config
-from emailsync.credentials import BACKEND_TOKEN_CREDENTIAL, DATABASE_URL_CREDENTIAL
+from emailsync.config.credentials import BACKEND_TOKEN_CREDENTIAL, DATABASE_URL_CREDENTIAL
+from emailsync.config.settings import Config
 from emailsync.errors import EmailSyncError, TemporaryError
 from emailsync.model import Kind, kind_of
+from emailsync.store import control, db, schema
+from emailsync.sync import backend
+from emailsync.systemd import systemctl, timespan
 
 PACKAGED_VENV = Path("/usr/lib/email-sync/venv")
 # Where systemd looks for system units, highest priority first (systemd.unit(5)).

@@ -20,17 +20,18 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from emailsync import __version__, control, runs
-from emailsync.db import dialect_of, transaction
+from emailsync import __version__
 from emailsync.errors import DatabaseUnavailable
 from emailsync.model import RunCounts
-from emailsync.schema import SCHEMA_VERSION
+from emailsync.store import control, runs
+from emailsync.store.db import dialect_of, transaction
+from emailsync.store.schema import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from emailsync.config import Config
-    from emailsync.status import Backlog
+    from emailsync.config.settings import Config
+    from emailsync.store.backlog import Backlog
 
 log = structlog.get_logger()
 

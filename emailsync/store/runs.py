@@ -8,11 +8,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, text
 
-from emailsync.db import MAX_ERROR_CHARS, RUNS, Dialect, dialect_of, with_retry
-from emailsync.logs import redact_and_truncate
 from emailsync.model import RunCounts
+from emailsync.redaction import redact_and_truncate
+from emailsync.store.db import MAX_ERROR_CHARS, RUNS, Dialect, dialect_of, with_retry
 
-RELEASE_SINCE = 5  # the schema version whose step added the release column (emailsync/schema.py)
+RELEASE_SINCE = 5  # the schema version whose step added the release column (emailsync/store/schema.py)
 STOOD_ASIDE = "stood_aside"  # the outcome of a run whose release is older than the database's schema
 # A stopped run is a healthy one: systemd asked it to stop, an operator paused or drained the fleet, or the host
 # awaits an upgrade while the upgraded hosts do the work.

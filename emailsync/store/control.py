@@ -18,8 +18,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from emailsync.db import FLEET, MAX_ERROR_CHARS, STATE, Dialect, dialect_of, with_retry
-from emailsync.logs import redact_and_truncate
+from emailsync.redaction import redact_and_truncate
+from emailsync.store.db import FLEET, MAX_ERROR_CHARS, STATE, Dialect, dialect_of, with_retry
 
 RUNNING, PAUSED, DRAINING = "running", "paused", "draining"
 QUARANTINE = "quarantine"  # parked_by of a user parked by the run itself, after permanent failures in a row

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from emailsync.errors import ConfigError, DatabaseUnavailable, EmailSyncError
-from emailsync.logs import redact
+from emailsync.redaction import redact
 
 URL = "the database URL"  # a rule about the URL names the key (or credential) the URL came from
 STANDBY = (

@@ -101,3 +101,18 @@ def parse(text: str, default_unit: int = USEC_PER_SEC) -> int:
                 total += int(digit) * step
                 if total >= _INFINITY:
                     raise ValueError("time span out of range")
+
+
+def brief(seconds: float | None) -> str:
+    """A short human duration: 45s, 12m, 3h05m, 2d04h."""
+    if seconds is None:
+        return "-"
+    s = int(abs(seconds))
+    sign = "-" if seconds < 0 else ""
+    if s < 120:
+        return f"{sign}{s}s"
+    if s < 7200:
+        return f"{sign}{s // 60}m"
+    if s < 172800:
+        return f"{sign}{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{sign}{s // 86400}d{s % 86400 // 3600:02d}h"

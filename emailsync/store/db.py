@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 
-from emailsync import database_url
-from emailsync.config import DatabaseConfig
-from emailsync.db_failures import classify
+from emailsync.config import database_url
+from emailsync.config.settings import DatabaseConfig
+from emailsync.config.values import Invalid
 from emailsync.errors import ConfigError, DatabaseUnavailable
-from emailsync.values import Invalid
+from emailsync.store.db_failures import classify
 
 STATE = "email_sync_user_state"
 RUNS = "email_sync_runs"

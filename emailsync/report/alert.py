@@ -1,5 +1,5 @@
 """Alerts about failing runs: one when a failure streak starts, one "resolved" when a run succeeds again
-(emailsync/streak.py keeps the streak and its rules), and the quarantine alert's delivery.
+(emailsync/report/streak.py keeps the streak and its rules), and the quarantine alert's delivery.
 
 `email-sync alert` is the OnFailure= handler: systemd (>= 251) hands it the failed unit's facts in $MONITOR_UNIT,
 $MONITOR_SERVICE_RESULT, $MONITOR_EXIT_CODE, $MONITOR_EXIT_STATUS and $MONITOR_INVOCATION_ID; the invocation id
@@ -21,11 +21,11 @@ from typing import Any
 
 import structlog
 
-from emailsync import outbound, streak
-from emailsync.config import Config
+from emailsync.config.settings import Config
 from emailsync.errors import EXIT_CONFIG, EmailSyncError, TemporaryError
-from emailsync.logs import redact_and_truncate
-from emailsync.streak import Kind, Outcome, State, StreakFile
+from emailsync.redaction import redact_and_truncate
+from emailsync.report import outbound, streak
+from emailsync.report.streak import Kind, Outcome, State, StreakFile
 
 LOG_LINES = 20
 ERROR_CHARS = 500  # of an error kept in the streak: the line an operator reads first
@@ -133,7 +133,7 @@ def run_ended(
 ) -> None:
     """The run's part of the streak, at its very end: record its outcome; when it ends a streak that was alerted,
     send the "resolved". Nothing here fails the run: a problem is a warning line."""
-    from emailsync.runs import HEALTHY_OUTCOMES
+    from emailsync.store.runs import HEALTHY_OUTCOMES
 
     where = streak.directory(env)
     if where is None:
@@ -163,7 +163,7 @@ def run_ended(
 
 def _send_resolved(config: Config, run_id: str, invocation: str | None, resolved: streak.Resolved) -> bool:
     """Deliver the "resolved"; False when it could not be delivered (it is logged)."""
-    from emailsync.status import duration
+    from emailsync.systemd.timespan import brief
 
     ended, host = resolved.streak, os.uname().nodename
     body = {
@@ -177,7 +177,7 @@ def _send_resolved(config: Config, run_id: str, invocation: str | None, resolved
         "streak": streak.streak_json(ended),
         "summary": (
             f"{UNIT} on {host} is back: a run succeeded after {_runs(ended.runs)} failed over "
-            f"{duration(resolved.duration_s)}; first error: {ended.first_error}"
+            f"{brief(resolved.duration_s)}; first error: {ended.first_error}"
         ),
     }
     try:

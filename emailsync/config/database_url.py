@@ -17,7 +17,7 @@ import re
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from emailsync.values import Invalid
+from emailsync.config.values import Invalid
 
 if TYPE_CHECKING:
     from sqlalchemy import URL

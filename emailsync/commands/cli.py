@@ -22,7 +22,7 @@ from emailsync import SCHEMA_VERSION, __version__
 from emailsync.errors import EXIT_BUG, EXIT_CONFIG, EXIT_NO, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE, EmailSyncError
 
 if TYPE_CHECKING:
-    from emailsync.config import Config
+    from emailsync.config.settings import Config
 
 EPILOG = f"""\
 exit codes:
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _config(args.form)  # reads no config file: it describes them
     import structlog
 
-    from emailsync import logs
+    from emailsync.systemd import logs
 
     logs.configure()
     log = structlog.get_logger()
@@ -173,11 +173,12 @@ def _load_config(path: str | None, command: str) -> Config:
     """The configuration, or ConfigError listing every problem in it; for `check`, with the problems in it."""
     import structlog
 
-    from emailsync import config, logs
+    from emailsync.config import settings
+    from emailsync.systemd import logs
 
-    load = config.gather if command == "check" else config.load
+    load = settings.gather if command == "check" else settings.load
     loaded = load(
-        config.config_path(path, os.environ), need_backend=command not in NO_BACKEND, need_database=command != "alert"
+        settings.config_path(path, os.environ), need_backend=command not in NO_BACKEND, need_database=command != "alert"
     )
     logs.configure(loaded.logging.level, loaded.secrets)
     for warning in loaded.warnings:
@@ -186,7 +187,8 @@ def _load_config(path: str | None, command: str) -> Config:
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
-    from emailsync import cycle, operations
+    from emailsync.commands import operations
+    from emailsync.sync import cycle
 
     _start_up_done()
     if args.dry_run:
@@ -195,7 +197,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     if args.limit is not None:  # this run only: the same cap as sync.max_users_per_run, never above it
         cap = min(args.limit, config.sync.max_users_per_run)
         config = replace(config, sync=replace(config.sync, max_users_per_run=cap))
-    from emailsync.notify import Notifier
+    from emailsync.systemd.notify import Notifier
 
     notifier = Notifier.from_env()
     cycle.check_watchdog_fits(config, notifier)
@@ -214,7 +216,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
 def _migrate(config: Config, args: argparse.Namespace) -> int:
     import structlog
 
-    from emailsync import db, schema
+    from emailsync.store import db, schema
 
     with db.connected(config.database) as engine:
         if args.print_app_indexes:
@@ -226,7 +228,8 @@ def _migrate(config: Config, args: argparse.Namespace) -> int:
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
-    from emailsync import db, schema, status
+    from emailsync.commands import status
+    from emailsync.store import db, schema
 
     with db.connected(config.database) as engine:
         # On a host not yet upgraded too: it reads a newer schema (steps only add) to show who awaits an upgrade.
@@ -240,7 +243,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
 
 
 def _check(path: str | None) -> int:
-    from emailsync import check
+    from emailsync.commands import check
     from emailsync.errors import ConfigError
 
     try:
@@ -253,7 +256,7 @@ def _check(path: str | None) -> int:
 
 
 def _sync(config: Config, args: argparse.Namespace) -> int:
-    from emailsync import operations
+    from emailsync.commands import operations
     from emailsync.model import Kind
 
     outcome = operations.sync_user(config, args.user)
@@ -261,7 +264,7 @@ def _sync(config: Config, args: argparse.Namespace) -> int:
 
 
 def _users(config: Config, args: argparse.Namespace) -> int:
-    from emailsync import operations
+    from emailsync.commands import operations
 
     rows = operations.list_users(config, args.which, args.limit)
     print("\n".join(rows) if rows else "(none)")
@@ -271,7 +274,7 @@ def _users(config: Config, args: argparse.Namespace) -> int:
 def _reset(config: Config, args: argparse.Namespace) -> int:
     import structlog
 
-    from emailsync import operations
+    from emailsync.commands import operations
 
     count = operations.reset(config, None if args.all_failing else args.user)
     structlog.get_logger().info("backoff_reset", users=count)
@@ -279,7 +282,8 @@ def _reset(config: Config, args: argparse.Namespace) -> int:
 
 
 def _fleet_mode(config: Config, args: argparse.Namespace) -> int:
-    from emailsync import control, operations
+    from emailsync.commands import operations
+    from emailsync.store import control
 
     mode = {"pause": control.PAUSED, "drain": control.DRAINING, "resume": control.RUNNING}[args.command]
     operations.set_fleet_mode(config, mode, getattr(args, "reason", None))
@@ -287,30 +291,30 @@ def _fleet_mode(config: Config, args: argparse.Namespace) -> int:
 
 
 def _park(config: Config, args: argparse.Namespace) -> int:
-    from emailsync import operations
+    from emailsync.commands import operations
 
     operations.park(config, args.user, args.reason)
     return EXIT_OK
 
 
 def _unpark(config: Config, args: argparse.Namespace) -> int:
-    from emailsync import operations
+    from emailsync.commands import operations
 
     operations.unpark(config, args.user)
     return EXIT_OK
 
 
 def _alert(config: Config, args: argparse.Namespace) -> int:
-    from emailsync import alert
+    from emailsync.report import alert
 
     alert.on_failure(config, args.unit, os.environ)
     return EXIT_OK
 
 
 def _config(form: str) -> int:
-    from emailsync import config_docs
+    from emailsync.config import reference
 
-    sys.stdout.write(config_docs.sample() if form == "sample" else config_docs.markdown())
+    sys.stdout.write(reference.sample() if form == "sample" else reference.markdown())
     return EXIT_OK
 
 

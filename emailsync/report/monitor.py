@@ -21,8 +21,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
 
-from emailsync import __version__, outbound
-from emailsync.config import MonitorConfig
+from emailsync import __version__
+from emailsync.config.settings import MonitorConfig
+from emailsync.report import outbound
 
 log = structlog.get_logger()
 ATTEMPTS = 2  # a ping and at most one retry: a monitor that is down must not hold the run's end for long

@@ -14,12 +14,15 @@ from typing import Any, TextIO
 
 from sqlalchemy import Engine, text
 
-from emailsync import control, systemctl
-from emailsync import runs as runs_table
-from emailsync.config import Config
-from emailsync.db import RUNS, STATE, dialect_of, transaction
-from emailsync.schema import schema_version
-from emailsync.users import UsersTable
+from emailsync.config.settings import Config
+from emailsync.store import backlog, control
+from emailsync.store import runs as runs_table
+from emailsync.store.backlog import Freshness, rounded
+from emailsync.store.db import RUNS, STATE, dialect_of, transaction
+from emailsync.store.schema import schema_version
+from emailsync.store.users import UsersTable
+from emailsync.systemd import systemctl
+from emailsync.systemd.timespan import brief
 
 RECENT_RUNS = 5
 LISTED = 10
@@ -128,7 +131,7 @@ def gather(engine: Engine, config: Config) -> Status:
         awaiting = []
         if (version or 0) >= runs_table.RELEASE_SINCE:  # `status` may be asked before a run has migrated
             awaiting = runs_table.awaiting_upgrade(connection, d, config.status.stale_after)
-    now = backlog(engine, config)
+    now = backlog.read(engine, config)
     status = Status(
         schema_version=version,
         runs=runs,
@@ -183,69 +186,6 @@ def chart(day: list[Column]) -> tuple[str, str]:
     return "".join(mark(column) for column in day), key
 
 
-@dataclass(frozen=True)
-class Freshness:
-    """The promise "every user synced within status.max_staleness", over every user of the app (the filter's), in
-    backoff or leased too: their mail is as stale. Parked users are not: an operator (or the quarantine, which
-    alerts once) set them aside. A user never synced has no age, so cannot break it: a new user
-    is due at once anyway, and a run's failures show elsewhere (failed counts, backoff)."""
-
-    max_staleness_s: float
-    oldest_sync_age_s: float | None  # since the least recently synced user's last sync (None: nobody synced yet)
-    over: int  # users whose last sync is older than max_staleness
-
-    @property
-    def holds(self) -> bool:
-        return self.over == 0
-
-    def problem(self) -> str:
-        return (
-            f"{self.over} users not synced within status.max_staleness ({self.max_staleness_s:g}s); "
-            f"the oldest {duration(self.oldest_sync_age_s)} ago"
-        )
-
-
-@dataclass(frozen=True)
-class Backlog:
-    due: int
-    never_synced: int
-    oldest_age_s: float | None  # since the oldest due user's last sync (None: none due, or all never synced)
-    in_backoff: int
-    parked: int
-    quarantined: int  # of the parked
-    freshness: Freshness
-
-
-def backlog(engine: Engine, config: Config) -> Backlog:
-    """Who is waiting right now, and whether the freshness promise holds: what `status` shows, the metrics export
-    and the end-of-run ping reports."""
-    d = dialect_of(engine)
-    users = UsersTable(config.users, d)
-    limit = config.status.max_staleness
-    with transaction(engine) as connection:
-        fresh = connection.execute(
-            text(
-                f"SELECT max({d.age(users.last_sync)}), "
-                f"coalesce(sum(CASE WHEN {d.age(users.last_sync)} > :max_staleness THEN 1 ELSE 0 END), 0) "
-                f"{users.promised_from}"
-            ),
-            {"max_staleness": limit},
-        ).one()
-        due = connection.execute(
-            text(
-                f"SELECT count(*), count(*) - count({users.last_sync}), max({d.age(users.last_sync)}) "
-                f"{users.due_from()}"
-            ),
-            {"interval": config.sync.interval},
-        ).one()
-        in_backoff = connection.execute(
-            text(f"SELECT count(*) FROM {STATE} WHERE failures > 0 AND next_attempt_at > {d.now} AND parked_at IS NULL")
-        ).scalar()
-        parked, quarantined = control.count_parked(connection)
-    freshness = Freshness(limit, _rounded(fresh[0]), int(fresh[1]))
-    return Backlog(int(due[0]), int(due[1]), _rounded(due[2]), int(in_backoff or 0), parked, quarantined, freshness)
-
-
 def _problems(status: Status, config: Config) -> list[str]:
     problems = []
     finished = [run for run in status.runs if run.outcome != "running"]
@@ -281,11 +221,11 @@ def list_users(engine: Engine, config: Config, which: str, limit: int) -> list[U
         UserRow(
             row.user_id,
             row.failures,
-            _rounded(row.next_in),
+            rounded(row.next_in),
             row.last_error,
             row.lease_owner,
             row.host,
-            _rounded(row.lease_left),
+            rounded(row.lease_left),
         )
         for row in rows
     ]
@@ -300,31 +240,12 @@ def list_due(engine: Engine, config: Config, limit: int) -> list[tuple[str, floa
             text(f"SELECT {users.key}, {d.age(users.last_sync)} {users.due_from()} {users.oldest_first} LIMIT :limit"),
             {"interval": config.sync.interval, "limit": limit},
         ).all()
-    return [(row[0], _rounded(row[1])) for row in rows]
-
-
-def _rounded(value: Any) -> float | None:
-    return None if value is None else round(float(value))
+    return [(row[0], rounded(row[1])) for row in rows]
 
 
 def timer_state() -> dict[str, str]:
     """The timer's last and next trigger, asked from systemd when it runs here; empty otherwise."""
     return systemctl.show("email-sync.timer", "LastTriggerUSec", "NextElapseUSecRealtime", "ActiveState")
-
-
-def duration(seconds: float | None) -> str:
-    """A short human duration: 45s, 12m, 3h05m, 2d04h."""
-    if seconds is None:
-        return "-"
-    s = int(abs(seconds))
-    sign = "-" if seconds < 0 else ""
-    if s < 120:
-        return f"{sign}{s}s"
-    if s < 7200:
-        return f"{sign}{s // 60}m"
-    if s < 172800:
-        return f"{sign}{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{sign}{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def render(status: Status, width: int = WIDTH) -> str:
@@ -337,12 +258,12 @@ def render(status: Status, width: int = WIDTH) -> str:
     if status.timer:
         lines.append(f"timer: {status.timer.get('ActiveState', '?')}, last {status.timer.get('LastTriggerUSec', '-')}")
         lines.append(f"       next {status.timer.get('NextElapseUSecRealtime', '-')}")
-    backlog = "none" if status.oldest_due_age_s is None else f"oldest synced {duration(status.oldest_due_age_s)} ago"
+    backlog = "none" if status.oldest_due_age_s is None else f"oldest synced {brief(status.oldest_due_age_s)} ago"
     lines.append(f"due now: {status.due_now} ({status.never_synced_due} never synced; {backlog})")
     fresh = status.freshness
     lines.append(
-        f"freshness: {'holds' if fresh.holds else 'BROKEN'}, {fresh.over} over {duration(fresh.max_staleness_s)}; "
-        f"least recently synced {duration(fresh.oldest_sync_age_s)} ago"
+        f"freshness: {'holds' if fresh.holds else 'BROKEN'}, {fresh.over} over {brief(fresh.max_staleness_s)}; "
+        f"least recently synced {brief(fresh.oldest_sync_age_s)} ago"
     )
     if status.day:
         line, key = chart(status.day)
@@ -352,7 +273,7 @@ def render(status: Status, width: int = WIDTH) -> str:
     for run in status.runs:
         lines.append(
             f"{run.started_at[:26]:<27}{run.host[:11]:<12}{_n(run.due):>7}{run.synced:>7}{run.failed:>7}"
-            f"{run.skipped:>5} {run.outcome} {duration(run.duration_s)}"
+            f"{run.skipped:>5} {run.outcome} {brief(run.duration_s)}"
         )
     lines.append("")
     lines.append(f"in backoff: {status.in_backoff}")
@@ -364,7 +285,7 @@ def render(status: Status, width: int = WIDTH) -> str:
     if status.awaiting_upgrade:
         lines.append(f"awaiting upgrade (release older than schema v{status.schema_version}, syncing nobody):")
         lines += [
-            f"  {host.host:<30} {host.release or '?'}, last run {duration(host.last_run_age_s)} ago"
+            f"  {host.host:<30} {host.release or '?'}, last run {brief(host.last_run_age_s)} ago"
             for host in status.awaiting_upgrade
         ]
     return "\n".join(wrapped for line in lines for wrapped in _wrap(line, width))
@@ -391,16 +312,16 @@ def render_user(user: UserRow) -> str:
     if user.lease_owner:
         return (
             f"{user.user_id[:20]:<21}leased by {(user.lease_host or '?')[:16]} run {user.lease_owner[:8]}, "
-            f"{duration(user.lease_left_s)} left"
+            f"{brief(user.lease_left_s)} left"
         )
     error = " ".join((user.last_error or "").split())
-    return f"{user.user_id[:20]:<21}x{user.failures:<3} retry in {duration(user.next_attempt_in_s):<7} {error}"
+    return f"{user.user_id[:20]:<21}x{user.failures:<3} retry in {brief(user.next_attempt_in_s):<7} {error}"
 
 
 def render_parked(user: control.Parked) -> str:
     """One parked user on one line: who parked it, how long ago, and the whole reason (`status` wraps it)."""
     reason = " ".join((user.reason or "").split())
-    return f"{user.user_id[:20]:<21}by {user.parked_by[:24]} {duration(user.age_s)} ago: {reason}"
+    return f"{user.user_id[:20]:<21}by {user.parked_by[:24]} {brief(user.age_s)} ago: {reason}"
 
 
 def _n(value: int | None) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any, Final, Literal
 from urllib.parse import SplitResult, quote, urlsplit
 
-from emailsync import timespan
+from emailsync.systemd import timespan
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 _TIMEZONE = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*")
@@ -109,7 +109,7 @@ AUTO: Final = "auto"
 
 
 def concurrency(value: Any) -> int | Literal["auto"]:
-    """A number of calls in flight, or "auto": found from the backend's answers (emailsync/limiter.py)."""
+    """A number of calls in flight, or "auto": found from the backend's answers (emailsync/sync/limiter.py)."""
     if isinstance(value, str) and value.strip().lower() == AUTO:
         return AUTO
     try:

@@ -1,4 +1,4 @@
-"""The shipped conffile and the configuration reference, both rendered from config.KEYS.
+"""The shipped conffile and the configuration reference, both rendered from settings.KEYS.
 
 `email-sync config --sample` prints the commented /etc/email-sync/email-sync.toml the .deb ships and
 `email-sync config --markdown` prints docs/configuration.md: each key's default and meaning come from its one
@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from itertools import groupby
 from typing import Any
 
-from emailsync import config, values
+from emailsync.config import settings, values
 
 SAMPLE_HEADER = """\
 # /etc/email-sync/email-sync.toml: configuration of email-sync (a dpkg conffile: your edits survive upgrades).
 #
-# Generated from emailsync/config.py by `email-sync config --sample`; every key is listed below, commented out,
+# Generated from emailsync/config/settings.py by `email-sync config --sample`; every key is listed below, commented out,
 # with its default. Uncomment and change what you need. Durations are systemd time spans: 90, 5min, 2h 30min, 1.5h.
 # Any key can also be set by the environment as EMAIL_SYNC_<SECTION>_<KEY> (e.g. in a drop-in of the unit:
 # `systemctl edit email-sync.service`, Environment=EMAIL_SYNC_BACKEND_BASE_URL=http://10.0.0.5:8000).
@@ -41,7 +41,8 @@ SAMPLE_HEADER = """\
 MARKDOWN_HEADER = """\
 # Configuration reference
 
-<!-- Generated from emailsync/config.py by `email-sync config --markdown`: edit the keys there, then `make docs`. -->
+<!-- Generated from emailsync/config/settings.py by `email-sync config --markdown`: edit the keys there, then
+`make docs`. -->
 
 email-sync reads TOML from `--config PATH`, else `$EMAIL_SYNC_CONFIG`, else `/etc/email-sync/email-sync.toml` (the
 package ships that file with every key below commented out, at its default). Every key can be overridden by the
@@ -100,7 +101,7 @@ def duration(seconds: float) -> str:
     return "".join(parts)
 
 
-def _is_duration(key: config.Key) -> bool:
+def _is_duration(key: settings.Key) -> bool:
     if not isinstance(key.default, float):
         return False
     try:
@@ -109,10 +110,10 @@ def _is_duration(key: config.Key) -> bool:
         return False
 
 
-def toml_value(key: config.Key) -> str:
+def toml_value(key: settings.Key) -> str:
     """The key's default as TOML (an empty string for a required key or one that is off by default)."""
     default: Any = key.default
-    if default is config.REQUIRED or default == "":
+    if default is settings.REQUIRED or default == "":
         return '""'
     if _is_duration(key):
         return f'"{duration(default)}"' if default else "0"  # 0: a duration derived from other keys
@@ -125,17 +126,17 @@ def toml_value(key: config.Key) -> str:
     return '"' + str(default).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def default_text(key: config.Key) -> str:
-    if key.default is config.REQUIRED:
+def default_text(key: settings.Key) -> str:
+    if key.default is settings.REQUIRED:
         return "required"
     if key.default == "":
         return "none"
     return toml_value(key)
 
 
-def _by_section() -> Iterator[tuple[str, Iterator[config.Key]]]:
+def _by_section() -> Iterator[tuple[str, Iterator[settings.Key]]]:
     """The keys in their declared order, a group per section: both renderings follow the conffile's layout."""
-    return groupby(config.KEYS, key=lambda key: key.section)
+    return groupby(settings.KEYS, key=lambda key: key.section)
 
 
 def sample() -> str:

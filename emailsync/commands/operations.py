@@ -11,14 +11,18 @@ from contextlib import contextmanager
 import structlog
 from sqlalchemy import Engine
 
-from emailsync import backend, budget, control, db, runlog, schema, status
-from emailsync.backend import Client
-from emailsync.config import Config
-from emailsync.cycle import Verdict, result_of
+from emailsync.commands import status
+from emailsync.config.settings import Config
 from emailsync.errors import Refused, TemporaryError, UsageError
-from emailsync.leases import Leases
-from emailsync.limiter import Fixed
 from emailsync.model import Claim, Outcome
+from emailsync.report import runlog
+from emailsync.store import backlog, control, db, schema
+from emailsync.store.leases import Leases
+from emailsync.sync import backend, budget
+from emailsync.sync.backend import Client
+from emailsync.sync.cycle import Verdict, result_of
+from emailsync.sync.limiter import Fixed
+from emailsync.systemd.timespan import brief
 
 
 def sync_user(config: Config, who: str) -> Outcome:
@@ -72,7 +76,7 @@ def list_users(config: Config, which: str | None, limit: int) -> list[str]:
 
 def _due_lines(engine: Engine, config: Config, limit: int) -> list[str]:
     return [
-        f"{user:<24} {'never synced' if age is None else 'last synced ' + status.duration(age) + ' ago'}"
+        f"{user:<24} {'never synced' if age is None else 'last synced ' + brief(age) + ' ago'}"
         for user, age in status.list_due(engine, config, limit)
     ]
 
@@ -88,7 +92,7 @@ def dry_run(config: Config, limit: int | None) -> list[str]:
     with _ready(config) as engine:
         with db.transaction(engine) as connection:
             mode = control.read(connection)
-        now = status.backlog(engine, config)
+        now = backlog.read(engine, config)
         claims = min(now.due, cap) if mode.claims else 0
         run = "a run" if limit is None else f"a run with --limit {limit}"
         lines = [
@@ -99,7 +103,7 @@ def dry_run(config: Config, limit: int | None) -> list[str]:
         if not mode.claims:
             return [*lines, "a run claims nobody until `email-sync resume`"]
         if now.due:
-            oldest = "-" if now.oldest_age_s is None else f"last synced {status.duration(now.oldest_age_s)} ago"
+            oldest = "-" if now.oldest_age_s is None else f"last synced {brief(now.oldest_age_s)} ago"
             lines.append(f"oldest due: {oldest} ({now.never_synced} never synced)")
             lines.append(f"the first {min(listed, now.due)}, in the order a run takes them:")
             lines += ["  " + line for line in _due_lines(engine, config, listed)]

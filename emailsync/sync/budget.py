@@ -25,8 +25,8 @@ from typing import Protocol
 import structlog
 from sqlalchemy import Connection, Engine, text
 
-from emailsync.config import BackendConfig
-from emailsync.db import BUDGET, Dialect, dialect_of, with_retry
+from emailsync.config.settings import BackendConfig
+from emailsync.store.db import BUDGET, Dialect, dialect_of, with_retry
 
 log = structlog.get_logger()
 

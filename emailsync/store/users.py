@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from emailsync.config import UsersConfig
-from emailsync.db import STATE, Dialect
+from emailsync.config.settings import UsersConfig
+from emailsync.store.db import STATE, Dialect
 
 
 @dataclass(frozen=True)

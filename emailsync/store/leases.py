@@ -17,12 +17,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, TextClause, bindparam, text
 
-from emailsync import control
-from emailsync.config import SyncConfig, UsersConfig
-from emailsync.db import MAX_ERROR_CHARS, STATE, dialect_of, with_retry
-from emailsync.logs import redact_and_truncate
+from emailsync.config.settings import SyncConfig, UsersConfig
 from emailsync.model import Candidate, Claim, Result, json_id
-from emailsync.users import UsersTable
+from emailsync.redaction import redact_and_truncate
+from emailsync.store import control
+from emailsync.store.db import MAX_ERROR_CHARS, STATE, dialect_of, with_retry
+from emailsync.store.users import UsersTable
 
 PAGE = 1000  # due users read per look at the app's table; each is claimed later, in small batches, by its id
 

@@ -5,7 +5,7 @@ every run before it claims anyone) applies the steps a database lacks, in one tr
 upgrading from any earlier version ends where a fresh install starts. A new version is a new step at the end: never
 an edit of an old one, which databases out there have already run.
 
-A host whose release is older than the database's schema stands aside (emailsync/cycle.py), and a run that began
+A host whose release is older than the database's schema stands aside (emailsync/sync/cycle.py), and a run that began
 before another host migrated finishes on a schema it does not know: so a step only adds (tables, nullable or
 defaulted columns, indexes) and never drops, renames or changes the meaning of what an earlier release reads or
 writes (docs/operations.md, "Upgrades").
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
-from emailsync.config import UsersConfig
-from emailsync.db import BUDGET, FLEET, RUNS, STATE, URL_FROM, VERSION_TABLE, Dialect, dialect_of, transaction
-from emailsync.db_failures import describe, on_standby
+from emailsync.config.settings import UsersConfig
 from emailsync.errors import ConfigError, SchemaError
+from emailsync.store.db import BUDGET, FLEET, RUNS, STATE, URL_FROM, VERSION_TABLE, Dialect, dialect_of, transaction
+from emailsync.store.db_failures import describe, on_standby
 
 INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's SQLSTATE for a role that may not create or alter a table
 
@@ -68,7 +68,7 @@ def _v1_state_and_runs(d: Dialect) -> list[str]:
 
 
 def _fleet_budget(d: Dialect) -> list[str]:
-    """The fleet's call budget and shared cooldown (emailsync.budget): one row, Unix seconds on the database
+    """The fleet's call budget and shared cooldown (emailsync.sync.budget): one row, Unix seconds on the database
     clock; created empty, its row written by the first run with backend.max_rate set."""
     return [
         f"""CREATE TABLE IF NOT EXISTS {BUDGET} (
@@ -82,7 +82,7 @@ def _fleet_budget(d: Dialect) -> list[str]:
 
 def _fleet_control(d: Dialect) -> list[str]:
     """Parked users (by an operator, or quarantined after permanent failures in a row) and the fleet's mode
-    (running, paused, draining): one row every run reads (emailsync.control)."""
+    (running, paused, draining): one row every run reads (emailsync.store.control)."""
     ts = d.timestamp
     return [
         f"ALTER TABLE {STATE} ADD COLUMN parked_at {ts}",
@@ -102,7 +102,7 @@ def _fleet_control(d: Dialect) -> list[str]:
 
 def _results_recorded(d: Dialect) -> list[str]:
     """The results ever recorded for each user: with last_sync and failures, what makes each attempt's
-    Idempotency-Key its own (emailsync.backend.idempotency_key). It only grows, where failures goes back to 0."""
+    Idempotency-Key its own (emailsync.sync.backend.idempotency_key). It only grows, where failures goes back to 0."""
     return [f"ALTER TABLE {STATE} ADD COLUMN results integer NOT NULL DEFAULT 0"]
 
 
@@ -188,7 +188,7 @@ class Readiness:
 
     @property
     def newer(self) -> bool:
-        """The database is ahead of this release: the run stands aside (emailsync/cycle.py)."""
+        """The database is ahead of this release: the run stands aside (emailsync/sync/cycle.py)."""
         return self.version > SCHEMA_VERSION
 
 

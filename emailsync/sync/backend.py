@@ -9,7 +9,7 @@ Every request carries a W3C ``traceparent``: the run id (a uuid4) as its trace i
 so the backend's traces of a run join that run's log lines (whose run_id is the same 32 hex digits, dashed).
 
 Every request has a deadline, backend.call_timeout from its start, that bounds every wait for a byte of it (see
-emailsync.http1): a timeout per wait alone would let an answer trickling in a byte at a time hold a worker (and a
+emailsync.sync.http1): a timeout per wait alone would let an answer trickling in a byte at a time hold a worker (and a
 run started by hand) for hours. A request cut off at its deadline is a transport failure, retried like one, each
 retry with a deadline of its own.
 """
@@ -33,12 +33,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from emailsync import __version__
-from emailsync.budget import Pace
-from emailsync.config import BackendConfig
+from emailsync.config.settings import BackendConfig
 from emailsync.errors import BackendUnavailable, ConfigError, EmailSyncError
-from emailsync.http1 import BadAnswer, Connection
-from emailsync.limiter import Admission
 from emailsync.model import Claim, Kind, Outcome, kind_of
+from emailsync.sync.budget import Pace
+from emailsync.sync.http1 import BadAnswer, Connection
+from emailsync.sync.limiter import Admission
 
 MAX_BODY = 64 * 1024  # we only need a count from the body; a 10 MB answer is cut here
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -89,7 +89,7 @@ class Reply:
 class Session:
     """One kept-alive connection to the backend, for one thread at a time.
 
-    HTTP/1.1 of our own (emailsync.http1) rather than urllib3 over http.client, which spent two to three times the
+    HTTP/1.1 of our own (emailsync.sync.http1) rather than urllib3 over http.client, which spent two to three times the
     CPU on a call, and a run at latency 0 is bound by that CPU. No proxies from the environment, no .netrc, no
     redirects, no retries of its own: the Authorization header only ever goes to the configured backend, and
     retries are ours.

@@ -2,11 +2,11 @@
 
 The main thread owns the database (claims, result batches, the run row) and the notifications to systemd; the call
 pool's threads talk HTTP, and touch the database only to lease the fleet's call budget when backend.max_rate is set
-(emailsync/budget.py, one thread at a time). The cycle ends when no due user is left or ``max_users_per_run`` were
+(emailsync/sync/budget.py, one thread at a time). The cycle ends when no due user is left or ``max_users_per_run`` were
 claimed; early when asked to stop (SIGTERM), when the endpoint or token is wrong for everyone (78), or when the
 backend keeps failing (75). Ending early always means: start no new call, give in-flight calls ``shutdown_grace``
 to finish and record them, release every lease we did not use. An operator's `pause` or `drain`
-(emailsync/control.py) ends it gently: it claims nobody more and lets every call in flight finish; a pause also
+(emailsync/store/control.py) ends it gently: it claims nobody more and lets every call in flight finish; a pause also
 gives back the claims not yet started.
 """
 
@@ -22,10 +22,8 @@ from dataclasses import dataclass, field
 import structlog
 from sqlalchemy import Engine
 
-from emailsync import __version__, alert, backend, budget, control, db, limiter, metrics, runs, schema, status
-from emailsync.backend import CallPool, Client
-from emailsync.config import Config
-from emailsync.control import FleetMode, FleetWatch
+from emailsync import __version__
+from emailsync.config.settings import Config
 from emailsync.errors import (
     CircuitOpen,
     ConfigError,
@@ -34,13 +32,19 @@ from emailsync.errors import (
     EndpointError,
     TemporaryError,
 )
-from emailsync.leases import PAGE, DuePages, Leases
-from emailsync.limiter import Admission
-from emailsync.logs import redact_and_truncate
 from emailsync.model import Claim, Kind, Outcome, Result, RunCounts, is_permanent
-from emailsync.monitor import Pinger
-from emailsync.notify import Notifier
-from emailsync.runlog import FAILURES_SHOWN, RunLog
+from emailsync.redaction import redact_and_truncate
+from emailsync.report import alert, metrics
+from emailsync.report.monitor import Pinger
+from emailsync.report.runlog import FAILURES_SHOWN, RunLog
+from emailsync.store import backlog, control, db, runs, schema
+from emailsync.store.backlog import Backlog
+from emailsync.store.control import FleetMode, FleetWatch
+from emailsync.store.leases import PAGE, DuePages, Leases
+from emailsync.sync import backend, budget, limiter
+from emailsync.sync.backend import CallPool, Client
+from emailsync.sync.limiter import Admission
+from emailsync.systemd.notify import Notifier
 
 log = structlog.get_logger()
 
@@ -130,8 +134,8 @@ def _report(
     report: RunReport, error: EmailSyncError | None, engine: Engine | None, config: Config, pings: Pinger
 ) -> None:
     """What every run leaves behind, however it ended: the log line, its row (``engine``: where the run's row
-    was started), its part of the failure streak (emailsync/alert.py), the metrics, the end ping (a failure when the
-    database could not tell whether the freshness promise holds, e.g. when it was unreachable)."""
+    was started), its part of the failure streak (emailsync/report/alert.py), the metrics, the end ping (a failure
+    when the database could not tell whether the freshness promise holds, e.g. when it was unreachable)."""
     counts = report.counts
     log.info(
         "cycle_finished",
@@ -143,21 +147,21 @@ def _report(
         duration_ms=report.duration_ms,
         concurrency_limit=report.concurrency_limit,
     )
-    backlog = None
+    waiting = None
     if engine is not None and not isinstance(error, DatabaseUnavailable):  # the database is there to write to
         runs.finish(engine, report.run_id, counts, report.outcome, str(error) if error else None)
         wanted = config.metrics.textfile or pings.on or alert.wants_freshness(config, error, os.environ)
-        backlog = status.backlog(engine, config) if wanted else None
-    stale = backlog is not None and not backlog.freshness.holds
+        waiting = backlog.read(engine, config) if wanted else None
+    stale = waiting is not None and not waiting.freshness.holds
     alert.run_ended(config, report.run_id, report.outcome, error, stale, os.environ)
     metrics.run_finished(
-        config, report.outcome, counts, report.duration_ms / 1000, report.concurrency_limit, backlog, engine
+        config, report.outcome, counts, report.duration_ms / 1000, report.concurrency_limit, waiting, engine
     )
     if pings.on:
-        _ping_end(report, backlog, config, pings)
+        _ping_end(report, waiting, config, pings)
 
 
-def _ping_end(report: RunReport, backlog: status.Backlog | None, config: Config, pings: Pinger) -> None:
+def _ping_end(report: RunReport, backlog: Backlog | None, config: Config, pings: Pinger) -> None:
     """Success only when the run ended healthy and every user is fresh: a monitor cares about stale mail, not
     about runs; without a backlog (no database) nobody can say the promise holds."""
     counts, fresh = report.counts, backlog.freshness if backlog else None

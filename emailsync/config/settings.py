@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
-from emailsync import credentials, values
-from emailsync.credentials import BACKEND_TOKEN_CREDENTIAL, DATABASE_URL_CREDENTIAL
+from emailsync.config import credentials, values
+from emailsync.config.credentials import BACKEND_TOKEN_CREDENTIAL, DATABASE_URL_CREDENTIAL
 from emailsync.errors import ConfigError
 
 DEFAULT_PATH = "/etc/email-sync/email-sync.toml"
 ENV_PREFIX = "EMAIL_SYNC_"
 MIGRATE_MODES = ("auto", "manual")  # database.migrate: who applies a new release's schema steps
-PING_STYLES = ("healthchecks", "uptime-kuma", "ntfy")  # what monitor.ping_url points at (emailsync/monitor.py)
+PING_STYLES = ("healthchecks", "uptime-kuma", "ntfy")  # what monitor.ping_url points at (emailsync/report/monitor.py)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""What an operator types: the command line, `check`, `status` and the one-off operations."""

@@ -1,0 +1,1 @@
+"""The configuration file, its values and credentials, and the reference rendered from its keys."""
