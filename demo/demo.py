@@ -77,7 +77,7 @@ def main() -> int:
             config.write_text(
                 f'[database]\nurl = "sqlite:///{database}"\n\n'
                 f'[backend]\nbase_url = "{url}"\nconcurrency = 4\n\n'
-                '[sync]\nmax_emails = 50\n'
+                "[sync]\nmax_emails = 50\n"
             )
             print(f"demo: app database {database}, stand-in backend {url} (every 7th call fails with 500)")
             codes = [email_sync(config, "migrate"), email_sync(config, "run"), email_sync(config, "run")]

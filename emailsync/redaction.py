@@ -21,6 +21,7 @@ _PARAMETER_PASSWORD = re.compile(r"\b(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|[^\s
 MIN_PARTIAL = 8
 _JSON_ESCAPES = {'"': '\\"', "\\": "\\\\", "/": "\\/", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
+
 def _hex(value: int, digits: int) -> str:
     """A pattern for ``value`` in hexadecimal, either case."""
     return "".join(f"[{c}{c.lower()}]" if c.isalpha() else c for c in f"{value:0{digits}X}")

@@ -147,8 +147,17 @@ class Host:
     def journal_before(self, at: float, seconds: float = 15) -> str:
         """What the service logged in the ``seconds`` before ``at``: the why of a failure, for an assertion."""
         return self.container.run(
-            "journalctl", "--no-pager", "-o", "short-precise", "-u", UNIT, "-u", "email-sync-alert@*",
-            f"--since=@{at - seconds:.0f}", f"--until=@{at + 1:.0f}", timeout=30,
+            "journalctl",
+            "--no-pager",
+            "-o",
+            "short-precise",
+            "-u",
+            UNIT,
+            "-u",
+            "email-sync-alert@*",
+            f"--since=@{at - seconds:.0f}",
+            f"--until=@{at + 1:.0f}",
+            timeout=30,
         ).stdout[-4000:]
 
 
