@@ -13,9 +13,14 @@ $(VENV)/.installed: requirements.lock requirements-dev.lock pyproject.toml
 
 venv: $(VENV)/.installed
 
+# Style and layers: ruff's rules and formatting, mypy --strict, the layer contract in pyproject.toml (import-linter),
+# and spelling (codespell).
 lint: venv
-	$(BIN)/ruff check emailsync tests demo
+	$(BIN)/ruff check emailsync tests demo bench
+	$(BIN)/ruff format --check emailsync tests demo bench
 	$(BIN)/mypy --strict emailsync
+	$(BIN)/lint-imports
+	$(BIN)/codespell emailsync tests docs demo bench debian packaging systemd README.md CONTRIBUTING.md Makefile
 
 # Tools the tests run besides Python: faketime (hosts with skewed clocks), openssl (a self-signed backend),
 # pgbouncer (email-sync behind a connection pooler; the tests start their own, Debian's service stays off),
@@ -41,7 +46,7 @@ unit: venv
 e2e: venv
 	$(BIN)/pytest tests/e2e
 
-# The shipped conffile and the configuration reference, rendered from the keys in emailsync/config.py; commit both.
+# The shipped conffile and the configuration reference, rendered from the keys in emailsync/config/settings.py; commit both.
 docs: venv
 	$(BIN)/email-sync config --sample >packaging/email-sync.toml.new && mv packaging/email-sync.toml.new packaging/email-sync.toml
 	$(BIN)/email-sync config --markdown >docs/configuration.md.new && mv docs/configuration.md.new docs/configuration.md
