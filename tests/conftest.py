@@ -157,6 +157,26 @@ def _fresh_app_db(url: str, dialect: str) -> AppDb:
     return AppDb(url, engine)
 
 
+def a_newer_release_migrated(app: AppDb, monkeypatch: pytest.MonkeyPatch) -> int:
+    """The database as a release one step ahead of this one leaves it: a step only the tests know (a column on the
+    state table and one on the runs table), applied by `migrate` as that release would. Returns its version."""
+    newer = schema.SCHEMA_VERSION + 1
+
+    def _future(d: db.Dialect) -> list[str]:
+        return [
+            f"ALTER TABLE {db.STATE} ADD COLUMN future_flag integer",
+            f"ALTER TABLE {db.RUNS} ADD COLUMN future_note text",
+        ]
+
+    engine = db.connect(DatabaseConfig(url=app.url, connect_timeout=5, statement_timeout=30))
+    with monkeypatch.context() as patched:
+        patched.setattr(schema, "STEPS", (*schema.STEPS, schema.Step(newer, _future)))
+        patched.setattr(schema, "SCHEMA_VERSION", newer)
+        assert schema.migrate(engine, target=newer) == (newer - 1, newer)
+    engine.dispose()
+    return newer
+
+
 @pytest.fixture
 def pg(pg_server_url: str) -> Iterator[AppDb]:
     """The app's PostgreSQL database, emptied and migrated for this test."""

@@ -16,7 +16,7 @@ from emailsync.errors import EXIT_NO, EXIT_OK, EXIT_TEMPFAIL
 from emailsync.report import metrics
 from emailsync.store import schema
 from tests.backend import Backend, Behaviour
-from tests.conftest import AppDb, EmailSync
+from tests.conftest import AppDb, EmailSync, a_newer_release_migrated
 
 REFUSED = "postgresql://postgres@127.0.0.1:1/refused"  # nothing listens on port 1
 
@@ -39,7 +39,21 @@ def names(samples: Samples) -> set[str]:
     return {name for name, _ in samples}
 
 
-EVERY_SERIES = {s.name for s in metrics.SERIES} - {"email_sync_runs_total", "email_sync_last_run_outcome"}
+def awaiting(samples: Samples) -> dict[tuple[str, str], float]:
+    """email_sync_host_awaiting_upgrade by (host, release)."""
+    return {
+        (dict(labels)["host"], dict(labels)["release"]): v
+        for (name, labels), v in samples.items()
+        if name == "email_sync_host_awaiting_upgrade"
+    }
+
+
+# Every series but those whose label values only the database's rows give (none when it has none).
+EVERY_SERIES = {s.name for s in metrics.SERIES} - {
+    "email_sync_runs_total",
+    "email_sync_last_run_outcome",
+    "email_sync_host_awaiting_upgrade",
+}
 
 
 def test_metrics_textfile_is_written_after_each_run(
@@ -65,6 +79,7 @@ def test_metrics_textfile_is_written_after_each_run(
     assert value(samples, "email_sync_users_in_backoff") == 1
     assert value(samples, "email_sync_database_up") == 1
     assert value(samples, "email_sync_run_in_progress") == 0
+    assert value(samples, "email_sync_hosts_awaiting_upgrade") == 0 and awaiting(samples) == {}
     assert value(samples, "email_sync_build_info", version=__version__, schema=str(schema.SCHEMA_VERSION)) == 1
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("email_sync.prom.")] == []
 
@@ -212,6 +227,57 @@ def test_the_totals_count_this_hosts_runs_from_the_runs_table(
     assert value(samples, "email_sync_user_syncs_total", outcome="synced") == 4
     assert value(samples, "email_sync_user_syncs_total", outcome="failed") == 1
     assert value(samples, "email_sync_runs_total", outcome="ok") == 2
+
+
+def test_a_host_older_than_the_schema_is_counted_and_named_as_awaiting_an_upgrade(
+    app_db: AppDb, backend: Backend, email_sync: EmailSync, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a_newer_release_migrated(app_db, monkeypatch)
+    textfile = tmp_path / "email_sync.prom"
+    email_sync.configure(app_db, backend, metrics={"textfile": str(textfile)}, sync={"host_id": "old-host"})
+
+    assert email_sync("run").code == EXIT_OK  # stands aside
+
+    samples = read(textfile)
+    assert value(samples, "email_sync_hosts_awaiting_upgrade") == 1
+    assert awaiting(samples) == {("old-host", __version__): 1}
+
+
+def test_every_host_exports_the_hosts_awaiting_an_upgrade_and_an_upgraded_one_drops_out(
+    pg: AppDb, backend: Backend, email_sync: EmailSync, tmp_path: Path
+) -> None:
+    for host in ("old-host", "new-host"):
+        pg.execute(
+            "INSERT INTO email_sync_runs (id, host, pid, release, started_at, finished_at, outcome) "
+            f"VALUES ('{host}-run', '{host}', 1, '0.1.9', {pg.at(-60)}, {pg.at(-59)}, 'stood_aside')"
+        )
+    textfile = tmp_path / "email_sync.prom"
+    email_sync.configure(pg, backend, metrics={"textfile": str(textfile)}, sync={"host_id": "new-host"})
+
+    assert email_sync("run").code == EXIT_OK  # new-host, upgraded: this release knows the schema
+
+    samples = read(textfile)
+    assert value(samples, "email_sync_hosts_awaiting_upgrade") == 1
+    assert awaiting(samples) == {("old-host", "0.1.9"): 1}
+
+
+def test_the_hosts_awaiting_an_upgrade_keep_their_last_values_while_the_database_is_unreachable(
+    app_db: AppDb, backend: Backend, email_sync: EmailSync, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a_newer_release_migrated(app_db, monkeypatch)
+    textfile = tmp_path / "email_sync.prom"
+    email_sync.configure(app_db, backend, metrics={"textfile": str(textfile)}, sync={"host_id": "old-host"})
+    assert email_sync("run").code == EXIT_OK
+    email_sync.configure(
+        app_db, backend, metrics={"textfile": str(textfile)}, sync={"host_id": "old-host"}, database={"url": REFUSED}
+    )
+
+    assert email_sync("run").code == EXIT_TEMPFAIL
+
+    samples = read(textfile)
+    assert value(samples, "email_sync_database_up") == 0
+    assert value(samples, "email_sync_hosts_awaiting_upgrade") == 1
+    assert awaiting(samples) == {("old-host", __version__): 1}
 
 
 def test_metrics_record_a_failed_run(pg: AppDb, email_sync: EmailSync, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from emailsync.config.settings import DatabaseConfig
 from emailsync.errors import EXIT_CONFIG, EXIT_OK
 from emailsync.store import db, schema
 from tests.backend import Backend
-from tests.conftest import OUR_TABLES, AppDb, EmailSync
+from tests.conftest import OUR_TABLES, AppDb, EmailSync, a_newer_release_migrated
 
 
 def schema_of(engine: Engine) -> dict[str, Any]:
@@ -202,26 +202,6 @@ def test_a_run_whose_role_may_not_create_our_tables_exits_78_saying_how_to_migra
 
     result.assert_one_clear_error(EXIT_CONFIG, "may not change", "permission denied for schema public", "migrate")
     assert not inspect(pg.engine).has_table(db.VERSION_TABLE)
-
-
-def a_newer_release_migrated(app: AppDb, monkeypatch: pytest.MonkeyPatch) -> int:
-    """The database as a release one step ahead of this one leaves it: a step only this test knows (a column on the
-    state table and one on the runs table), applied by `migrate` as that release would. Returns its version."""
-    newer = schema.SCHEMA_VERSION + 1
-
-    def _future(d: db.Dialect) -> list[str]:
-        return [
-            f"ALTER TABLE {db.STATE} ADD COLUMN future_flag integer",
-            f"ALTER TABLE {db.RUNS} ADD COLUMN future_note text",
-        ]
-
-    engine = db.connect(DatabaseConfig(url=app.url, connect_timeout=5, statement_timeout=30))
-    with monkeypatch.context() as patched:
-        patched.setattr(schema, "STEPS", (*schema.STEPS, schema.Step(newer, _future)))
-        patched.setattr(schema, "SCHEMA_VERSION", newer)
-        assert schema.migrate(engine, target=newer) == (newer - 1, newer)
-    engine.dispose()
-    return newer
 
 
 def test_a_release_older_than_the_schema_stands_aside_claims_nobody_and_exits_0(

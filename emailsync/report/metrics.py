@@ -108,6 +108,15 @@ SERIES = (
     ),
     Series("email_sync_fleet_mode_changed_timestamp_seconds", "When the fleet's mode last changed (NaN: never)."),
     Series(
+        "email_sync_hosts_awaiting_upgrade",
+        "Hosts whose latest run stood aside: their release is older than the database's schema.",
+    ),
+    Series(
+        "email_sync_host_awaiting_upgrade",
+        "1 for each host awaiting an upgrade, labelled with the release it runs; no sample when none awaits.",
+        ("host", "release"),
+    ),
+    Series(
         "email_sync_user_syncs_total",
         "Users this host's finished runs handled, by outcome, from the runs table.",
         ("outcome",),
@@ -185,6 +194,7 @@ def _from_database(engine: Engine, config: Config, backlog: Backlog) -> Values:
         totals = runs.totals(connection, host)
         mode = control.read(connection)
         changed = control.changed_age(connection, d)
+        awaiting = runs.awaiting_upgrade(connection, d, config.status.stale_after)
     now = time.time()
     fresh = backlog.freshness
     return {
@@ -200,6 +210,8 @@ def _from_database(engine: Engine, config: Config, backlog: Backlog) -> Values:
         "email_sync_freshness_ok": {(): float(fresh.holds)},
         "email_sync_fleet_mode": {(("mode", m),): float(m == mode.mode) for m in FLEET_MODES},
         "email_sync_fleet_mode_changed_timestamp_seconds": {(): NAN if changed is None else now - changed},
+        "email_sync_hosts_awaiting_upgrade": {(): float(len(awaiting))},
+        "email_sync_host_awaiting_upgrade": {(("host", a.host), ("release", a.release or "")): 1.0 for a in awaiting},
         "email_sync_user_syncs_total": _by_outcome(
             *(sum(int(getattr(row, o)) for row in totals) for o in USER_OUTCOMES)
         ),
