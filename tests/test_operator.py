@@ -267,14 +267,35 @@ def test_check_flags_a_secret_file_readable_by_others(
     assert "a-token-value" not in result.stdout
 
 
-def test_check_says_to_migrate_when_the_schema_is_missing(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
+def test_check_under_manual_migration_says_to_migrate_when_the_schema_is_missing(
+    pg: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
     pg.execute("DROP TABLE email_sync_schema")
-    email_sync.configure(pg, backend)
+    email_sync.configure(pg, backend, database={"migrate": "manual"})
 
     result = email_sync("check")
 
     assert result.code == EXIT_NO
     assert "✘ database" in result.stdout and "fix: run `email-sync migrate`" in result.stdout
+
+
+@pytest.mark.parametrize("version", [None, schema.SCHEMA_VERSION - 1], ids=["never-migrated", "one-step-behind"])
+def test_check_under_auto_migration_passes_a_schema_behind_as_the_next_run_migrates_it(
+    version: int | None, app_db: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    app_db.drop_our_tables()
+    if version is not None:
+        schema.migrate(app_db.engine, target=version)
+    email_sync.configure(app_db, backend)  # database.migrate = "auto", the default
+
+    result = email_sync("check")
+
+    assert result.code == EXIT_OK, result.stdout
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("✔ database")]
+    found = "no email-sync tables yet" if version is None else f"schema v{version}"
+    assert f"{found}: the next `email-sync run` migrates it to v{schema.SCHEMA_VERSION} itself" in line
+    assert email_sync("run").code == EXIT_OK  # as check said
+    assert app_db.scalar("SELECT max(version) FROM email_sync_schema") == schema.SCHEMA_VERSION
 
 
 NO_SUCH_DB = "no_such_db on the test server"

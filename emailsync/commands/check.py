@@ -154,7 +154,9 @@ def _dependencies() -> Check:
 def _database(config: Config) -> list[Check]:
     try:
         with db.connected(config.database) as engine:
-            schema.check_ready(engine, config.users)
+            version = schema.check_for_run(engine, config.users, config.database.migrate)
+            if version != schema.SCHEMA_VERSION:  # behind, under database.migrate = "auto"
+                return [Check("database", True, _migrates(version, config)), _app_index(engine, config)]
             return [
                 Check("database", True, f"reachable, schema v{schema.SCHEMA_VERSION}, {config.users.table} ok"),
                 _app_index(engine, config),
@@ -162,6 +164,16 @@ def _database(config: Config) -> list[Check]:
             ]
     except EmailSyncError as error:
         return [_database_failed(error)]
+
+
+def _migrates(version: int | None, config: Config) -> str:
+    """A schema behind this release is no fault under database.migrate = "auto": the next run brings it up to date.
+    The fleet's mode is not read: its table or columns may not exist until the run has migrated."""
+    found = "no email-sync tables yet" if version is None else f"schema v{version}"
+    return (
+        f"reachable, {found}: the next `email-sync run` migrates it to v{schema.SCHEMA_VERSION} itself "
+        f'(database.migrate = "auto"), {config.users.table} ok'
+    )
 
 
 def _database_failed(error: EmailSyncError) -> Check:

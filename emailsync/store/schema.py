@@ -206,6 +206,18 @@ def ready_for_run(engine: Engine, users: UsersConfig, mode: str) -> Readiness:
     return Readiness(before, version)
 
 
+def check_for_run(engine: Engine, users: UsersConfig, mode: str) -> int | None:
+    """`check`'s view of what the next run finds, changing nothing: the schema's version (None: no tables yet). A
+    schema behind this release is fine under ``mode`` "auto" (database.migrate), whose next run applies the missing
+    steps itself; under "manual" it is check_ready's 78 naming `email-sync migrate`."""
+    if mode != "auto":
+        return check_ready(engine, users)
+    version = _preflight(engine, users)
+    if version is not None and version > SCHEMA_VERSION:
+        raise SchemaError(_newer_schema(version))
+    return version
+
+
 def _behind(version: int | None) -> str:
     if version is None:
         return "email-sync's tables do not exist in this database: run `email-sync migrate`"
