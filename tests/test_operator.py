@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ from sqlalchemy import make_url
 
 from emailsync.errors import EXIT_CONFIG, EXIT_NO, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
 from emailsync.store import schema
+from emailsync.store.leases import Leases
+from emailsync.model import Claim
 from tests.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 from tests.terminal import in_terminal
@@ -384,6 +387,49 @@ def test_sync_user_respects_a_live_lease(after_a_run: AppDb, backend: Backend, e
 
     result.assert_one_clear_error(EXIT_TEMPFAIL, "being synced by a run")
     assert len(backend.sync_calls(6)) == 1  # the run's call only
+
+
+def assert_ok(code: int) -> None:
+    assert code == EXIT_OK
+
+
+def before_the_lease(monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], None]) -> None:
+    """Let another process act between `sync USER` finding the user and leasing it."""
+    lease = Leases.claim_user
+
+    def late(leases: Leases, key: str) -> Claim | None:
+        meanwhile()
+        return lease(leases, key)
+
+    monkeypatch.setattr(Leases, "claim_user", late)
+
+
+def test_sync_user_after_a_run_synced_that_user_meanwhile_is_new_work_with_a_new_idempotency_key(
+    pg: AppDb, backend: Backend, email_sync: EmailSync, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pg.add_users(1)
+    email_sync.configure(pg, backend)
+    before_the_lease(monkeypatch, lambda: assert_ok(email_sync.subprocess("run").code))
+
+    assert email_sync("sync", "1").code == EXIT_OK
+
+    run_key, operator_key = (call.header("Idempotency-Key") for call in backend.sync_calls(1))
+    assert run_key != operator_key, "the run's answer must not be replayed for the operator's sync"
+
+
+def test_sync_user_refuses_a_user_parked_after_it_was_found(
+    pg: AppDb, backend: Backend, email_sync: EmailSync, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pg.add_users(1)
+    email_sync.configure(pg, backend)
+    before_the_lease(
+        monkeypatch, lambda: assert_ok(email_sync.subprocess("park", "1", "--reason", "mailbox being migrated").code)
+    )
+
+    result = email_sync("sync", "1")
+
+    result.assert_one_clear_error(EXIT_NO, "parked", "mailbox being migrated", "unpark")
+    assert backend.sync_calls() == [] and pg.leased() == []
 
 
 def test_sync_of_an_unknown_user_exits_64(after_a_run: AppDb, email_sync: EmailSync) -> None:

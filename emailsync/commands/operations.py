@@ -31,14 +31,16 @@ def sync_user(config: Config, who: str) -> Outcome:
     structlog.contextvars.bind_contextvars(run_id=run_id)
     with _ready(config) as engine:
         leases = Leases(engine, config.users, config.sync, run_id)
-        claim = _the_user(leases, who, config)
-        park = control.parked(engine, claim.key)
+        key = _the_user(leases, who, config).key
+        # The user as it is under our lease, not as it was found: a run may have synced it, failed it or
+        # quarantined it in between.
+        claim = leases.claim_user(key)
+        if claim is None:
+            raise TemporaryError(f"user {key} is being synced by a run right now; try again later")
+        park = control.parked(engine, key)
         if park is not None:
-            raise Refused(
-                f"user {claim.key} is parked by {park.parked_by}: {park.reason}; `email-sync unpark` it first"
-            )
-        if not leases.claim_user(claim):
-            raise TemporaryError(f"user {claim.key} is being synced by a run right now; try again later")
+            leases.release([claim])
+            raise Refused(f"user {key} is parked by {park.parked_by}: {park.reason}; `email-sync unpark` it first")
         with backend.Session(config.backend, run_id) as session:
             pace = budget.for_backend(engine, config.backend, config.sync.host_id)
             client = Client(config.backend, config.sync.max_emails, run_id, threading.Event(), lambda: None, pace)

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, TextClause, bindparam, text
 
 from emailsync.config.settings import SyncConfig, UsersConfig
+from emailsync.errors import UsageError
 from emailsync.model import Candidate, Claim, Result, json_id
 from emailsync.redaction import redact_and_truncate
 from emailsync.store import control
@@ -132,16 +133,23 @@ class Leases:
         )
         return _claim_of(rows[0]) if len(rows) == 1 else None
 
-    def claim_user(self, claim: Claim) -> bool:
-        """Lease one user whatever its interval and backoff, unless a live run holds it."""
-        claimed = with_retry(
-            self.engine,
-            lambda connection: connection.execute(
-                text(f"{self._lease(self._one_lease, respect_backoff=False)} RETURNING user_id"),
-                {"key": claim.key, "owner": self.owner, "lease": self.sync.lease},
-            ).all(),
-        )
-        return bool(claimed)
+    def claim_user(self, key: str) -> Claim | None:
+        """Lease one user whatever its interval and backoff, unless a live run holds it (None), and read it under
+        that lease, in the same transaction: what runs recorded until then counts (its Idempotency-Key, its backoff),
+        and no run changes it while the lease holds."""
+        return with_retry(self.engine, lambda connection: self._claim_user(connection, key))
+
+    def _claim_user(self, connection: Connection, key: str) -> Claim | None:
+        leased = connection.execute(
+            text(f"{self._lease(self._one_lease, respect_backoff=False)} RETURNING user_id"),
+            {"key": key, "owner": self.owner, "lease": self.sync.lease},
+        ).all()
+        if not leased:
+            return None
+        row = connection.execute(text(self.users.one_query), {"key": key}).one_or_none()
+        if row is None:  # gone from the app's table since it was found: raised, so the lease is rolled back
+            raise UsageError(f"user {key} is no longer in {self.users.config.table}")
+        return _claim_of(row)
 
     def reset(self, keys: Sequence[str] | None) -> int:
         """Clear the backoff of these users (None: of every failing user), and their quarantine, so the next cycle

@@ -95,3 +95,8 @@ class UsersTable:
     def find_query(self) -> str:
         """The users whose id (as text) or email is ``:who``: what an operator types. Two at most: one is an answer."""
         return self.claims_from(f"{self.joined()} WHERE {self.key} = :who OR {self.email} = :who LIMIT 2")
+
+    @property
+    def one_query(self) -> str:
+        """The user whose id as text is ``:key``, once found: read again under a lease an operator's command took."""
+        return self.claims_from(f"{self.joined()} WHERE {self.key} = :key")
