@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import make_url
 
 from emailsync.errors import EXIT_CONFIG, EXIT_NO, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
+from emailsync.model import Claim
 from emailsync.store import schema
 from emailsync.store.leases import Leases
-from emailsync.model import Claim
 from tests.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 from tests.terminal import in_terminal
