@@ -7,12 +7,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-# Worth retrying within the call. 409 is what the Idempotency-Key draft answers while a first call with the same key
-# is still running: the retry, with the same key, gets that call's answer once it is done.
-TRANSIENT = frozenset({409, 429, 502, 503, 504})
-# 4xx answers that blame the configuration (401/403/404/405) or ask to come back (408/409/429): never the user's own.
-NOT_PERMANENT = frozenset({401, 403, 404, 405, 408, 409, 429})
-
 
 @dataclass(frozen=True)
 class Claim:
@@ -60,6 +54,8 @@ def json_id(value: Any) -> Any:
 
 
 class Kind(Enum):
+    """What a call came to; which answer is which is emailsync.sync.answers's to say."""
+
     SYNCED = "synced"
     USER_ERROR = "user_error"  # other 4xx: this user's problem
     SERVER_ERROR = "server_error"  # 5xx, or 429/502-504 after the retries
@@ -77,28 +73,6 @@ class Kind(Enum):
     def blames_configuration(self) -> bool:
         """The answer says the endpoint or the token is wrong, which is nobody's fault but the configuration's."""
         return self in (Kind.ENDPOINT, Kind.AUTH)
-
-
-def kind_of(status: int) -> Kind | None:
-    """What an HTTP status says about a call, the one rule for the sync call, the health check and `check`:
-    None for a transient status worth retrying."""
-    if 200 <= status < 300:
-        return Kind.SYNCED
-    if status in TRANSIENT:
-        return None
-    if status in (404, 405) or 300 <= status < 400:
-        return Kind.ENDPOINT
-    if status in (401, 403):
-        return Kind.AUTH
-    return Kind.SERVER_ERROR if status >= 500 else Kind.USER_ERROR
-
-
-def is_permanent(status: int | None, listed: tuple[int, ...]) -> bool:
-    """Whether an answer says this user's sync fails however often it is retried: one of the ``listed``
-    statuses (sync.quarantine_statuses), or by default any 4xx that is not in NOT_PERMANENT."""
-    if status is None:
-        return False
-    return status in listed if listed else 400 <= status < 500 and status not in NOT_PERMANENT
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ from sqlalchemy import Engine, inspect
 from emailsync.config.credentials import BACKEND_TOKEN_CREDENTIAL, DATABASE_URL_CREDENTIAL
 from emailsync.config.settings import Config
 from emailsync.errors import EmailSyncError, TemporaryError
-from emailsync.model import Kind, kind_of
+from emailsync.model import Kind
 from emailsync.store import control, db, schema
-from emailsync.sync import backend
+from emailsync.sync import answers, backend
 from emailsync.systemd import systemctl, timespan
 
 PACKAGED_VENV = Path("/usr/lib/email-sync/venv")
@@ -220,7 +220,7 @@ def _sync_endpoint(config: Config, trace: str) -> Check:
             status = session.call("OPTIONS", url).status
         except backend.CallFailed as failure:
             return Check("sync endpoint", False, f"{url}: {failure.description}", "check backend.base_url")
-    if kind_of(status) is Kind.ENDPOINT and status != 405:  # a POST-only route may refuse OPTIONS with 405
+    if answers.kind_of(status) is Kind.ENDPOINT and status != 405:  # a POST-only route may refuse OPTIONS with 405
         return Check(
             "sync endpoint",
             False,

@@ -1,9 +1,9 @@
 """The backend client: one POST per user, bounded retries, and a pool of threads each with its own session.
 
-What the answer means is decided here, once: 2xx synced; 409/429/502/503/504 and transport errors are transient and
-retried (exponential backoff, full jitter, Retry-After honoured); 404/405/3xx say the endpoint is wrong and 401/403
-that the token is (the cycle decides whether that is everyone's problem); any other status is this user's failure.
-Redirects are never followed, so the Authorization header only ever goes to the configured backend.
+What an answer means is emailsync.sync.answers's to say; here a transient one is retried (exponential backoff, full
+jitter, Retry-After honoured), one that asks everyone to wait holds the fleet's calls, and the rest end the user's
+call (the cycle decides whether a wrong endpoint or token is everyone's problem). Redirects are never followed, so
+the Authorization header only ever goes to the configured backend.
 
 Every request carries a W3C ``traceparent``: the run id (a uuid4) as its trace id and a fresh span id per attempt,
 so the backend's traces of a run join that run's log lines (whose run_id is the same 32 hex digits, dashed).
@@ -16,7 +16,6 @@ retry with a deadline of its own.
 
 from __future__ import annotations
 
-import email.utils
 import functools
 import json
 import math
@@ -35,18 +34,16 @@ from urllib.parse import urlsplit
 from emailsync import __version__
 from emailsync.config.settings import BackendConfig
 from emailsync.errors import BackendUnavailable, ConfigError, EmailSyncError
-from emailsync.model import Claim, Kind, Outcome, kind_of
+from emailsync.model import Claim, Kind, Outcome
+from emailsync.sync import answers
 from emailsync.sync.budget import Pace
 from emailsync.sync.http1 import BadAnswer, Connection
 from emailsync.sync.limiter import Admission
 
 MAX_BODY = 64 * 1024  # we only need a count from the body; a 10 MB answer is cut here
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-OVERLOAD_STATUSES = (429, 503, 504)  # with a timeout or no connection: what cuts concurrency = "auto"
-COOLDOWN_STATUSES = (429, 503)  # with Retry-After: the backend asks everyone to wait, so the whole fleet does
 # A request without a complete answer: no connection, a timeout, TLS, a broken or malformed answer.
 TRANSPORT_ERRORS = (BadAnswer, OSError)
-RETRY_AFTER_DIGITS = 10  # over three centuries of seconds
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("6b0e1e53-8a0b-4c1a-9a43-53b0f2a54e0c")
 
 
@@ -193,7 +190,7 @@ def check_health(config: BackendConfig, run_id: str) -> None:
             status = session.call("GET", config.health_url).status
         except CallFailed as failure:
             raise BackendUnavailable(f"backend unreachable at {config.health_url}: {failure.description}") from None
-    kind = kind_of(status)
+    kind = answers.kind_of(status)
     if kind is Kind.ENDPOINT:
         raise ConfigError(
             f"backend health check {config.health_url} answered {status}: "
@@ -246,17 +243,18 @@ class Client:
             except BaseException:
                 gate.withdraw()  # its room goes to the next call; a failure of ours says nothing of the backend
                 raise
-            gate.leave(time.monotonic() - sent if attempt.kind is Kind.SYNCED else None, overloaded(attempt))
+            overloaded = answers.overloaded(attempt.kind, attempt.status)
+            gate.leave(time.monotonic() - sent if attempt.kind is Kind.SYNCED else None, overloaded)
             self.on_attempt()
-            if attempt.retry_after is not None and attempt.status in COOLDOWN_STATUSES:
-                self.pace.cool_down(attempt.retry_after, attempt.status)
+            cooldown = answers.cooldown(attempt.status, attempt.retry_after)
+            if cooldown is not None:
+                self.pace.cool_down(cooldown, attempt.status)
             delay = self._retry_delay(number, attempt.retry_after) if attempt.kind is None else None
             if delay is None or self.stop.wait(delay):
                 break
         if attempt is None:
             return Outcome(claim, Kind.NOT_STARTED, None, 0, 0)
-        # A transient failure that ran out of retries (or of time, when stopping) is a failure all the same.
-        kind = attempt.kind or (Kind.TRANSPORT if attempt.status is None else Kind.SERVER_ERROR)
+        kind = attempt.kind or answers.given_up(attempt.status)
         duration_ms = int((time.monotonic() - started) * 1000)
         return Outcome(claim, kind, attempt.status, number, duration_ms, attempt.error, attempt.emails_synced)
 
@@ -276,7 +274,7 @@ class Client:
         except CallFailed as failure:
             return Attempt(None, failure.status, failure.description)
         status, body = reply.status, reply.body
-        kind = kind_of(status)
+        kind = answers.kind_of(status)
         if kind is Kind.SYNCED:
             return Attempt(kind, status, emails_synced=_emails_synced(body))
         error = f"HTTP {status}"  # the URL is the same for everyone: cycle_started logs it
@@ -285,13 +283,8 @@ class Client:
         elif body:
             error += f": {body[:300].decode('utf-8', 'replace')}"
         if kind is None:
-            return Attempt(None, status, error, retry_after=_retry_after(reply.headers.get("retry-after")))
+            return Attempt(None, status, error, retry_after=answers.retry_after(reply.headers.get("retry-after")))
         return Attempt(kind, status, error)
-
-
-def overloaded(attempt: Attempt) -> bool:
-    """Whether an answer says the backend is overrun: it asked us to slow down, or gave no answer in time."""
-    return attempt.kind is None and (attempt.status is None or attempt.status in OVERLOAD_STATUSES)
 
 
 def _emails_synced(body: bytes) -> int | None:
@@ -305,20 +298,6 @@ def _emails_synced(body: bytes) -> int | None:
     count = data.get("emails_synced") if isinstance(data, dict) else None
     is_count = isinstance(count, int) and not isinstance(count, bool) and 0 <= count < 2**63  # a number, not a wall
     return count if is_count else None
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds: a number (ASCII digits, as HTTP writes them), or an HTTP date; None when it is neither
-    or is a date no clock can hold. More digits than a wait of decades has are a wait longer than any cap."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value) if len(value) <= RETRY_AFTER_DIGITS else math.inf
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError, OverflowError):  # not a date, or one out of datetime's range (year 99999999999)
-        return None
 
 
 def _describe(failure: BaseException, timed_out: str) -> str:

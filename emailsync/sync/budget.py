@@ -41,7 +41,7 @@ class Pace(Protocol):
 
     def wait(self, stop: threading.Event) -> None: ...
 
-    def cool_down(self, seconds: float, status: int) -> None: ...
+    def cool_down(self, seconds: float, status: int | None) -> None: ...
 
 
 class Unlimited:
@@ -50,7 +50,7 @@ class Unlimited:
     def wait(self, stop: threading.Event) -> None:
         return None
 
-    def cool_down(self, seconds: float, status: int) -> None:
+    def cool_down(self, seconds: float, status: int | None) -> None:
         return None
 
 
@@ -105,7 +105,7 @@ class FleetBudget:
                 if is_slot and generation == self.generation and not self._cooling(now):
                     return
 
-    def cool_down(self, seconds: float, status: int) -> None:
+    def cool_down(self, seconds: float, status: int | None) -> None:
         """The backend answered ``status`` with Retry-After ``seconds``: hold every host's calls until then
         (at most retry_backoff_max, the longest wait a run can sit through without starving its watchdog)."""
         seconds = min(seconds, self.cooldown_max)

@@ -32,7 +32,7 @@ from emailsync.errors import (
     EndpointError,
     TemporaryError,
 )
-from emailsync.model import Claim, Kind, Outcome, Result, RunCounts, is_permanent
+from emailsync.model import Claim, Kind, Outcome, Result, RunCounts
 from emailsync.redaction import redact_and_truncate
 from emailsync.report import alert, metrics
 from emailsync.report.monitor import Pinger
@@ -41,7 +41,7 @@ from emailsync.store import backlog, control, db, runs, schema
 from emailsync.store.backlog import Backlog
 from emailsync.store.control import FleetMode, FleetWatch
 from emailsync.store.leases import PAGE, DuePages, Leases
-from emailsync.sync import backend, budget, limiter
+from emailsync.sync import answers, backend, budget, limiter
 from emailsync.sync.backend import CallPool, Client
 from emailsync.sync.limiter import Admission
 from emailsync.systemd.notify import Notifier
@@ -184,7 +184,7 @@ def _ping_end(report: RunReport, backlog: Backlog | None, config: Config, pings:
 def result_of(outcome: Outcome, permanent_statuses: tuple[int, ...]) -> Result:
     """The result to record for a finished call."""
     ok = outcome.kind is Kind.SYNCED
-    permanent = not ok and is_permanent(outcome.status, permanent_statuses)
+    permanent = not ok and answers.is_permanent(outcome.status, permanent_statuses)
     return Result(outcome.claim, ok, outcome.duration_ms, outcome.error, permanent)
 
 

@@ -4,23 +4,19 @@ what a refused database connection means. No database, no backend: milliseconds.
 from __future__ import annotations
 
 import json
-import math
 import uuid
 
 import psycopg2
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from emailsync.config import values
 from emailsync.config.settings import SyncConfig
 from emailsync.errors import ConfigError, DatabaseUnavailable, EndpointError
-from emailsync.model import NOT_PERMANENT, Claim, Kind, Outcome, Result, is_permanent, kind_of
+from emailsync.model import Claim, Kind, Outcome, Result
 from emailsync.store import schema
 from emailsync.store.db_failures import classify
 from emailsync.store.leases import failure_backoff
-from emailsync.sync import backend
 from emailsync.sync.backend import idempotency_key
 from emailsync.sync.cycle import UNWRITTEN_FOR, Unwritten, Verdict
 
@@ -138,42 +134,6 @@ def test_the_schema_version_that_version_prints_is_the_last_steps() -> None:
     assert schema.STEPS[-1].version == emailsync.SCHEMA_VERSION
 
 
-@pytest.mark.parametrize(
-    ("status", "kind"),
-    [
-        (200, Kind.SYNCED),
-        (204, Kind.SYNCED),
-        (301, Kind.ENDPOINT),
-        (404, Kind.ENDPOINT),
-        (405, Kind.ENDPOINT),
-        (401, Kind.AUTH),
-        (403, Kind.AUTH),
-        (409, None),
-        (429, None),
-        (503, None),
-        (500, Kind.SERVER_ERROR),
-        (422, Kind.USER_ERROR),
-    ],
-)
-def test_one_rule_says_what_each_status_means(status: int, kind: Kind | None) -> None:
-    assert kind_of(status) is kind
-
-
-@pytest.mark.parametrize(
-    ("status", "permanent"),
-    [(400, True), (410, True), (422, True), (451, True), (None, False), (500, False), (503, False)]
-    + [(status, False) for status in sorted(NOT_PERMANENT)],
-)
-def test_by_default_a_4xx_that_is_not_about_the_configuration_or_a_retry_is_permanent(
-    status: int | None, permanent: bool
-) -> None:
-    assert is_permanent(status, ()) is permanent
-
-
-def test_listed_statuses_replace_the_default_rule() -> None:
-    assert [is_permanent(status, (410, 500)) for status in (410, 500, 422)] == [True, True, False]
-
-
 @pytest.mark.parametrize(("given", "parsed"), [([422, 410, 422], (410, 422)), ("410, 422", (410, 422)), ([], ())])
 def test_quarantine_statuses_are_a_list_or_a_comma_separated_string(given: object, parsed: tuple[int, ...]) -> None:
     assert values.statuses(given) == parsed
@@ -274,30 +234,3 @@ def test_nothing_waiting_is_never_due_and_a_write_starts_the_clock_again() -> No
     assert unwritten.due_in(200.0) == float("inf")
     unwritten.add(synced(3), now=200.0)
     assert unwritten.due_in(200.0) == pytest.approx(UNWRITTEN_FOR)
-
-
-@given(
-    st.text(max_size=80)
-    | st.from_regex(r"[A-Z][a-z]{2}, [0-9]{1,2} [A-Z][a-z]{2} [0-9]{1,14} [0-9:]{8} [A-Z+-][A-Z0-9]{2,4}")
-)
-def test_any_retry_after_is_a_wait_of_zero_or_more_seconds_or_absent(value: str) -> None:
-    wait = backend._retry_after(value)
-
-    assert wait is None or wait >= 0
-
-
-@pytest.mark.parametrize(
-    ("value", "wait"),
-    [
-        ("7", 7.0),
-        (" 7 ", 7.0),
-        ("\u00b2", None),  # a superscript two: str.isdigit() says yes, HTTP says no
-        ("\u0663", None),  # an Arabic-Indic three, which float() reads as 3
-        ("9" * 5000, math.inf),  # longer than any cap: the user fails for this run, without waiting
-        ("Wed, 21 Oct 99999999999 07:28:00 GMT", None),  # past datetime's range
-        ("Wed, 21 Oct 10000 07:28:00 GMT", None),
-        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past: now
-    ],
-)
-def test_retry_after_is_ascii_seconds_or_a_date_a_clock_can_hold(value: str, wait: float | None) -> None:
-    assert backend._retry_after(value) == wait
