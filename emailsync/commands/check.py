@@ -28,6 +28,7 @@ from emailsync.model import Kind
 from emailsync.store import control, db, schema
 from emailsync.sync import answers, backend
 from emailsync.systemd import systemctl, timespan
+from emailsync.systemd.notify import WatchdogSettings
 
 PACKAGED_VENV = Path("/usr/lib/email-sync/venv")
 # Where systemd looks for system units, highest priority first (systemd.unit(5)).
@@ -75,7 +76,7 @@ def run_checks(config: Config | None, unreadable: Sequence[str] = ()) -> list[Ch
     for name, check in (("backend health", _backend_health), ("sync endpoint", _sync_endpoint)):
         checks += _unless(config, ("backend",), name, partial(_guarded, name, config, check, trace))
     silence = ("backend.call_timeout", "backend.retry_backoff_max")
-    checks += _unless(config, silence, "watchdog", lambda: [_watchdog(config)])
+    checks += _unless(config, silence, "watchdog", lambda: [_watchdog(config, unit_watchdog())])
     checks += _unless(config, ("metrics.textfile",), "metrics", lambda: [_metrics_textfile(config)])
     return checks
 
@@ -230,15 +231,14 @@ def _sync_endpoint(config: Config, trace: str) -> Check:
     return Check("sync endpoint", True, f"{url} exists (OPTIONS answered {status})")
 
 
-def _watchdog(config: Config) -> Check:
-    watchdog = unit_watchdog()
+def _watchdog(config: Config, watchdog: float | None) -> Check:
+    """The longest silence of a run against the unit's WatchdogSec (seconds; None: no watchdog found)."""
     silence = config.backend.longest_silence
     if watchdog is None:
         return Check("watchdog", True, "not checked: no email-sync.service with a WatchdogSec= here")
-    fits = silence < watchdog / 2
     return Check(
         "watchdog",
-        fits,
+        WatchdogSettings(watchdog).allows(silence),
         f"longest silence {silence:g}s vs WatchdogSec={watchdog:g}s",
         "lower backend.call_timeout + retry_backoff_max below WatchdogSec/2",
     )

@@ -66,7 +66,7 @@ class RunReport:
 def check_watchdog_fits(config: Config, notifier: Notifier) -> None:
     """A call that times out must still end before systemd's watchdog gives up on us."""
     watchdog = notifier.watchdog
-    if watchdog and config.backend.longest_silence >= watchdog.interval / 2:
+    if watchdog and not watchdog.allows(config.backend.longest_silence):
         raise ConfigError(
             f"{config.source}: backend.call_timeout + retry_backoff_max "
             f"({config.backend.longest_silence:g}s) must be under half of the unit's WatchdogSec "

@@ -26,9 +26,20 @@ _LINE_BREAKS_TO_SPACES = str.maketrans({"\n": " ", "\r": " "})
 
 @dataclass(frozen=True)
 class WatchdogSettings:
-    """The watchdog systemd armed for us: ping at least every interval / 2 or be killed."""
+    """The watchdog systemd armed for us (WatchdogSec=): a service that goes a whole interval without a ping is
+    killed."""
 
     interval: float  # seconds, the full WATCHDOG_USEC
+
+    @property
+    def ping_within(self) -> float:
+        """The watchdog rule, the one place it is stated: ping at least every half interval, as
+        sd_watchdog_enabled(3) asks, so that a ping late by as much again still comes before systemd gives up."""
+        return self.interval / 2
+
+    def allows(self, silence: float) -> bool:
+        """Whether work that may go ``silence`` seconds without progress, and so without a ping, keeps the rule."""
+        return silence < self.ping_within
 
 
 def watchdog_from_env(env: Mapping[str, str], pid: int) -> WatchdogSettings | None:
@@ -97,10 +108,10 @@ class Notifier:
         self._systemd = _Systemd() if enabled else None
         self._watchdog = watchdog
         self._clock = clock
-        # A quarter of the interval keeps pings well inside the required interval / 2 even when the progress calls
-        # themselves arrive a little irregularly.
+        # Half the time the rule allows keeps the pings inside it even when the progress calls themselves arrive a
+        # little irregularly.
         self._progress_gap = (
-            min(_MAX_PROGRESS_GAP, watchdog.interval / 4) if watchdog is not None else _MAX_PROGRESS_GAP
+            min(_MAX_PROGRESS_GAP, watchdog.ping_within / 2) if watchdog is not None else _MAX_PROGRESS_GAP
         )
         self._last_progress: float | None = None
 
