@@ -16,11 +16,11 @@ venv: $(VENV)/.installed
 # Style and layers: ruff's rules and formatting, mypy --strict, the layer contract in pyproject.toml (import-linter),
 # and spelling (codespell).
 lint: venv
-	$(BIN)/ruff check emailsync tests demo bench
-	$(BIN)/ruff format --check emailsync tests demo bench
-	$(BIN)/mypy --strict emailsync
+	$(BIN)/ruff check emailsync harness tests demo bench
+	$(BIN)/ruff format --check emailsync harness tests demo bench
+	$(BIN)/mypy --strict emailsync harness
 	$(BIN)/lint-imports
-	$(BIN)/codespell emailsync tests docs demo bench debian packaging systemd README.md CONTRIBUTING.md Makefile
+	$(BIN)/codespell emailsync harness tests docs demo bench debian packaging systemd README.md CONTRIBUTING.md Makefile
 
 # Tools the tests run besides Python: faketime (hosts with skewed clocks), openssl (a self-signed backend),
 # pgbouncer (email-sync behind a connection pooler; the tests start their own, Debian's service stays off),

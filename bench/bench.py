@@ -7,7 +7,7 @@ ANALYZE), runs ONE `email-sync run` (the installed CLI, a subprocess, with a con
 again and runs the BASELINE (bench/baseline.py: the original sequential loop) on a sample of the same users.
 Last, the CPU of an empty run (nobody due; bench/startup.py). The goals are issue 14's, on whole processes.
 
-The backend is bench/backend.py (asyncio, keep-alive, fixed latency) in its own process; its capacity is measured
+The backend is harness/fast_backend.py (asyncio, keep-alive, fixed latency) in its own process; its capacity is measured
 first with bench/loadgen.py (in other processes). Database statements are counted on the wire by bench/pgproxy.py
 (a counting TCP proxy between email-sync and PostgreSQL), transactions by pg_stat_database.xact_commit.
 
@@ -43,6 +43,10 @@ import psycopg2
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from harness.app_database import USERS_TABLE, numbered_users  # noqa: E402 -- harness/ is on the path only now
+
 VENV_BIN = Path(os.environ.get("BENCH_VENV_BIN", ROOT / ".venv" / "bin"))
 EMAIL_SYNC = VENV_BIN / "email-sync"
 PYTHON = VENV_BIN / "python"
@@ -113,7 +117,7 @@ class Child:
 
     def __init__(self, args: list[str], what: str) -> None:
         self.what = what
-        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.process.stdout.readline() if self.process.stdout else ""
         if not line.strip().isdigit():
             self.process.kill()
@@ -134,7 +138,8 @@ class Child:
 class Backend(Child):
     def __init__(self, latency: float) -> None:
         super().__init__(
-            [str(RIG_PYTHON), str(HERE / "backend.py"), "--latency", str(latency), "--max-seconds", "3600"], "backend"
+            [str(RIG_PYTHON), "-m", "harness.fast_backend", "--latency", str(latency), "--max-seconds", "3600"],
+            "backend",
         )
         self.latency = latency
 
@@ -142,7 +147,7 @@ class Backend(Child):
         return self._get("/_stats")
 
     def turnaround(self) -> dict[str, Any]:
-        """The client's turnaround between two calls on a connection since the last asking (see backend.py)."""
+        """The client's turnaround between two calls on a connection since the last asking (fast_backend.py's)."""
         return self._get("/_turnaround")
 
     def _get(self, path: str) -> dict[str, Any]:
@@ -196,12 +201,8 @@ class BenchDb:
     def __init__(self, users: int) -> None:
         self.name = f"email_sync_bench_{uuid.uuid4().hex[:10]}"
         admin(f'CREATE DATABASE "{self.name}"')
-        self.sql("CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, last_sync timestamptz)")
-        self.sql(
-            "INSERT INTO users (id, email, last_sync) "
-            "SELECT g, 'user' || g || '@example.com', NULL FROM generate_series(1, %s) AS g",
-            users,
-        )
+        self.sql(USERS_TABLE["postgresql"])
+        self.sql(numbered_users("1", "%s"), users)
         self.users = users
 
     def url(self, port: int) -> str:
@@ -467,7 +468,7 @@ def email_sync_run(
 
 
 def turnaround_text(summary: dict[str, Any]) -> str:
-    """A client's turnaround between calls (backend.py's /_turnaround) in a few words."""
+    """A client's turnaround between calls (fast_backend.py's /_turnaround) in a few words."""
     if not summary.get("count"):
         return "-"
     return f"ms p50 {summary['p50_ms']:.2f}, p90 {summary['p90_ms']:.2f}, p99 {summary['p99_ms']:.2f}"

@@ -1,8 +1,9 @@
-"""CPU per request of the HTTP client styles email-sync could use, one thread, keep-alive, against bench/backend.py
-at latency 0: requests.Session.post (stream=True, raw.read: what `Client._attempt` used until issue 6), urllib3's
-HTTPConnectionPool.urlopen (what backend.Session used until issue 14), one urllib3 HTTPConnection kept by the
-caller (what it used next), http.client, and backend.Session as it is now (emailsync.sync.http1: the request in one
-write, the answer parsed from what arrives). The numbers behind leaving requests, then the pool, then urllib3.
+"""CPU per request of the HTTP client styles email-sync could use, one thread, keep-alive, against
+harness/fast_backend.py at latency 0: requests.Session.post (stream=True, raw.read: what `Client._attempt` used
+until issue 6), urllib3's HTTPConnectionPool.urlopen (what backend.Session used until issue 14), one urllib3
+HTTPConnection kept by the caller (what it used next), http.client, and backend.Session as it is now
+(emailsync.sync.http1: the request in one write, the answer parsed from what arrives). The numbers behind leaving
+requests, then the pool, then urllib3.
 
     .venv/bin/python bench/clientcost.py [--requests 3000]
 """
@@ -120,7 +121,10 @@ def main() -> None:
     args = parser.parse_args()
     n = max(100, min(args.requests, 100_000))
     backend = subprocess.Popen(
-        [sys.executable, str(HERE / "backend.py"), "--max-seconds", "300"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "harness.fast_backend", "--max-seconds", "300"],
+        cwd=HERE.parent,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         port = int(backend.stdout.readline())  # type: ignore[union-attr]

@@ -1,4 +1,4 @@
-"""Load generator for bench/backend.py: keep-alive raw-socket clients (asyncio), one request at a time on each
+"""Load generator for harness/fast_backend.py: keep-alive raw-socket clients (asyncio), one request at a time on each
 connection like email-sync's threads. Runs ``--procs`` processes of ``--connections`` connections each for
 ``--duration`` seconds against 127.0.0.1:``--port`` and prints one JSON line: requests, seconds, rate.
 Bounded: each client stops at the deadline (and after ``--max-requests``)."""

@@ -20,9 +20,13 @@ import argparse
 import asyncio
 import json
 import struct
+import sys
 from collections import Counter
+from pathlib import Path
 
-from serving import serve_until_stopped
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness.serving import serve_until_stopped
 
 UNTYPED_CODES = {80877103, 80877104, 80877102}  # SSLRequest, GSSENCRequest, CancelRequest
 

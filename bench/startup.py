@@ -2,7 +2,7 @@
 
 Not a test: it measures. Creates a uniquely named PostgreSQL database on 127.0.0.1:5432 (user postgres, trust) with
 the app's users table, all of them synced a moment ago (so nobody is due), runs `email-sync migrate`, serves the
-test backend (tests/backend.py) in this process for the health check, then runs `email-sync run` ``--runs`` times,
+stand-in backend (harness/backend.py) in this process for the health check, then runs `email-sync run` ``--runs`` times,
 each a fresh process as the timer starts it, and prints the median user+sys CPU seconds of those processes
 (os.wait4: the email-sync process alone). CPU time, not wall time: the machine may be busy, CPU time barely moves.
 emailsync/ is byte-compiled first, as the package's postinst does: a checkout run with PYTHONDONTWRITEBYTECODE=1
@@ -30,7 +30,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.backend import Backend  # noqa: E402 -- the repository root is on the path only now
+from harness.app_database import USERS_TABLE, numbered_users  # noqa: E402 -- harness/ is on the path only now
+from harness.backend import Backend  # noqa: E402
 
 VENV_BIN = Path(os.environ.get("BENCH_VENV_BIN", Path(sys.executable).parent))  # as bench/bench.py's
 EMAIL_SYNC = VENV_BIN / "email-sync"
@@ -48,11 +49,8 @@ def admin(sql: str) -> None:
 def seed(dbname: str, users: int) -> None:
     connection = psycopg2.connect(ADMIN_DSN.replace("dbname=postgres", f"dbname={dbname}"))
     with connection, connection.cursor() as cursor:
-        cursor.execute("CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, last_sync timestamptz)")
-        cursor.execute(
-            "INSERT INTO users SELECT i, 'user' || i || '@example.com', now() FROM generate_series(1, %s) AS i",
-            (users,),
-        )
+        cursor.execute(USERS_TABLE["postgresql"])
+        cursor.execute(numbered_users("1", "%s", last_sync="now()"), (users,))
     connection.close()
 
 

@@ -14,25 +14,29 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from harness.app_database import USERS_TABLE, email  # noqa: E402 -- the repository root is on the path only now
+
 EMAIL_SYNC = Path(sys.executable).parent / "email-sync"
 
 
 def create_app_database(path: Path) -> None:
     """The app's users table: 8 never synced, 8 synced 2 hours ago (due), 4 synced 10 minutes ago (not due)."""
     with sqlite3.connect(path) as connection:
-        connection.execute("CREATE TABLE users (id integer PRIMARY KEY, email text NOT NULL, last_sync text)")
+        connection.execute(USERS_TABLE["sqlite"])
         ages = [None] * 8 + ["-2 hours"] * 8 + ["-10 minutes"] * 4
         for number, age in enumerate(ages, start=1):
             connection.execute(
                 "INSERT INTO users VALUES (?, ?, CASE WHEN ? IS NULL THEN NULL "
                 "ELSE strftime('%Y-%m-%d %H:%M:%f', 'now', ?) END)",
-                (number, f"user{number}@example.com", age, age),
+                (number, email(number), age, age),
             )
 
 
 def start_backend() -> tuple[subprocess.Popen[str], str]:
     backend = subprocess.Popen(
-        [sys.executable, "-m", "tests.backend", "--port", "0", "--latency", "0.05", "--fail-every", "7"],
+        [sys.executable, "-m", "harness.backend", "--port", "0", "--latency", "0.05", "--fail-every", "7"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -57,9 +61,9 @@ def show(database: Path) -> None:
             "SELECT u.id, u.email, u.last_sync, coalesce(s.failures, 0), s.next_attempt_at "
             "FROM users u LEFT JOIN email_sync_user_state s ON s.user_id = CAST(u.id AS TEXT) ORDER BY u.id"
         ):
-            user, email, last_sync, failures, retry = row
+            user, address, last_sync, failures, retry = row
             note = f"failed {failures}x, retry after {retry}" if failures else ""
-            print(f"  {user:>3} {email:<22} last_sync={last_sync or '-':<24} {note}")
+            print(f"  {user:>3} {address:<22} last_sync={last_sync or '-':<24} {note}")
         print("\nruns (email_sync_runs):")
         for run in connection.execute(
             "SELECT started_at, due, synced, failed, skipped, outcome FROM email_sync_runs ORDER BY started_at"

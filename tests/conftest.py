@@ -21,7 +21,8 @@ from sqlalchemy.pool import NullPool
 from emailsync.commands import cli
 from emailsync.config.settings import DatabaseConfig
 from emailsync.store import db, schema
-from tests.backend import Backend
+from harness.app_database import USERS_TABLE, email
+from harness.backend import Backend
 from tests.pgbouncer import PgBouncer
 from tests.postgres import Cluster
 from tests.standby import Replicated
@@ -92,7 +93,7 @@ class AppDb:
         with self.engine.begin() as connection:
             connection.execute(
                 text(f"INSERT INTO users (id, email, last_sync) VALUES (:id, :email, {last_sync})"),
-                [{"id": i, "email": f"user{i}@example.com"} for i in ids],
+                [{"id": i, "email": email(i)} for i in ids],
             )
         return ids
 
@@ -141,18 +142,13 @@ class AppDb:
 
 OUR_TABLES = (db.STATE, db.RUNS, db.VERSION_TABLE, db.BUDGET, db.FLEET)
 
-USERS_DDL = {
-    "postgresql": "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, last_sync timestamptz)",
-    "sqlite": "CREATE TABLE users (id integer PRIMARY KEY, email text NOT NULL, last_sync text)",
-}
-
 
 def _fresh_app_db(url: str, dialect: str) -> AppDb:
     engine = create_engine(url)
     with engine.begin() as connection:
         for table in ("users", *OUR_TABLES):
             connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
-        connection.execute(text(USERS_DDL[dialect]))
+        connection.execute(text(USERS_TABLE[dialect]))
     schema.migrate(db.connect(DatabaseConfig(url=url, connect_timeout=5, statement_timeout=30)))
     return AppDb(url, engine)
 

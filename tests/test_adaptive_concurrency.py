@@ -1,6 +1,6 @@
 """backend.concurrency = "auto" finds the backend's capacity: whole `email-sync run` processes against PostgreSQL and
 a stand-in whose latency is flat up to 40 calls in flight, climbs steeply beyond and answers 503 beyond 60
-(tests/backend.py's Overload). The best fixed setting is 40 by construction (32 runs too, should the machine
+(harness/backend.py's Overload). The best fixed setting is 40 by construction (32 runs too, should the machine
 disagree); auto is measured against it in the same
 test, on the same machine at the same time, so only the ratio counts."""
 
@@ -16,7 +16,7 @@ import pytest
 
 from emailsync.store import db
 from emailsync.sync import limiter
-from tests.backend import Backend, Behaviour, Overload
+from harness.backend import Backend, Behaviour, Overload
 from tests.conftest import AppDb, EmailSync
 
 USERS = 3000  # ~11 s at the best fixed setting: 40 in flight, 150 ms each

@@ -18,7 +18,7 @@ import pytest
 
 from emailsync.errors import EXIT_CONFIG, EXIT_OK, EXIT_TEMPFAIL
 from emailsync.report import streak
-from tests.backend import Backend, Behaviour
+from harness.backend import Backend, Behaviour
 from tests.conftest import AppDb, CommandResult, EmailSync
 
 HOOK = "/hooks/email-sync"

@@ -1,4 +1,4 @@
-"""Tests for the fake backend in tests/backend.py."""
+"""Tests for the stand-in backend in harness/backend.py."""
 
 import http.client
 import json
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.backend import Backend, Behaviour, Overload
+from harness.backend import Backend, Behaviour, Overload
 
 ROOT = Path(__file__).resolve().parent.parent
 SYNC = "/api/v1/test/sync/start"
@@ -380,7 +380,7 @@ def test_program_prints_its_url_and_stops_on_sigterm(tmp_path: Path, session: re
     token_file.write_text("s3cret\n")
     args = ["--port", "0", "--token-file", str(token_file), "--sync-path", "/sync"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.backend", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "harness.backend", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True
     )
     try:
         assert process.stdout is not None

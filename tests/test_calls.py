@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from emailsync.config.settings import load
-from tests.backend import Backend, Behaviour
+from harness.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 
 

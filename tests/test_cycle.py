@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from emailsync.model import Result
 from emailsync.store.leases import DuePages, Leases
-from tests.backend import Backend, Behaviour
+from harness.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 
 

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from emailsync.errors import EXIT_TEMPFAIL
-from tests.backend import Backend, Behaviour
+from harness.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import make_url
 
 from emailsync.errors import EXIT_CONFIG, EXIT_TEMPFAIL
-from tests.backend import Backend
+from harness.backend import Backend
 from tests.conftest import AppDb, CommandResult, EmailSync, _fresh_app_db, write_config
 from tests.pgbouncer import PgBouncer
 from tests.pgrefuser import RefusingServer

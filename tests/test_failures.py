@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from emailsync.errors import EXIT_CONFIG, EXIT_TEMPFAIL
-from tests.backend import Backend, Behaviour
+from harness.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 
 

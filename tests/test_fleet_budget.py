@@ -8,7 +8,7 @@ import json
 from collections import Counter
 
 from emailsync.store import db
-from tests.backend import Backend, Behaviour, Recorded
+from harness.backend import Backend, Behaviour, Recorded
 from tests.conftest import AppDb, EmailSync
 from tests.test_hosts import assert_each_synced_once, run_hosts
 

@@ -14,7 +14,7 @@ import pytest
 from emailsync.errors import EXIT_NO, EXIT_OK, EXIT_USAGE
 from emailsync.store import db
 from emailsync.store.control import READ_EVERY
-from tests.backend import Backend
+from harness.backend import Backend
 from tests.conftest import AppDb, EmailSync
 
 USERS = 400

@@ -2,7 +2,7 @@
 ends 0 (or 75 when it cannot reach the backend at all), shows no traceback, and records every user with its own
 answer: the hostile answer fails (or, for a 2xx, syncs) the one user it was sent to, and nobody else.
 
-The answers are written to the socket as they are (tests/backend.py's Behaviour.raw), so they can be what no HTTP
+The answers are written to the socket as they are (harness/backend.py's Behaviour.raw), so they can be what no HTTP
 server would write. A host with two addresses is a name in a private /etc/hosts, bind-mounted in a mount
 namespace of the run's own (unshare, as root: as the tests and CI run).
 """
@@ -22,7 +22,7 @@ import pytest
 
 from emailsync.errors import EXIT_CONFIG, EXIT_TEMPFAIL
 from emailsync.sync.http1 import RECEIVE
-from tests.backend import Backend, Behaviour
+from harness.backend import Backend, Behaviour
 from tests.conftest import AppDb, CommandResult, EmailSync, make_cert
 
 USERS = 6

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from tests.backend import Backend
+from harness.backend import Backend
 from tests.conftest import AppDb, EmailSync
 
 

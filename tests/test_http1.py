@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from emailsync.config.settings import BackendConfig
 from emailsync.sync.backend import MAX_BODY, CallFailed, Session
 from emailsync.sync.http1 import RECEIVE, BadAnswer, parse_head
-from tests.backend import Backend
+from harness.backend import Backend
 
 RUN_ID = str(uuid.uuid4())
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from emailsync import SCHEMA_VERSION, __version__, redaction
 from emailsync.report.runlog import FAILURES_SHOWN, SAMPLES
 from emailsync.systemd import logs
-from tests.backend import ECHOES, Backend, Behaviour
+from harness.backend import ECHOES, Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 from tests.test_config_property import bounded
 

@@ -15,7 +15,7 @@ from emailsync import __version__
 from emailsync.errors import EXIT_NO, EXIT_OK, EXIT_TEMPFAIL
 from emailsync.report import metrics
 from emailsync.store import schema
-from tests.backend import Backend, Behaviour
+from harness.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync, a_newer_release_migrated
 
 REFUSED = "postgresql://postgres@127.0.0.1:1/refused"  # nothing listens on port 1

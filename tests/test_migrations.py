@@ -21,7 +21,7 @@ from emailsync import __version__
 from emailsync.config.settings import DatabaseConfig
 from emailsync.errors import EXIT_CONFIG, EXIT_OK
 from emailsync.store import db, schema
-from tests.backend import Backend
+from harness.backend import Backend
 from tests.conftest import OUR_TABLES, AppDb, EmailSync, a_newer_release_migrated
 
 

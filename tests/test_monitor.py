@@ -1,6 +1,6 @@
 """Freshness and monitoring pings: the promise "every user synced within status.max_staleness", what `status` and
 the metrics say of it, and the pings a run sends to a Healthchecks-compatible (or Uptime Kuma, or ntfy) monitor.
-The monitor is a real HTTP server (tests/backend.py's monitoring path)."""
+The monitor is a real HTTP server (harness/backend.py's monitoring path)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from emailsync.errors import EXIT_CONFIG, EXIT_NO, EXIT_OK, EXIT_TEMPFAIL
-from tests.backend import Backend, Behaviour, Recorded
+from harness.backend import Backend, Behaviour, Recorded
 from tests.conftest import AppDb, EmailSync
 
 KEY = "5f0c8a1e-3b7d-4c2a-9e61-d0b4a7c3f218"  # the check's UUID: whoever knows it can ping in our name

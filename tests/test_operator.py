@@ -13,7 +13,7 @@ from emailsync.errors import EXIT_CONFIG, EXIT_NO, EXIT_OK, EXIT_TEMPFAIL, EXIT_
 from emailsync.model import Claim
 from emailsync.store import schema
 from emailsync.store.leases import Leases
-from tests.backend import Backend, Behaviour
+from harness.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 from tests.terminal import in_terminal
 

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, text
 
 from emailsync.errors import EXIT_CONFIG, EXIT_OK, EXIT_TEMPFAIL
 from emailsync.store import db, schema
-from tests.backend import Backend
+from harness.backend import Backend
 from tests.conftest import AppDb, EmailSync
 from tests.pgbouncer import PgBouncer
 from tests.test_hosts import assert_each_synced_once, run_hosts

@@ -9,7 +9,7 @@ from typing import Any
 
 from emailsync.errors import EXIT_OK
 from emailsync.store import db
-from tests.backend import Backend, Behaviour
+from harness.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 
 GONE = Behaviour(status=422, body=b'{"error": "mailbox deleted"}')

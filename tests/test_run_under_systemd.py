@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from emailsync.errors import EXIT_CONFIG
-from tests.backend import Backend, Behaviour
+from harness.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, event, text
 
 from emailsync.config.settings import DatabaseConfig
 from emailsync.store import db, schema
-from tests.backend import Backend, Behaviour
+from harness.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync, _fresh_app_db
 from tests.postgres import Cluster
 

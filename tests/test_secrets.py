@@ -18,7 +18,7 @@ from emailsync import redaction
 from emailsync.commands import cli
 from emailsync.errors import EXIT_TEMPFAIL
 from emailsync.systemd import logs
-from tests.backend import ECHOES, Backend, Behaviour
+from harness.backend import ECHOES, Backend, Behaviour
 from tests.conftest import FAST, AppDb, write_config
 from tests.test_logs import leaks, parse_journal_datagram
 

@@ -13,7 +13,7 @@ from psycopg2.extensions import libpq_version
 from sqlalchemy import create_engine
 
 from emailsync.errors import EXIT_CONFIG, EXIT_OK, EXIT_TEMPFAIL
-from tests.backend import Backend, Behaviour
+from harness.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync, _fresh_app_db
 from tests.standby import Replicated, Server
 

@@ -20,7 +20,7 @@ from emailsync.errors import EXIT_CONFIG, EXIT_OK
 from emailsync.store import db, schema
 from emailsync.store.leases import Leases
 from emailsync.sync.backend import idempotency_key
-from tests.backend import Backend
+from harness.backend import Backend
 from tests.conftest import OUR_TABLES, AppDb, EmailSync, _fresh_app_db
 from tests.pgbouncer import PgBouncer
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from tests.backend import Backend, Behaviour
+from harness.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
 
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-01$")

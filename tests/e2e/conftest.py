@@ -23,7 +23,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, make_url, text
 
 from emailsync.store import db
-from tests.backend import Backend
+from harness.app_database import USERS_TABLE
+from harness.backend import Backend
 from tests.e2e.container import (
     CACHE,
     PROJECT,
@@ -54,7 +55,7 @@ TOKEN_CREDENTIAL = f"{CREDSTORE}/email-sync.backend-token"
 
 # Every last_sync write, recorded by a trigger: "synced exactly once" is checked in the database itself.
 APP_SCHEMA = [
-    "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, last_sync timestamptz)",
+    USERS_TABLE["postgresql"],
     "CREATE TABLE last_sync_writes (user_id bigint NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())",
     """CREATE FUNCTION record_last_sync_write() RETURNS trigger LANGUAGE plpgsql AS $$
        BEGIN INSERT INTO last_sync_writes (user_id) VALUES (NEW.id); RETURN NEW; END $$""",

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.backend import Backend, Behaviour
+from harness.backend import Backend, Behaviour
 from tests.e2e.conftest import (
     ALERT,
     ALERT_RUN,

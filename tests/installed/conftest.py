@@ -33,7 +33,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, make_url, text
 
 from emailsync.store import db
-from tests.backend import Backend
+from harness.app_database import USERS_TABLE, numbered_users
+from harness.backend import Backend
 from tests.nspawn import CONTAINER_PATH, Container, log, run_host
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -85,11 +86,8 @@ class AppDatabase:
         return int(self.scalar("SELECT count(*) FROM users WHERE last_sync IS NOT NULL"))
 
     def add_users(self, count: int) -> None:
-        self.execute(
-            "INSERT INTO users (id, email) SELECT i, 'user' || i || '@example.com' "
-            f"FROM generate_series(coalesce((SELECT max(id) FROM users), 0) + 1, "
-            f"coalesce((SELECT max(id) FROM users), 0) + {count}) i"
-        )
+        after = "coalesce((SELECT max(id) FROM users), 0)"
+        self.execute(numbered_users(f"{after} + 1", f"{after} + {count}"))
 
 
 @contextlib.contextmanager
@@ -104,9 +102,7 @@ def app_database() -> Iterator[AppDatabase]:
     engine = create_engine(url, pool_pre_ping=True)
     try:
         with engine.begin() as connection:
-            connection.execute(
-                text("CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, last_sync timestamptz)")
-            )
+            connection.execute(text(USERS_TABLE["postgresql"]))
         app = AppDatabase(engine, url.set(drivername="postgresql").render_as_string(hide_password=False))
         app.add_users(USERS)
         yield app
@@ -119,17 +115,18 @@ def app_database() -> Iterator[AppDatabase]:
 
 @contextlib.contextmanager
 def fast_backend() -> Iterator[str]:
-    """bench/backend.py in a process of its own (asyncio, keep-alive: not the bottleneck of a run of tens of
-    thousands of calls, as the threaded stand-in would be); every POST answers 200. Its base URL."""
+    """harness/fast_backend.py in a process of its own (asyncio, keep-alive: not the bottleneck of a run of tens
+    of thousands of calls, as the threaded stand-in would be); every POST answers 200. Its base URL."""
     process = subprocess.Popen(
-        [sys.executable, str(PROJECT / "bench" / "backend.py"), "--max-seconds", "1800"],
+        [sys.executable, "-m", "harness.fast_backend", "--max-seconds", "1800"],
+        cwd=PROJECT,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert process.stdout is not None
         port = process.stdout.readline().strip()
-        assert port.isdigit(), f"bench/backend.py announced no port (exit {process.poll()})"
+        assert port.isdigit(), f"harness/fast_backend.py announced no port (exit {process.poll()})"
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()

@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import make_url
 
 from emailsync import SCHEMA_VERSION
+from harness.backend import Behaviour
 from tests import scripts
-from tests.backend import Behaviour
 from tests.installed.conftest import TOKEN, USERS, Installed, deb_field, fast_backend
 from tests.nspawn import log
 

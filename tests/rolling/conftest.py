@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from tests.backend import Backend
+from harness.backend import Backend
 from tests.installed.conftest import (
     CACHE,
     TOKEN,

@@ -6,6 +6,11 @@ peak in-flight calls, peak open connections); GET /_turnaround answers the clien
 asked: from a sync answer sent to the next request's head read on the same connection, what the client spends
 between two calls (this stand-in's own scheduling included), as a count, a mean and percentiles in ms. Prints its
 port on stdout, then serves until SIGTERM/SIGINT or ``--max-seconds``. Stdlib only; binds 127.0.0.1 only.
+
+The benchmark's backend, and tests/installed's for runs of tens of thousands of calls, where the threaded stand-in
+(harness/backend.py) would be the bottleneck. Run from the repository's root::
+
+    python -m harness.fast_backend [--latency SECONDS] [--port PORT] [--max-seconds SECONDS]
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import argparse
 import asyncio
 import json
 
-from serving import serve_until_stopped
+from harness.serving import serve_until_stopped
 
 BODY = b'{"emails_synced": 1}'
 SYNC_ANSWER = (

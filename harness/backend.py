@@ -1,6 +1,6 @@
 """A scriptable stand-in for the email application's backend, served over real HTTP(S).
 
-Used by pytest fixtures, by ``make demo`` and by the systemd end-to-end test::
+Used by pytest fixtures, by ``make demo``, by the systemd end-to-end tests and by the benchmark's empty run::
 
     with Backend(token="s3cret") as backend:
         backend.script(42, Behaviour(status=503, retry_after="1"), Behaviour())
@@ -9,7 +9,7 @@ Used by pytest fixtures, by ``make demo`` and by the systemd end-to-end test::
 
 As a program it serves until SIGTERM/SIGINT::
 
-    python -m tests.backend --port 8080 [--host 127.0.0.1] [--sync-path P] [--health-path P]
+    python -m harness.backend --port 8080 [--host 127.0.0.1] [--sync-path P] [--health-path P]
         [--latency SECONDS] [--token-file PATH] [--fail-every N] [--tls-cert PATH --tls-key PATH]
 """
 
@@ -25,7 +25,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,7 +36,7 @@ from urllib.parse import quote, quote_plus, urlsplit
 # Content-Length announced by a trickling response: far more than will ever be sent.
 _TRICKLE_LENGTH = 1_000_000_000
 # The ways a careless backend writes the bearer token it got back into an error body.
-ECHOES = {
+ECHOES: dict[str, Callable[[str], str]] = {
     "raw": lambda token: token,
     "percent": lambda token: quote(token, safe=""),
     "percent-lower": lambda token: re.sub("%[0-9A-F]{2}", lambda m: m[0].lower(), quote(token, safe="")),
@@ -571,7 +571,7 @@ def _error(message: str) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve a Backend until SIGTERM or SIGINT."""
-    parser = argparse.ArgumentParser(prog="python -m tests.backend", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.backend", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     parser.add_argument("--sync-path", default="/api/v1/test/sync/start")

@@ -1,4 +1,4 @@
-"""What the benchmark's loopback servers share: announce the port, serve until a signal or a time limit."""
+"""What the loopback servers run as programs share: announce the port, serve until a signal or a time limit."""
 
 from __future__ import annotations
 
