@@ -1,7 +1,7 @@
 """The ``email-sync`` command, and the one place where failures become exit codes.
 
-Heavy modules (SQLAlchemy, urllib3, structlog) are imported inside the commands, so ``--version`` and ``--help``
-answer at once.
+Heavy modules (SQLAlchemy, structlog) are imported inside the commands, so ``--version`` and ``--help`` answer at
+once.
 """
 
 from __future__ import annotations
@@ -319,10 +319,10 @@ def _config(form: str) -> int:
 
 
 def entry() -> None:
-    """The console script. Start-up makes a few hundred thousand objects (modules, classes, SQLAlchemy's and
-    urllib3's tables) that live until the process ends; the garbage collector walked them over and over while they
-    were imported and once more at exit, a third of the CPU of a run with nobody due (bench/startup.py). So it is
-    off while they are made, and they are out of its sight at exit (gc.freeze)."""
+    """The console script. Start-up makes a great many objects (modules, classes, SQLAlchemy's tables) that live
+    until the process ends; the garbage collector would walk them over and over while they are imported and once more
+    at exit, a large share of the CPU of a run with nobody due (docs/speed.md). So it is off while they are made, and
+    they are out of its sight at exit (gc.freeze)."""
     gc.disable()
     code = main()
     gc.freeze()

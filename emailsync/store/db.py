@@ -91,7 +91,7 @@ class Dialect:
     def among(self, value: str, subquery: str) -> str:
         """``value`` IN an uncorrelated subquery that runs once. PostgreSQL would plan ``IN (subquery)`` as a join,
         and while our state table's statistics lag behind its growth (a first run) it chose a nested loop that
-        scanned the users table once per row: 100 ms per batch. ARRAY(...) keeps it a one-off."""
+        scanned the users table once per row of a batch. ARRAY(...) keeps it a one-off (docs/speed.md)."""
         if self.postgres:
             return f"{value} = ANY(ARRAY({subquery}))"
         return f"{value} IN ({subquery})"

@@ -56,7 +56,8 @@ class Leases:
         return [Candidate(json_id(row.id), row.key) for row in rows]
 
     # The statements of a cycle's every batch are built once per run: SQLAlchemy then compiles each once, rather
-    # than parsing and compiling a fresh text() per claim and per write (half the main thread's time at latency 0).
+    # than parsing and compiling a fresh text() per claim and per write, which the main thread, the one that holds the
+    # database, would pay at every batch (docs/speed.md).
 
     @cached_property
     def _page(self) -> TextClause:
@@ -185,7 +186,7 @@ class Leases:
     def _record(self, connection: Connection, results: Sequence[Result]) -> list[Result]:
         """Three statements at most, whatever the batch's size: last_sync of the synced users whose lease we still
         hold, then their state, then the failed users' state. Only the synced users' ids and keys grow the
-        parameters (20,000 at sync.batch_size's maximum; Debian's SQLite takes 250,000).
+        parameters: two per user, within SQLite's limit at sync.batch_size's maximum.
 
         A failure that is permanent (Result.permanent) counts towards quarantine, any other outcome starts the
         count again; the failure that reaches sync.quarantine_after parks the user, unless an operator parked it
@@ -289,7 +290,7 @@ class Leases:
 @dataclass
 class DuePages:
     """Claims due users page by page: one look at the whole due set per page, then claims by id, which the primary
-    key serves, so a missing app index costs a scan per thousand users rather than per claim.
+    key serves, so a missing app index costs a scan per page rather than per claim.
 
     A page is only a list of candidates. Each page is shuffled, so runs on several hosts reading the same page
     do not all try the same users first; oldest first still holds from page to page. The run is done when a page

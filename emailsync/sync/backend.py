@@ -86,10 +86,10 @@ class Reply:
 class Session:
     """One kept-alive connection to the backend, for one thread at a time.
 
-    HTTP/1.1 of our own (emailsync.sync.http1) rather than urllib3 over http.client, which spent two to three times the
-    CPU on a call, and a run at latency 0 is bound by that CPU. No proxies from the environment, no .netrc, no
-    redirects, no retries of its own: the Authorization header only ever goes to the configured backend, and
-    retries are ours.
+    HTTP/1.1 of our own (emailsync.sync.http1) rather than urllib3 over http.client: a run at latency 0 is bound by the
+    CPU of its calls, and that stack spends more of it on each (docs/speed.md). No proxies from the environment, no
+    .netrc, no redirects, no retries of its own: the Authorization header only ever goes to the configured backend,
+    and retries are ours.
     """
 
     def __init__(self, config: BackendConfig, run_id: str) -> None:

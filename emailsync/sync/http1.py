@@ -2,11 +2,11 @@
 from what arrives, and every wait for a byte bounded by the call's deadline.
 
 Our own rather than urllib3 over http.client because a run at latency 0 is bound by the CPU of its calls, and that
-stack spent 200 to 280 µs of CPU on one small POST and its small answer (email.feedparser for the headers, two
-writes, urllib3's wrappers), this under 90 (bench/clientcost.py). It speaks only what those calls need: no proxy,
-no redirect, no compression, no upgrade, no pipelining, no HEAD; what it cannot read is a BadAnswer, a transport
-failure like a broken connection. Alerts and monitoring pings, which go to any URL and may need a proxy, keep
-urllib3.
+stack spends most of a call's CPU on work a small POST and its small answer do not need: email.feedparser for the
+headers, two writes, urllib3's wrappers (the measurements: docs/speed.md). It speaks only what those calls need: no
+proxy, no redirect, no compression, no upgrade, no pipelining, no HEAD; what it cannot read is a BadAnswer, a
+transport failure like a broken connection, and tests/test_http1_oracle.py holds its reading to h11's. Alerts and
+monitoring pings, which go to any URL and may need a proxy, go through requests (emailsync/report/outbound.py).
 
 Every read is ours, so the deadline needs no watcher: each wait for a byte is bounded by what is left of it, and
 an answer trickling in a byte at a time ends when the call's time does. Connecting has one budget, the connect
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_HEAD = 64 * 1024  # the status line and the headers; a larger head is no answer we can use
-# What one read asks for. The buffer is allocated before the read waits, and a run of a thousand calls has a thousand
-# reads waiting: 1 KiB reads (a usual answer is a few hundred bytes) kept such a run's memory at 65 MB, where 4 KiB
-# and 64 KiB reads made it 89 and 91 MB (1,024 threads, 12 calls each, 0.5 s latency; glibc's allocator).
+# What one read asks for. The buffer is allocated before the read waits, and a run has as many reads waiting as calls
+# in flight: small reads keep such a run's memory low, where larger ones grew it, glibc's allocator keeping their
+# buffers resident (docs/speed.md, scenario e). A usual answer, a few hundred bytes, is still one read.
 RECEIVE = 1024
 NO_BODY = (204, 304)
 HEX = b"0123456789abcdefABCDEF"
