@@ -11,7 +11,8 @@ never spent later, which keeps any second at the budget (a slot late by more tha
 ``cooldown_until`` is when calls may start again after the backend asked us to wait. Hosts learn of it with every
 lease, and re-read it every ``POLL`` while they are calling; a host that learns of one drops the slots it holds.
 
-The same SQL runs on SQLite, where the budget is shared by the runs that share the file.
+The row's statements are emailsync/store/budget.py's; the same SQL runs on SQLite, where the budget is shared by the
+runs that share the file.
 """
 
 from __future__ import annotations
@@ -23,17 +24,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Engine
 
 from emailsync.config.settings import BackendConfig
-from emailsync.store.db import BUDGET, Dialect, dialect_of, with_retry
+from emailsync.store.budget import BudgetSql
+from emailsync.store.db import dialect_of, with_retry
 
 log = structlog.get_logger()
 
 BATCH_SECONDS = 0.25  # a lease covers this much of the budget: max_rate/4 leases a second for the whole fleet
 POLL = 0.25  # seconds: how stale a host's knowledge of the cooldown may be while it is calling
 STALE = 0.05  # seconds: a slot this far in the past is skipped rather than used late, bunched with the next ones
-NAME = "backend"  # the row: one budget per database, that of the backend every host of the fleet calls
 
 
 class Pace(Protocol):
@@ -147,50 +148,6 @@ class FleetBudget:
 
     def _cooling(self, now: float) -> bool:
         return now < self.cooldown_until
-
-
-@dataclass(frozen=True)
-class BudgetSql:
-    """The budget row's statements; times are Unix seconds on the database clock, answers relative to it."""
-
-    d: Dialect
-
-    def ensure_row(self, connection: Connection) -> None:
-        connection.execute(
-            text(
-                f"INSERT INTO {BUDGET} (name, next_slot, cooldown_until) VALUES (:name, 0, 0) "
-                "ON CONFLICT (name) DO NOTHING"
-            ),
-            {"name": NAME},
-        )
-
-    def lease(self, connection: Connection, size: int, rate: float) -> tuple[float, float]:
-        """Take ``size`` slots: seconds until the first, and until the cooldown ends (<= 0: none)."""
-        now, greatest = self.d.epoch, self.d.greatest
-        row = connection.execute(
-            text(
-                f"UPDATE {BUDGET} SET next_slot = {greatest('next_slot', 'cooldown_until', now)} + :span "
-                f"WHERE name = :name RETURNING next_slot - :span - {now}, cooldown_until - {now}"
-            ),
-            {"name": NAME, "span": size / rate},
-        ).one()
-        return float(row[0]), float(row[1])
-
-    def cooldown_in(self, connection: Connection) -> float:
-        value = connection.execute(
-            text(f"SELECT cooldown_until - {self.d.epoch} FROM {BUDGET} WHERE name = :name"), {"name": NAME}
-        ).scalar_one()
-        return float(value)
-
-    def cool_down(self, connection: Connection, seconds: float, host: str) -> None:
-        now, greatest = self.d.epoch, self.d.greatest
-        connection.execute(
-            text(
-                f"UPDATE {BUDGET} SET cooldown_until = {greatest('cooldown_until', f'{now} + :seconds')}, "
-                "cooldown_by = :host WHERE name = :name"
-            ),
-            {"name": NAME, "seconds": seconds, "host": host},
-        )
 
 
 def for_backend(engine: Engine, config: BackendConfig, host: str) -> Pace:
