@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from sqlalchemy import Engine, text
 
 from emailsync.config.settings import Config
-from emailsync.store import backlog, control
+from emailsync.store import backlog, control, state
 from emailsync.store import runs as runs_table
 from emailsync.store.backlog import Freshness, rounded
 from emailsync.store.db import RUNS, STATE, dialect_of, transaction
@@ -123,9 +123,7 @@ def gather(engine: Engine, config: Config) -> Status:
         ]
         day = _day(runs_table.since(connection, d, DAY))
         last_success = runs_table.last_success_age(connection, d)
-        leased = connection.execute(
-            text(f"SELECT count(*) FROM {STATE} WHERE lease_owner IS NOT NULL AND lease_until > {d.now}")
-        ).scalar()
+        leased = connection.execute(text(f"SELECT count(*) FROM {STATE} WHERE {state.live_lease(d, '')}")).scalar()
         fleet = control.read(connection)
         parked_users = control.parked_users(connection, d, LISTED)
         awaiting = []
@@ -205,8 +203,8 @@ def list_users(engine: Engine, config: Config, which: str, limit: int) -> list[U
     """Users in our state table: ``failing`` (in backoff or failed last time, not parked) or ``leased``."""
     d = dialect_of(engine)
     where = {
-        "failing": "s.failures > 0 AND s.parked_at IS NULL ORDER BY s.next_attempt_at",
-        "leased": f"s.lease_owner IS NOT NULL AND s.lease_until > {d.now} ORDER BY s.lease_until",
+        "failing": f"{state.failing('s')} AND NOT {state.parked('s')} ORDER BY s.next_attempt_at",
+        "leased": f"{state.live_lease(d, 's')} ORDER BY s.lease_until",
     }[which]
     with transaction(engine) as connection:
         rows = connection.execute(

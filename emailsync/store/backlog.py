@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from emailsync.config.settings import Config
-from emailsync.store import control
+from emailsync.store import control, state
 from emailsync.store.db import STATE, dialect_of, transaction
 from emailsync.store.users import UsersTable
 from emailsync.systemd.timespan import brief
@@ -71,7 +71,10 @@ def read(engine: Engine, config: Config) -> Backlog:
             {"interval": config.sync.interval},
         ).one()
         in_backoff = connection.execute(
-            text(f"SELECT count(*) FROM {STATE} WHERE failures > 0 AND next_attempt_at > {d.now} AND parked_at IS NULL")
+            text(
+                f"SELECT count(*) FROM {STATE} "
+                f"WHERE {state.failing('')} AND {state.in_backoff(d, '')} AND NOT {state.parked('')}"
+            )
         ).scalar()
         parked, quarantined = control.count_parked(connection)
     freshness = Freshness(limit, rounded(fresh[0]), int(fresh[1]))

@@ -19,13 +19,11 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from emailsync.redaction import redact_and_truncate
+from emailsync.store import state
 from emailsync.store.db import FLEET, MAX_ERROR_CHARS, STATE, Dialect, dialect_of, with_retry
 
 RUNNING, PAUSED, DRAINING = "running", "paused", "draining"
-QUARANTINE = "quarantine"  # parked_by of a user parked by the run itself, after permanent failures in a row
 READ_EVERY = 1.0  # seconds: how stale a run's view of the fleet's mode may be
-# What returning a user sets in our state table: no backoff, no count of failures of either kind.
-CLEAN_SLATE = "failures = 0, permanent_failures = 0, next_attempt_at = NULL, last_error = NULL"
 
 
 @dataclass(frozen=True)
@@ -119,9 +117,9 @@ def unpark(engine: Engine, key: str) -> bool:
         lambda connection: (
             connection.execute(
                 text(
-                    f"""UPDATE {STATE} SET {CLEAN_SLATE}, parked_at = NULL, parked_by = NULL, parked_reason = NULL,
-                        updated_at = {d.now}
-                    WHERE user_id = :key AND parked_at IS NOT NULL"""
+                    f"""UPDATE {STATE} SET {state.CLEAN_SLATE},
+                        parked_at = NULL, parked_by = NULL, parked_reason = NULL, updated_at = {d.now}
+                    WHERE user_id = :key AND {state.parked("")}"""
                 ),
                 {"key": key},
             ).rowcount
@@ -159,7 +157,7 @@ def parked(engine: Engine, key: str) -> Parked | None:
 def _parked(d: Dialect) -> str:
     return (
         f"SELECT user_id, parked_at, {d.age('parked_at')} AS age, parked_by, parked_reason FROM {STATE} "
-        "WHERE parked_at IS NOT NULL"
+        f"WHERE {state.parked('')}"
     )
 
 
@@ -171,8 +169,8 @@ def count_parked(connection: Connection) -> tuple[int, int]:
     """Parked users, and how many of them the runs quarantined."""
     row: Sequence[Any] = connection.execute(
         text(
-            f"SELECT count(*), count(CASE WHEN parked_by = '{QUARANTINE}' THEN 1 END) FROM {STATE} "
-            "WHERE parked_at IS NOT NULL"
+            f"SELECT count(*), count(CASE WHEN parked_by = '{state.QUARANTINE}' THEN 1 END) FROM {STATE} "
+            f"WHERE {state.parked('')}"
         )
     ).one()
     return int(row[0]), int(row[1])

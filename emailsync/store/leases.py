@@ -21,7 +21,7 @@ from emailsync.config.settings import SyncConfig, UsersConfig
 from emailsync.errors import UsageError
 from emailsync.model import Candidate, Claim, Result, json_id
 from emailsync.redaction import redact_and_truncate
-from emailsync.store import control
+from emailsync.store import state
 from emailsync.store.db import MAX_ERROR_CHARS, STATE, dialect_of, with_retry
 from emailsync.store.users import UsersTable
 
@@ -117,15 +117,14 @@ class Leases:
     def _lease(self, rows: str, respect_backoff: bool) -> str:
         """The guarded upsert that takes a lease on ``rows`` (key, owner, until, 0, now): never over a live lease
         of another run, and, unless an operator asked for this user, never over a backoff."""
-        now = self.d.now
-        backoff = f"AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= {now})" if respect_backoff else ""
+        backoff = f"AND NOT {state.in_backoff(self.d, 's')}" if respect_backoff else ""
         return f"""
             INSERT INTO {STATE} AS s (user_id, lease_owner, lease_until, failures, updated_at)
             {rows}
             ON CONFLICT (user_id) DO UPDATE
                SET lease_owner = excluded.lease_owner, lease_until = excluded.lease_until,
                    updated_at = excluded.updated_at
-             WHERE (s.lease_owner IS NULL OR s.lease_until < {now}) {backoff}"""
+             WHERE NOT {state.live_lease(self.d, "s")} {backoff}"""
 
     def find(self, who: str) -> Claim | None:
         """The user whose id (as text) or email is ``who``: what an operator types."""
@@ -155,15 +154,15 @@ class Leases:
     def reset(self, keys: Sequence[str] | None) -> int:
         """Clear the backoff of these users (None: of every failing user), and their quarantine, so the next cycle
         retries them. A park by an operator stays: only `unpark` ends it."""
-        where = "failures > 0" if keys is None else "user_id = :key"
+        where = state.failing("") if keys is None else "user_id = :key"
         params: list[dict[str, str]] = [{}] if keys is None else [{"key": key} for key in keys]
-        quarantined = f"parked_by = '{control.QUARANTINE}'"
+        quarantined = f"parked_by = '{state.QUARANTINE}'"
         return with_retry(
             self.engine,
             lambda connection: sum(
                 connection.execute(
                     text(
-                        f"""UPDATE {STATE} SET {control.CLEAN_SLATE},
+                        f"""UPDATE {STATE} SET {state.CLEAN_SLATE},
                                 parked_at = CASE WHEN {quarantined} THEN NULL ELSE parked_at END,
                                 parked_reason = CASE WHEN {quarantined} THEN NULL ELSE parked_reason END,
                                 parked_by = CASE WHEN {quarantined} THEN NULL ELSE parked_by END,
@@ -218,7 +217,7 @@ class Leases:
         newly = {
             row.user_id
             for row in rows
-            if row.parked_by == control.QUARANTINE and row.permanent_failures == self.sync.quarantine_after
+            if row.parked_by == state.QUARANTINE and row.permanent_failures == self.sync.quarantine_after
         }
         return [r for r in failed if r.claim.key in newly]
 
@@ -247,13 +246,15 @@ class Leases:
     @cached_property
     def _end_failed(self) -> TextClause:
         d, after = self.d, self.sync.quarantine_after
-        quarantine = f"batch.permanent = 1 AND {after} > 0 AND permanent_failures + 1 >= {after} AND parked_at IS NULL"
+        quarantine = (
+            f"batch.permanent = 1 AND {after} > 0 AND permanent_failures + 1 >= {after} AND NOT {state.parked('')}"
+        )
         return self._ending(
             [("ms", "integer"), ("delay", "double precision"), ("error", "text"), ("permanent", "integer")],
             f"""failures = failures + 1, next_attempt_at = {d.shifted("batch.delay")}, last_error = batch.error,
                 last_duration_ms = batch.ms, results = results + 1,
                 permanent_failures = CASE WHEN batch.permanent = 1 THEN permanent_failures + 1 ELSE 0 END,
-                parked_by = CASE WHEN {quarantine} THEN '{control.QUARANTINE}' ELSE parked_by END,
+                parked_by = CASE WHEN {quarantine} THEN '{state.QUARANTINE}' ELSE parked_by END,
                 parked_reason = CASE WHEN {quarantine} THEN batch.error ELSE parked_reason END,
                 parked_at = CASE WHEN {quarantine} THEN {d.now} ELSE parked_at END""",
             returning="user_id, parked_by, permanent_failures",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from emailsync.config.settings import UsersConfig
+from emailsync.store import state
 from emailsync.store.db import STATE, Dialect
 
 
@@ -52,7 +53,7 @@ class UsersTable:
     @property
     def promised_from(self) -> str:
         """FROM and WHERE of the users the freshness promise is about: synced at least once, not parked."""
-        return f"{self.joined()} WHERE {self.last_sync} IS NOT NULL AND s.parked_at IS NULL {self.narrowed}"
+        return f"{self.joined()} WHERE {self.last_sync} IS NOT NULL AND NOT {state.parked('s')} {self.narrowed}"
 
     def due_from(self, only: str = "") -> str:
         """FROM and WHERE of the due users (``:interval`` seconds): stale by the database clock, not in backoff, not
@@ -63,9 +64,7 @@ class UsersTable:
             {self.joined(only)}
             WHERE {d.older_than(self.last_sync, "interval")}
               AND (s.user_id IS NULL OR (
-                    (s.lease_owner IS NULL OR s.lease_until < {d.now})
-                AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= {d.now})
-                AND s.parked_at IS NULL))
+                NOT {state.live_lease(d, "s")} AND NOT {state.in_backoff(d, "s")} AND NOT {state.parked("s")}))
               {self.narrowed}"""
 
     @property
