@@ -9,14 +9,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import structlog
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from emailsync.commands import status
 from emailsync.config.settings import Config
 from emailsync.errors import Refused, TemporaryError, UsageError
 from emailsync.model import Claim, Outcome
 from emailsync.report import runlog
-from emailsync.store import backlog, control, db, schema
+from emailsync.store import backlog, control, db, overview, schema
 from emailsync.store.leases import Leases
 from emailsync.sync import backend, budget
 from emailsync.sync.backend import Client
@@ -64,22 +64,20 @@ def reset(config: Config, who: str | None) -> int:
 
 def list_users(config: Config, which: str | None, limit: int) -> list[str]:
     """One line per user: due now (the default, oldest first), failing, leased or parked."""
-    with _ready(config, writing=False) as engine:
+    with _ready(config, writing=False) as engine, db.transaction(engine) as connection:
         if which in (None, "due"):
-            return _due_lines(engine, config, limit)
+            return _due_lines(connection, config, limit)
         if which == "parked":
-            with db.transaction(engine) as connection:
-                return [
-                    status.render_parked(user)
-                    for user in control.parked_users(connection, db.dialect_of(engine), limit)
-                ]
-        return [status.render_user(user) for user in status.list_users(engine, config, which, limit)]
+            return [
+                status.render_parked(user) for user in control.parked_users(connection, db.dialect_of(engine), limit)
+            ]
+        return [status.render_user(user) for user in overview.listed(connection, which, limit)]
 
 
-def _due_lines(engine: Engine, config: Config, limit: int) -> list[str]:
+def _due_lines(connection: Connection, config: Config, limit: int) -> list[str]:
     return [
         f"{user:<24} {'never synced' if age is None else 'last synced ' + brief(age) + ' ago'}"
-        for user, age in status.list_due(engine, config, limit)
+        for user, age in overview.due(connection, config, limit)
     ]
 
 
@@ -91,10 +89,9 @@ def dry_run(config: Config, limit: int | None) -> list[str]:
     no call, no run row. Without a limit it lists the first few."""
     most = config.sync.max_users_per_run
     cap = most if limit is None else min(limit, most)
-    with _ready(config) as engine:
-        with db.transaction(engine) as connection:
-            mode = control.read(connection)
-        now = backlog.read(engine, config)
+    with _ready(config) as engine, db.transaction(engine) as connection:
+        mode = control.read(connection)
+        now = backlog.read(connection, config)
         claims = min(now.due, cap) if mode.claims else 0
         run = "a run" if limit is None else f"a run with --limit {limit}"
         lines = [
@@ -108,7 +105,7 @@ def dry_run(config: Config, limit: int | None) -> list[str]:
             oldest = "-" if now.oldest_age_s is None else f"last synced {brief(now.oldest_age_s)} ago"
             lines.append(f"oldest due: {oldest} ({now.never_synced} never synced)")
             lines.append(f"the first {min(listed, now.due)}, in the order a run takes them:")
-            lines += ["  " + line for line in _due_lines(engine, config, listed)]
+            lines += ["  " + line for line in _due_lines(connection, config, listed)]
         return lines
 
 

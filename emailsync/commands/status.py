@@ -12,15 +12,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from emailsync.config.settings import Config
-from emailsync.store import backlog, control, state
+from emailsync.store import backlog, control, overview
 from emailsync.store import runs as runs_table
-from emailsync.store.backlog import Freshness, rounded
-from emailsync.store.db import RUNS, STATE, dialect_of, transaction
+from emailsync.store.backlog import Freshness
+from emailsync.store.db import dialect_of, transaction
+from emailsync.store.overview import UserRow
 from emailsync.store.schema import schema_version
-from emailsync.store.users import UsersTable
 from emailsync.systemd import systemctl
 from emailsync.systemd.timespan import brief
 
@@ -45,17 +45,6 @@ class RunRow:
     outcome: str
     duration_s: float | None
     error: str | None
-
-
-@dataclass(frozen=True)
-class UserRow:
-    user_id: str
-    failures: int
-    next_attempt_in_s: float | None
-    last_error: str | None
-    lease_owner: str | None
-    lease_host: str | None
-    lease_left_s: float | None
 
 
 @dataclass(frozen=True)
@@ -123,13 +112,15 @@ def gather(engine: Engine, config: Config) -> Status:
         ]
         day = _day(runs_table.since(connection, d, DAY))
         last_success = runs_table.last_success_age(connection, d)
-        leased = connection.execute(text(f"SELECT count(*) FROM {STATE} WHERE {state.live_lease(d, '')}")).scalar()
         fleet = control.read(connection)
         parked_users = control.parked_users(connection, d, LISTED)
         awaiting = []
         if (version or 0) >= runs_table.RELEASE_SINCE:  # `status` may be asked before a run has migrated
             awaiting = runs_table.awaiting_upgrade(connection, d, config.status.stale_after)
-    now = backlog.read(engine, config)
+        now = backlog.read(connection, config)
+        backoff = overview.listed(connection, "failing", LISTED)
+        leased = overview.count_leased(connection)
+        leases = overview.listed(connection, "leased", LISTED)
     status = Status(
         schema_version=version,
         runs=runs,
@@ -138,9 +129,9 @@ def gather(engine: Engine, config: Config) -> Status:
         oldest_due_age_s=now.oldest_age_s,
         freshness=now.freshness,
         in_backoff=now.in_backoff,
-        backoff=list_users(engine, config, "failing", LISTED),
-        leased=int(leased or 0),
-        leases=list_users(engine, config, "leased", LISTED),
+        backoff=backoff,
+        leased=leased,
+        leases=leases,
         last_success_age_s=None if last_success is None else round(last_success),
         fleet=fleet,
         parked=now.parked,
@@ -197,48 +188,6 @@ def _problems(status: Status, config: Config) -> list[str]:
     if not status.freshness.holds:
         problems.append(status.freshness.problem())
     return problems
-
-
-def list_users(engine: Engine, config: Config, which: str, limit: int) -> list[UserRow]:
-    """Users in our state table: ``failing`` (in backoff or failed last time, not parked) or ``leased``."""
-    d = dialect_of(engine)
-    where = {
-        "failing": f"{state.failing('s')} AND NOT {state.parked('s')} ORDER BY s.next_attempt_at",
-        "leased": f"{state.live_lease(d, 's')} ORDER BY s.lease_until",
-    }[which]
-    with transaction(engine) as connection:
-        rows = connection.execute(
-            text(
-                f"SELECT s.user_id, s.failures, -({d.age('s.next_attempt_at')}) AS next_in, s.last_error, "
-                f"s.lease_owner, r.host, -({d.age('s.lease_until')}) AS lease_left "
-                f"FROM {STATE} AS s LEFT JOIN {RUNS} AS r ON r.id = s.lease_owner WHERE {where} LIMIT :limit"
-            ),
-            {"limit": limit},
-        ).all()
-    return [
-        UserRow(
-            row.user_id,
-            row.failures,
-            rounded(row.next_in),
-            row.last_error,
-            row.lease_owner,
-            row.host,
-            rounded(row.lease_left),
-        )
-        for row in rows
-    ]
-
-
-def list_due(engine: Engine, config: Config, limit: int) -> list[tuple[str, float | None]]:
-    """(user id, seconds since last sync or None for never) of the users a run would take now, oldest first."""
-    d = dialect_of(engine)
-    users = UsersTable(config.users, d)
-    with transaction(engine) as connection:
-        rows = connection.execute(
-            text(f"SELECT {users.key}, {d.age(users.last_sync)} {users.due_from()} {users.oldest_first} LIMIT :limit"),
-            {"interval": config.sync.interval, "limit": limit},
-        ).all()
-    return [(row[0], rounded(row[1])) for row in rows]
 
 
 def timer_state() -> dict[str, str]:

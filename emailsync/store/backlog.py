@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, text
 
 from emailsync.config.settings import Config
 from emailsync.store import control, state
-from emailsync.store.db import STATE, dialect_of, transaction
+from emailsync.store.db import STATE, dialect_of
 from emailsync.store.users import UsersTable
 from emailsync.systemd.timespan import brief
 
@@ -48,35 +48,31 @@ class Backlog:
     freshness: Freshness
 
 
-def read(engine: Engine, config: Config) -> Backlog:
+def read(connection: Connection, config: Config) -> Backlog:
     """Who is waiting right now, and whether the freshness promise holds: what `status` shows, the metrics export
-    and the end-of-run ping reports."""
-    d = dialect_of(engine)
+    and the end-of-run ping report. In the caller's transaction, so `status` reads it in its snapshot."""
+    d = dialect_of(connection)
     users = UsersTable(config.users, d)
     limit = config.status.max_staleness
-    with transaction(engine) as connection:
-        fresh = connection.execute(
-            text(
-                f"SELECT max({d.age(users.last_sync)}), "
-                f"coalesce(sum(CASE WHEN {d.age(users.last_sync)} > :max_staleness THEN 1 ELSE 0 END), 0) "
-                f"{users.promised_from}"
-            ),
-            {"max_staleness": limit},
-        ).one()
-        due = connection.execute(
-            text(
-                f"SELECT count(*), count(*) - count({users.last_sync}), max({d.age(users.last_sync)}) "
-                f"{users.due_from()}"
-            ),
-            {"interval": config.sync.interval},
-        ).one()
-        in_backoff = connection.execute(
-            text(
-                f"SELECT count(*) FROM {STATE} "
-                f"WHERE {state.failing('')} AND {state.in_backoff(d, '')} AND NOT {state.parked('')}"
-            )
-        ).scalar()
-        parked, quarantined = control.count_parked(connection)
+    fresh = connection.execute(
+        text(
+            f"SELECT max({d.age(users.last_sync)}), "
+            f"coalesce(sum(CASE WHEN {d.age(users.last_sync)} > :max_staleness THEN 1 ELSE 0 END), 0) "
+            f"{users.promised_from}"
+        ),
+        {"max_staleness": limit},
+    ).one()
+    due = connection.execute(
+        text(f"SELECT count(*), count(*) - count({users.last_sync}), max({d.age(users.last_sync)}) {users.due_from()}"),
+        {"interval": config.sync.interval},
+    ).one()
+    in_backoff = connection.execute(
+        text(
+            f"SELECT count(*) FROM {STATE} "
+            f"WHERE {state.failing('')} AND {state.in_backoff(d, '')} AND NOT {state.parked('')}"
+        )
+    ).scalar()
+    parked, quarantined = control.count_parked(connection)
     freshness = Freshness(limit, rounded(fresh[0]), int(fresh[1]))
     return Backlog(int(due[0]), int(due[1]), rounded(due[2]), int(in_backoff or 0), parked, quarantined, freshness)
 

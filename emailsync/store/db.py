@@ -181,8 +181,8 @@ def connected(config: DatabaseConfig) -> Iterator[Engine]:
         engine.dispose()
 
 
-def dialect_of(engine: Engine) -> Dialect:
-    return Dialect(engine.dialect.name)
+def dialect_of(bind: Engine | Connection) -> Dialect:
+    return Dialect(bind.dialect.name)
 
 
 @contextmanager

@@ -151,7 +151,9 @@ def _report(
     if engine is not None and not isinstance(error, DatabaseUnavailable):  # the database is there to write to
         runs.finish(engine, report.run_id, counts, report.outcome, str(error) if error else None)
         wanted = config.metrics.textfile or pings.on or alert.wants_freshness(config, error, os.environ)
-        waiting = backlog.read(engine, config) if wanted else None
+        if wanted:
+            with db.transaction(engine) as connection:
+                waiting = backlog.read(connection, config)
     stale = waiting is not None and not waiting.freshness.holds
     alert.run_ended(config, report.run_id, report.outcome, error, stale, os.environ)
     metrics.run_finished(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from emailsync.commands.status import MIN_TEXT, Column, UserRow, _wrap, chart, render_user
+from emailsync.commands.status import MIN_TEXT, Column, _wrap, chart, render_user
+from emailsync.store.overview import UserRow
 from emailsync.systemd.timespan import brief
 
 
