@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import make_url
+from sqlalchemy import event, make_url
 
+from emailsync.commands import status
+from emailsync.config import settings
 from emailsync.errors import EXIT_CONFIG, EXIT_NO, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
 from emailsync.model import Claim
-from emailsync.store import schema
+from emailsync.store import db, schema, state
 from emailsync.store.leases import Leases
 from harness.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
@@ -176,6 +179,37 @@ def test_status_reports_backlog_age_of_the_oldest_due_user(pg: AppDb, backend: B
 
     assert report["due_now"] == 2
     assert 5 * 3600 - 60 < report["oldest_due_age_s"] < 5 * 3600 + 60
+
+
+def status_while_another_run_takes_a_lease(app: AppDb, email_sync: EmailSync) -> tuple[status.Status, list[str]]:
+    """`status` read in-process while run-a holds user 1 and run-b commits its lease on user 2 between two of
+    status's reads: after it counted the live leases, before it lists them. Returns the report, and the users the
+    database holds leases on once it is done."""
+    app.add_users(2)
+    app.lease(1, "run-a", 600)
+    email_sync.configure(app, None)
+    config = settings.load(str(email_sync.config_path), {})
+    count_of_live_leases = state.live_lease(db.dialect_of(app.engine), "")
+    committed = []
+
+    def run_b_takes_a_lease(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if count_of_live_leases in statement and not committed:
+            app.lease(2, "run-b", 600)  # on a connection of its own, committed before status reads on
+            committed.append(statement)
+
+    with db.connected(config.database) as engine:
+        event.listen(engine, "after_cursor_execute", run_b_takes_a_lease)
+        report = status.gather(engine, config)
+    assert committed, "status never counted the live leases"
+    return report, app.leased()
+
+
+def test_status_reads_one_snapshot_while_a_run_commits_between_its_reads(pg: AppDb, email_sync: EmailSync) -> None:
+    report, leased_after = status_while_another_run_takes_a_lease(pg, email_sync)
+
+    assert sorted(leased_after) == ["1", "2"]
+    assert report.leased == 1
+    assert [user.user_id for user in report.leases] == ["1"]
 
 
 @pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["users"], ["users", "--failing"]])

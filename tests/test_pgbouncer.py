@@ -9,12 +9,13 @@ from contextlib import contextmanager
 
 from sqlalchemy import create_engine, text
 
-from emailsync.errors import EXIT_CONFIG, EXIT_OK, EXIT_TEMPFAIL
+from emailsync.errors import EXIT_CONFIG, EXIT_NO, EXIT_OK, EXIT_TEMPFAIL
 from emailsync.store import db, schema
 from harness.backend import Backend
 from tests.conftest import AppDb, EmailSync
 from tests.pgbouncer import PgBouncer
 from tests.test_hosts import assert_each_synced_once, run_hosts
+from tests.test_operator import status_while_another_run_takes_a_lease
 
 
 def test_migrate_through_pgbouncer_creates_the_schema(pooled: AppDb, email_sync: EmailSync) -> None:
@@ -92,15 +93,38 @@ def test_a_session_setting_never_outlives_its_transaction_in_the_pool(
     pooled.add_users(5, age=7200)
     email_sync.configure(pooled, backend, database={"statement_timeout": "7s"})
     assert email_sync("run").code == EXIT_OK
+
+    assert settings_of_the_next_clients(pooled, "statement_timeout", "lock_timeout") == {("0", "0")}
+
+
+def test_status_through_pgbouncer_reads_one_snapshot(pooled: AppDb, email_sync: EmailSync) -> None:
+    """REPEATABLE READ travels in BEGIN, so a transaction pooler keeps it for the whole transaction."""
+    report, leased_after = status_while_another_run_takes_a_lease(pooled, email_sync)
+
+    assert sorted(leased_after) == ["1", "2"]
+    assert report.leased == 1
+    assert [user.user_id for user in report.leases] == ["1"]
+
+
+def test_the_isolation_of_status_never_outlives_its_transaction_in_the_pool(
+    pooled: AppDb, email_sync: EmailSync
+) -> None:
+    email_sync.configure(pooled, None)
+    assert email_sync("status").code in (EXIT_OK, EXIT_NO)
+
+    assert settings_of_the_next_clients(pooled, "transaction_isolation") == {("read committed",)}
+
+
+def settings_of_the_next_clients(pooled: AppDb, *names: str) -> set[tuple[str, ...]]:
+    """The values of PostgreSQL settings as four clients at once see them through the pooler: each has a server
+    connection that an earlier client used."""
     after = create_engine(db.driver_url(pooled.url))
-    seen: list[tuple[str, str]] = []
+    seen: list[tuple[str, ...]] = []
+    query = text("SELECT " + ", ".join(f"current_setting('{name}')" for name in names))
 
     def look() -> None:
         with after.connect() as connection:
-            row = connection.execute(
-                text("SELECT current_setting('statement_timeout'), current_setting('lock_timeout')")
-            ).one()
-            seen.append((row[0], row[1]))
+            seen.append(tuple(connection.execute(query).one()))
 
     threads = [threading.Thread(target=look) for _ in range(4)]
     for thread in threads:
@@ -108,8 +132,7 @@ def test_a_session_setting_never_outlives_its_transaction_in_the_pool(
     for thread in threads:
         thread.join()
     after.dispose()
-
-    assert set(seen) == {("0", "0")}
+    return set(seen)
 
 
 def test_wrong_password_at_pgbouncers_password_check_is_a_configuration_error(

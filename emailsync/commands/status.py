@@ -18,7 +18,7 @@ from emailsync.config.settings import Config
 from emailsync.store import backlog, control, overview
 from emailsync.store import runs as runs_table
 from emailsync.store.backlog import Freshness
-from emailsync.store.db import dialect_of, transaction
+from emailsync.store.db import dialect_of, snapshot
 from emailsync.store.overview import UserRow
 from emailsync.store.schema import schema_version
 from emailsync.systemd import systemctl
@@ -93,8 +93,10 @@ def _utc(moment: datetime | str) -> str:
 
 
 def gather(engine: Engine, config: Config) -> Status:
+    """Everything `status` shows that the database knows, read from one snapshot: its counts and lists agree with
+    each other however many runs write meanwhile."""
     d = dialect_of(engine)
-    with transaction(engine) as connection:
+    with snapshot(engine) as connection:
         version = schema_version(connection)
         runs = [
             RunRow(

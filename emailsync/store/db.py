@@ -199,6 +199,17 @@ def transaction(engine: Engine) -> Iterator[Connection]:
         raise failure from None
 
 
+@contextmanager
+def snapshot(engine: Engine) -> Iterator[Connection]:
+    """A transaction whose statements all read the database as of its start, so what a report adds up agrees
+    although runs write meanwhile: REPEATABLE READ on PostgreSQL, whose default lets each statement see the commits
+    before it (the isolation level travels in BEGIN, so a transaction pooler keeps it); SQLite's transaction is one
+    snapshot already."""
+    isolated = engine.execution_options(isolation_level="REPEATABLE READ") if dialect_of(engine).postgres else engine
+    with transaction(isolated) as connection:
+        yield connection
+
+
 RETRY_DELAYS = (0.0, 0.5, 1.5, 3.0)  # seconds before each try: rides out a dropped connection or a quick restart
 
 
