@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine
 
 from emailsync.config.credentials import BACKEND_TOKEN_CREDENTIAL, DATABASE_URL_CREDENTIAL
 from emailsync.config.settings import Config
@@ -189,9 +189,7 @@ def _database_failed(error: EmailSyncError) -> Check:
 
 def _app_index(engine: Engine, config: Config) -> Check:
     """Warn (not fail) when the app's last-sync column has no index: email-sync never alters the app's schema."""
-    schema, _, table = config.users.table.rpartition(".")
-    indexes = inspect(engine).get_indexes(table, schema=schema or None)
-    indexed = any(index["column_names"][:1] == [config.users.last_sync_column] for index in indexes)
+    indexed = schema.has_app_index(engine, config.users)
     return Check(
         "app index",
         indexed,

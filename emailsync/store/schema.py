@@ -239,6 +239,13 @@ def app_index_ddl(dialect: Dialect, users: UsersConfig) -> str:
     return f"CREATE INDEX IF NOT EXISTS {name} ON {on});"
 
 
+def has_app_index(engine: Engine, users: UsersConfig) -> bool:
+    """Whether an index of the app's table leads with its last-sync column: app_index_ddl's, or one of the app's."""
+    schema, _, table = users.table.rpartition(".")
+    indexes = inspect(engine).get_indexes(table, schema=schema or None)
+    return any(index["column_names"][:1] == [users.last_sync_column] for index in indexes)
+
+
 def check_ready(engine: Engine, users: UsersConfig, *, writing: bool = True, newer: bool = False) -> int:
     """Preflight of the commands that need our schema as this release knows it: reachable, our schema current (or,
     with ``newer``, ahead of this release: `status` reads it, since steps only add), the app's table and columns
