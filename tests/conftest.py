@@ -1,5 +1,7 @@
-"""Fixtures: a real PostgreSQL database (and SQLite file) with the app's users table, a real HTTP backend, and
-email-sync run as the operator runs it."""
+"""What every tier shares: the app's database as a test sees it (its users table and email-sync's tables, on SQLite
+or PostgreSQL), a real HTTP backend on 127.0.0.1, and email-sync run as the operator runs it. Each tier's conftest
+says which database ``app_db`` is: tests/unit/conftest.py the embedded SQLite, tests/integration/conftest.py
+PostgreSQL (a server of the session's own, started only there)."""
 
 from __future__ import annotations
 
@@ -7,60 +9,19 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, make_url, text
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.pool import NullPool
+from sqlalchemy import Engine, create_engine, text
 
 from emailsync.commands import cli
 from emailsync.config.settings import DatabaseConfig
 from emailsync.store import db, schema
 from harness.app_database import USERS_TABLE, email
 from harness.backend import Backend
-from tests.pgbouncer import PgBouncer
-from tests.postgres import Cluster
-from tests.standby import Replicated
-
-EXTERNAL_URL = os.environ.get("EMAIL_SYNC_TEST_DATABASE_URL")
-
-
-@pytest.fixture(scope="session")
-def pg_admin_url() -> Iterator[str]:
-    """The PostgreSQL server of this session: a throwaway cluster of its own (tests/postgres.py), or the server
-    EMAIL_SYNC_TEST_DATABASE_URL names. It fails the run when it cannot be had: never a skip."""
-    if EXTERNAL_URL:
-        yield db.driver_url(EXTERNAL_URL)
-        return
-    try:
-        cluster = Cluster().start()
-    except RuntimeError as error:
-        pytest.exit(f"no PostgreSQL for the tests (or set EMAIL_SYNC_TEST_DATABASE_URL): {error}", 3)
-    try:
-        yield db.driver_url(cluster.url())
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture(scope="session")
-def pg_server_url(pg_admin_url: str) -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session."""
-    admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    name = f"email_sync_test_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as error:
-        pytest.exit(f"PostgreSQL is unreachable at {pg_admin_url} (set EMAIL_SYNC_TEST_DATABASE_URL): {error}", 3)
-    yield make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @dataclass
@@ -171,26 +132,6 @@ def a_newer_release_migrated(app: AppDb, monkeypatch: pytest.MonkeyPatch) -> int
         assert schema.migrate(engine, target=newer) == (newer - 1, newer)
     engine.dispose()
     return newer
-
-
-@pytest.fixture
-def pg(pg_server_url: str) -> Iterator[AppDb]:
-    """The app's PostgreSQL database, emptied and migrated for this test."""
-    app = _fresh_app_db(pg_server_url, "postgresql")
-    yield app
-    app.engine.dispose()
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def app_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AppDb]:
-    """The app's database, once on PostgreSQL and once on the embedded SQLite."""
-    if request.param == "postgresql":
-        url = request.getfixturevalue("pg_server_url")
-    else:
-        url = f"sqlite:///{tmp_path / 'app.db'}"
-    app = _fresh_app_db(url, request.param)
-    yield app
-    app.engine.dispose()
 
 
 def make_cert(directory: Path, name: str, alt_name: str) -> tuple[str, str]:
@@ -327,33 +268,3 @@ class EmailSync:
 @pytest.fixture
 def email_sync(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> EmailSync:
     return EmailSync(tmp_path, capsys)
-
-
-@pytest.fixture(scope="session", params=["transaction", "session"])
-def pgbouncer(request: pytest.FixtureRequest, pg_server_url: str) -> Iterator[PgBouncer]:
-    """Debian's PgBouncer with its default settings in front of the test PostgreSQL, in each pool mode."""
-    with PgBouncer(pg_server_url, pool_mode=request.param) as bouncer:
-        yield bouncer
-
-
-@pytest.fixture
-def pooled(pg: AppDb, pgbouncer: PgBouncer) -> AppDb:
-    """The app's PostgreSQL database as email-sync reaches it through PgBouncer; the test itself goes direct."""
-    return AppDb(pgbouncer.url(pg.engine.url.database or ""), pg.engine)
-
-
-@pytest.fixture(scope="session")
-def replicated() -> Iterator[Replicated]:
-    """A primary and its streaming hot standby, built for this session (tests that kill one build their own)."""
-    with Replicated() as pair:
-        pair.primary.scalar("CREATE DATABASE app")
-        yield pair
-
-
-@pytest.fixture
-def replicated_app(replicated: Replicated) -> Iterator[AppDb]:
-    """The app's database on the primary, emptied and migrated, and replayed by the standby."""
-    app = _fresh_app_db(replicated.primary.url("app"), "postgresql")
-    replicated.caught_up()
-    yield app
-    app.engine.dispose()

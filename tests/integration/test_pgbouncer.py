@@ -13,9 +13,9 @@ from emailsync.errors import EXIT_CONFIG, EXIT_NO, EXIT_OK, EXIT_TEMPFAIL
 from emailsync.store import db, schema
 from harness.backend import Backend
 from tests.conftest import AppDb, EmailSync
+from tests.integration.test_hosts import assert_each_synced_once, run_hosts
+from tests.integration.test_operator import status_while_another_run_takes_a_lease
 from tests.pgbouncer import PgBouncer
-from tests.test_hosts import assert_each_synced_once, run_hosts
-from tests.test_operator import status_while_another_run_takes_a_lease
 
 
 def test_migrate_through_pgbouncer_creates_the_schema(pooled: AppDb, email_sync: EmailSync) -> None:

@@ -10,7 +10,7 @@ from collections import Counter
 from emailsync.store import db
 from harness.backend import Backend, Behaviour, Recorded
 from tests.conftest import AppDb, EmailSync
-from tests.test_hosts import assert_each_synced_once, run_hosts
+from tests.integration.test_hosts import assert_each_synced_once, run_hosts
 
 BUDGET = 50  # calls per second, for the fleet
 HOSTS = ["", "", ""]  # three hosts on the machine's own clock
