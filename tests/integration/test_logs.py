@@ -22,7 +22,7 @@ from emailsync.report.runlog import FAILURES_SHOWN, SAMPLES
 from emailsync.systemd import logs
 from harness.backend import ECHOES, Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
-from tests.test_config_property import bounded
+from tests.unit.config.test_settings_property import bounded
 
 
 def read_lines(path: Path) -> list[str]:

@@ -264,7 +264,7 @@ def test_a_host_is_no_longer_awaiting_an_upgrade_once_a_run_of_it_syncs(
 
 
 OLDER_RELEASE = "22aa74a"  # the last commit of release 0.1.0 (schema v3) in this tree's history
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from emailsync.systemd import timespan
-from tests.test_config_property import bounded
+from tests.unit.config.test_settings_property import bounded
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
 _USEC_LINE = re.compile(r"^\s*μs: (\S+)$", re.MULTILINE)

@@ -40,9 +40,9 @@ from hypothesis import strategies as st
 
 from emailsync.sync.backend import MAX_BODY, CallFailed
 from emailsync.sync.http1 import MAX_HEAD
-from tests.test_http1 import Answer, RawBackend
+from tests.unit.sync.test_http1 import Answer, RawBackend
 
-REQUEST_BODY = b'{"user_id": 1}'  # what tests.test_http1.post sends
+REQUEST_BODY = b'{"user_id": 1}'  # what tests.unit.sync.test_http1.post sends
 TLS_RECORD = 16 * 1024
 
 

@@ -12,11 +12,13 @@ from sqlalchemy import URL
 
 from emailsync import redaction
 from emailsync.config import database_url
+from emailsync.config.database_url import url_password
 from emailsync.config.settings import load
 from emailsync.config.values import Invalid
 from emailsync.errors import ConfigError
 from emailsync.store import db
 from emailsync.systemd import logs
+from tests.unit.config.test_credentials import UNENCODED_PASSWORD, UNENCODED_URL
 
 PASSWORD = "Sw0rdfish-9Lq"  # no character a URL must encode
 
@@ -175,3 +177,17 @@ def test_sqlite_urls_are_left_as_they_are() -> None:
     assert database_url.sqlalchemy_url("sqlite:////var/lib/app/app.db") == URL.create(
         "sqlite", database="/var/lib/app/app.db"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "password"),
+    [
+        (UNENCODED_URL, UNENCODED_PASSWORD),
+        ("postgresql://app:pw%40x@db/app", "pw%40x"),
+        ("postgresql://user@tenant:pw@db/app", "pw"),  # an unencoded "@" in the user name
+        ("postgresql://app@db/app", None),
+        ("postgresql:///app?host=/run/postgresql", None),
+    ],
+)
+def test_the_url_password_is_everything_between_user_colon_and_the_last_at_sign(url: str, password: str) -> None:
+    assert url_password(url) == password

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from emailsync.commands import check
 
-SHIPPED = Path(__file__).resolve().parents[2] / "systemd" / "email-sync.service"
+SHIPPED = Path(__file__).resolve().parents[3] / "systemd" / "email-sync.service"
 
 
 def test_the_shipped_unit_file_gives_its_watchdog(tmp_path: Path) -> None:

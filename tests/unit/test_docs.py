@@ -7,7 +7,7 @@ import pytest
 from emailsync.config import reference
 from emailsync.config.settings import KEYS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 CONFIGURATION = ROOT / "docs" / "configuration.md"
 FAILURES = ROOT / "docs" / "failures.md"
@@ -33,7 +33,7 @@ def test_every_test_named_in_the_failure_table_exists() -> None:
     """The failure table points at the tests that prove each case; a renamed test must not leave it dangling."""
     import re
 
-    tests = Path(__file__).resolve().parent
+    tests = ROOT / "tests"
     table = FAILURES.read_text()
     module = ""
     checked = 0

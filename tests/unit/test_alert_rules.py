@@ -9,7 +9,7 @@ from pathlib import Path
 
 from emailsync.systemd import timespan
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "packaging/prometheus/email-sync.rules.yml"
 RULE_TESTS = ROOT / "tests/prometheus/email-sync.rules.test.yml"
 

@@ -17,7 +17,7 @@ import requests
 
 from harness.backend import Backend, Behaviour, Overload
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SYNC = "/api/v1/test/sync/start"
 
 
