@@ -64,16 +64,19 @@ def pg(pg_server_url: str) -> Iterator[AppDb]:
     app.engine.dispose()
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture
 def app_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AppDb]:
-    """The app's database, once on PostgreSQL and once on the embedded SQLite."""
-    if request.param == "postgresql":
-        url = request.getfixturevalue("pg_server_url")
-    else:
-        url = f"sqlite:///{tmp_path / 'app.db'}"
-    app = _fresh_app_db(url, request.param)
+    """The app's database in this tier: PostgreSQL. The tests of tests/unit that take app_db (SQLite there) are
+    imported by the modules here and run again on it. A test of whole processes that covers both databases asks for
+    SQLite too, with ON_BOTH_DATABASES."""
+    dialect = getattr(request, "param", "postgresql")
+    url = f"sqlite:///{tmp_path / 'app.db'}" if dialect == "sqlite" else request.getfixturevalue("pg_server_url")
+    app = _fresh_app_db(url, dialect)
     yield app
     app.engine.dispose()
+
+
+ON_BOTH_DATABASES = pytest.mark.parametrize("app_db", ["postgresql", "sqlite"], indirect=True)
 
 
 @pytest.fixture(scope="session", params=["transaction", "session"])

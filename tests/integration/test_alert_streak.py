@@ -8,8 +8,6 @@ handler (`email-sync alert`) gets the run's $MONITOR_* facts and the same state 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -330,32 +328,3 @@ def test_a_state_file_holding_something_else_is_replaced_with_a_warning(
     assert recorded is None if health == 200 else recorded is not None and recorded.runs == 1
     again = systemd.run()
     assert again.events and "streak_reset" not in [event["event"] for event in again.events]
-
-
-RECORDER = """
-import sys
-from datetime import UTC, datetime
-from pathlib import Path
-from emailsync.report import streak
-
-file = streak.StreakFile(Path(sys.argv[1]))
-for n in range(int(sys.argv[3])):
-    with file.locked():
-        failure = streak.Outcome(streak.Kind.FAILURE, datetime.now(UTC), f"{sys.argv[2]}-{n}", "backend_unavailable")
-        state, _ = streak.after_failed_unit(file.read(), failure, 3)
-        file.write(state)
-"""
-
-
-def test_processes_recording_at_the_same_time_lose_no_failure(tmp_path: Path) -> None:
-    writers, each = 4, 25
-    processes = [
-        subprocess.Popen([sys.executable, "-c", RECORDER, str(tmp_path), f"writer{w}", str(each)])
-        for w in range(writers)
-    ]
-
-    assert [process.wait(timeout=120) for process in processes] == [0] * writers
-
-    recorded = streak.StreakFile(tmp_path).read().streak
-    assert recorded is not None and recorded.runs == writers * each
-    assert sorted(path.name for path in tmp_path.iterdir()) == [streak.FILE, streak.LOCK]  # no temporary file left

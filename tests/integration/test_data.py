@@ -1,4 +1,5 @@
-"""Odd data and a moving world: id types, Unicode emails, users changing mid-cycle, TLS, a locked table."""
+"""Odd data and a moving world: id types, Unicode emails (tests/unit's test, run again here on PostgreSQL), users
+changing mid-cycle, TLS, a locked table."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import pytest
 from emailsync.errors import EXIT_TEMPFAIL
 from harness.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
+from tests.unit.sync.test_cycle import (  # noqa: F401 -- tests/unit on SQLite, run here again on PostgreSQL
+    test_unicode_and_odd_emails_reach_the_backend_intact,
+)
 
 
 @pytest.mark.parametrize(
@@ -32,20 +36,6 @@ def test_user_ids_of_any_type_are_sent_and_recorded(
 
     assert sorted(str(call.user_id) for call in backend.sync_calls()) == sorted(str(i) for i in ids)
     assert pg.scalar("SELECT count(*) FROM users WHERE last_sync IS NOT NULL") == len(ids)
-
-
-def test_unicode_and_odd_emails_reach_the_backend_intact(
-    app_db: AppDb, backend: Backend, email_sync: EmailSync
-) -> None:
-    emails = ["zoë@exämple.com", "用户@例子.中国", 'quote"back\\slash@example.com', "line\nbreak@example.com"]
-    for number, email in enumerate(emails, start=1):
-        app_db.execute("INSERT INTO users (id, email) VALUES (:id, :email)", id=number, email=email)
-    email_sync.configure(app_db, backend)
-
-    assert email_sync("run").code == 0
-
-    assert sorted(call.json["email"] for call in backend.sync_calls()) == sorted(emails)
-    assert app_db.synced_ids() == {1, 2, 3, 4}
 
 
 def test_a_user_deleted_mid_call_is_simply_gone(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:

@@ -5,7 +5,6 @@ they can be made to; see emailsync/store/db_failures.py for the table."""
 from __future__ import annotations
 
 import socket
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,24 +13,15 @@ from sqlalchemy import make_url
 
 from emailsync.errors import EXIT_CONFIG, EXIT_TEMPFAIL
 from harness.backend import Backend
-from tests.conftest import AppDb, CommandResult, EmailSync, _fresh_app_db, write_config
+from tests.conftest import AppDb, EmailSync, write_config
 from tests.pgbouncer import PgBouncer
 from tests.pgrefuser import RefusingServer
-
-SECRET = "s3cr3t-Pa55word"
+from tests.unit.store.test_db_failures import SECRET, run_with_url
 
 
 def url_of(app: AppDb, **parts: object) -> str:
     url = make_url(app.url).set(**parts)  # type: ignore[arg-type]
     return url.render_as_string(hide_password=False)
-
-
-def run_with_url(email_sync: EmailSync, app: AppDb, backend: Backend, url: str, **database: object) -> CommandResult:
-    email_sync.configure(AppDb(url, app.engine), backend, database={"connect_timeout": "2s", **database})
-    result = email_sync("run")
-    assert SECRET not in result.stdout + result.stderr
-    assert not backend.sync_calls()
-    return result
 
 
 @pytest.fixture
@@ -130,29 +120,6 @@ def test_a_connect_timeout_is_temporary(pg: AppDb, backend: Backend, email_sync:
         result = run_with_url(email_sync, pg, backend, f"postgresql://app:{SECRET}@127.0.0.1:{port}/app")
 
     result.assert_one_clear_error(EXIT_TEMPFAIL, "database unavailable", "timeout")
-
-
-def test_a_sqlite_file_in_a_missing_directory_is_a_configuration_error(
-    backend: Backend, email_sync: EmailSync, tmp_path: Path
-) -> None:
-    app = _fresh_app_db(f"sqlite:///{tmp_path / 'app.db'}", "sqlite")
-    result = run_with_url(email_sync, app, backend, f"sqlite:///{tmp_path / 'no-such-dir' / 'app.db'}")
-
-    result.assert_one_clear_error(EXIT_CONFIG, "database.url", "cannot be opened")
-
-
-def test_a_locked_sqlite_database_is_temporary(backend: Backend, email_sync: EmailSync, tmp_path: Path) -> None:
-    app = _fresh_app_db(f"sqlite:///{tmp_path / 'app.db'}", "sqlite")
-    app.add_users(3)
-    holder = sqlite3.connect(tmp_path / "app.db", isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")
-    try:
-        result = run_with_url(email_sync, app, backend, app.url, statement_timeout="200ms")
-    finally:
-        holder.rollback()
-        holder.close()
-
-    result.assert_one_clear_error(EXIT_TEMPFAIL, "database unavailable", "locked")
 
 
 def test_a_role_without_privileges_on_the_users_table_is_a_configuration_error(

@@ -1,33 +1,20 @@
-"""Failures that end a run early: one clear line, the documented exit code, and nobody's last_sync touched."""
+"""Failures that end a run early: one clear line, the documented exit code, and nobody's last_sync touched. Those
+tests/unit/sync/test_cycle.py proves on SQLite run here again on PostgreSQL."""
 
 from __future__ import annotations
 
 from emailsync.errors import EXIT_CONFIG, EXIT_TEMPFAIL
 from harness.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
-
-
-def assert_nobody_touched(app: AppDb, backoff_too: bool = True) -> None:
-    assert app.synced_ids() == set()
-    assert app.leased() == []
-    if backoff_too:
-        assert app.scalar("SELECT count(*) FROM email_sync_user_state WHERE failures > 0") == 0
-
-
-def test_wrong_sync_path_exits_78_naming_the_url_and_the_key(app_db: AppDb, email_sync: EmailSync) -> None:
-    app_db.add_users(10)
-    with Backend() as backend:  # it serves the app's route, /api/v1/test/sync/start
-        email_sync.configure(app_db, backend, backend={"sync_path": "/api/v1/sync/start"})  # the old loop's
-
-        result = email_sync("run")
-
-    message = result.assert_one_clear_error(
-        EXIT_CONFIG, backend.base_url + "/api/v1/sync/start", "404", "backend.sync_path"
-    )
-    assert "Traceback" not in message
-    assert_nobody_touched(app_db)
-    [run] = app_db.runs()
-    assert run.outcome == "endpoint_misconfigured" and run.synced == 0
+from tests.unit.sync.test_cycle import (  # noqa: F401 -- tests/unit on SQLite, run here again on PostgreSQL
+    assert_nobody_touched,
+    test_backend_down_at_start_exits_75_touching_nobody,
+    test_bad_token_for_everyone_exits_78_without_a_backoff_storm,
+    test_invalid_filter_exits_78_naming_it,
+    test_missing_column_exits_78_naming_it,
+    test_missing_users_table_exits_78_naming_it,
+    test_wrong_sync_path_exits_78_naming_the_url_and_the_key,
+)
 
 
 def test_method_not_allowed_on_the_endpoint_exits_78(pg: AppDb, email_sync: EmailSync) -> None:
@@ -51,24 +38,6 @@ def test_wrong_endpoint_with_a_single_due_user_still_exits_78(pg: AppDb, email_s
 
     result.assert_one_clear_error(EXIT_CONFIG, "backend.sync_path")
     assert_nobody_touched(pg)
-
-
-def test_bad_token_for_everyone_exits_78_without_a_backoff_storm(
-    app_db: AppDb, email_sync: EmailSync, tmp_path
-) -> None:
-    app_db.add_users(20)
-    token = tmp_path / "token"
-    token.write_text("wrong-token-value")
-    token.chmod(0o600)
-    with Backend(token="right-token") as backend:
-        email_sync.configure(app_db, backend, backend={"token_file": str(token)})
-
-        result = email_sync("run")
-
-        assert len(backend.sync_calls()) < 20
-    message = result.assert_one_clear_error(EXIT_CONFIG, "token")
-    assert "wrong-token-value" not in result.stdout + message
-    assert_nobody_touched(app_db)
 
 
 def test_one_users_404_among_successes_is_that_users_failure(
@@ -117,16 +86,6 @@ def test_circuit_breaker_stops_the_run_with_75_and_releases_the_rest(
     assert pg.synced_ids() == set()
     [run] = pg.runs()
     assert (run.outcome, run.failed) == ("circuit_open", calls)
-
-
-def test_backend_down_at_start_exits_75_touching_nobody(app_db: AppDb, email_sync: EmailSync) -> None:
-    app_db.add_users(3)
-    email_sync.configure(app_db, None)  # nothing listens on 127.0.0.1:9
-
-    result = email_sync("run")
-
-    result.assert_one_clear_error(EXIT_TEMPFAIL, "backend unreachable", "127.0.0.1:9/health")
-    assert_nobody_touched(app_db)
 
 
 def test_unhealthy_backend_exits_75(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
@@ -188,30 +147,6 @@ def test_migrate_refuses_a_newer_schema(pg: AppDb, backend: Backend, email_sync:
     result = email_sync("migrate")
 
     result.assert_one_clear_error(EXIT_CONFIG, "v999", "upgrade")
-
-
-def test_missing_users_table_exits_78_naming_it(app_db: AppDb, backend: Backend, email_sync: EmailSync) -> None:
-    email_sync.configure(app_db, backend, users={"table": "accounts"})
-
-    result = email_sync("run")
-
-    result.assert_one_clear_error(EXIT_CONFIG, "users.table", "accounts")
-
-
-def test_missing_column_exits_78_naming_it(app_db: AppDb, backend: Backend, email_sync: EmailSync) -> None:
-    email_sync.configure(app_db, backend, users={"last_sync_column": "synced_at"})
-
-    result = email_sync("run")
-
-    result.assert_one_clear_error(EXIT_CONFIG, "users.last_sync_column", "synced_at")
-
-
-def test_invalid_filter_exits_78_naming_it(app_db: AppDb, backend: Backend, email_sync: EmailSync) -> None:
-    email_sync.configure(app_db, backend, users={"filter": "no_such_column = 1"})
-
-    result = email_sync("run")
-
-    result.assert_one_clear_error(EXIT_CONFIG, "users.filter")
 
 
 def test_read_only_database_exits_78(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:

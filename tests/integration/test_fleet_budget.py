@@ -1,16 +1,20 @@
 """backend.max_rate is the budget of the whole fleet: several concurrent `email-sync run` processes (distinct host
 ids) against one PostgreSQL share it, and a Retry-After seen by one host holds the calls of all of them. Every
-assertion is on the stand-in backend's own record of when each call arrived."""
+assertion is on the stand-in backend's own record of when each call arrived. tests/unit/sync/test_budget.py's tests
+run here again on PostgreSQL."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
 
-from emailsync.store import db
 from harness.backend import Backend, Behaviour, Recorded
 from tests.conftest import AppDb, EmailSync
 from tests.integration.test_hosts import assert_each_synced_once, run_hosts
+from tests.unit.sync.test_budget import (  # noqa: F401 -- tests/unit on SQLite, run here again on PostgreSQL
+    test_a_fleet_without_max_rate_never_touches_the_budget,
+    test_the_budget_spaces_the_calls_on_sqlite_too,
+)
 
 BUDGET = 50  # calls per second, for the fleet
 HOSTS = ["", "", ""]  # three hosts on the machine's own clock
@@ -77,28 +81,3 @@ def test_a_retry_after_seen_by_one_host_holds_the_calls_of_every_host(
     )
     assert after == {0, 1, 2}, "all hosts called again once it was over"
     assert pg.synced_ids() == set(range(1, 401))
-
-
-def test_a_fleet_without_max_rate_never_touches_the_budget(
-    app_db: AppDb, backend: Backend, email_sync: EmailSync
-) -> None:
-    app_db.add_users(20)
-    email_sync.configure(app_db, backend, backend={"max_rate": 0})
-
-    assert email_sync("run").code == 0
-
-    assert len(backend.sync_calls()) == 20
-    assert app_db.scalar(f"SELECT count(*) FROM {db.BUDGET}") == 0
-
-
-def test_the_budget_spaces_the_calls_on_sqlite_too(app_db: AppDb, backend: Backend, email_sync: EmailSync) -> None:
-    app_db.add_users(41)
-    email_sync.configure(app_db, backend, backend={"concurrency": 4, "max_rate": 20})
-
-    assert email_sync("run").code == 0
-
-    # 41 calls at 20/s: the 41st starts no earlier than 2 s after the first; unlimited, they take milliseconds.
-    arrivals = sorted(call.at for call in backend.sync_calls())
-    assert len(arrivals) == 41
-    assert arrivals[-1] - arrivals[0] >= 1.9
-    assert app_db.scalar(f"SELECT count(*) FROM {db.BUDGET}") == 1

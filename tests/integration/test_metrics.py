@@ -1,5 +1,6 @@
 """The metrics textfile: written by prometheus_client at each run's start and end, every series in every file at
-full precision, the database's series kept while it is unreachable, and valid by Debian's promtool."""
+full precision, the database's series kept while it is unreachable, and valid by Debian's promtool. The hosts
+awaiting an upgrade, proven on SQLite in tests/unit/report/test_metrics.py, run here again on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,45 +9,22 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from emailsync import __version__
 from emailsync.errors import EXIT_NO, EXIT_OK, EXIT_TEMPFAIL
 from emailsync.report import metrics
 from emailsync.store import schema
 from harness.backend import Backend, Behaviour
-from tests.conftest import AppDb, EmailSync, a_newer_release_migrated
-
-REFUSED = "postgresql://postgres@127.0.0.1:1/refused"  # nothing listens on port 1
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def read(textfile: Path) -> Samples:
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(textfile.read_text())
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples[(name, tuple(sorted(labels.items())))]
-
-
-def names(samples: Samples) -> set[str]:
-    return {name for name, _ in samples}
-
-
-def awaiting(samples: Samples) -> dict[tuple[str, str], float]:
-    """email_sync_host_awaiting_upgrade by (host, release)."""
-    return {
-        (dict(labels)["host"], dict(labels)["release"]): v
-        for (name, labels), v in samples.items()
-        if name == "email_sync_host_awaiting_upgrade"
-    }
-
+from tests.conftest import AppDb, EmailSync
+from tests.unit.report.test_metrics import (  # noqa: F401 -- tests/unit on SQLite, run here again on PostgreSQL
+    REFUSED,
+    Samples,
+    awaiting,
+    names,
+    read,
+    test_a_host_older_than_the_schema_is_counted_and_named_as_awaiting_an_upgrade,
+    test_the_hosts_awaiting_an_upgrade_keep_their_last_values_while_the_database_is_unreachable,
+    value,
+)
 
 # Every series but those whose label values only the database's rows give (none when it has none).
 EVERY_SERIES = {s.name for s in metrics.SERIES} - {
@@ -102,16 +80,6 @@ def test_timestamps_are_written_at_full_precision(
     assert before <= value(samples, "email_sync_last_success_timestamp_seconds") <= after
     assert before <= value(samples, "email_sync_database_read_timestamp_seconds") <= after
     assert ended != round(ended), "fractions of a second are kept"
-
-
-def test_a_timestamp_round_trips_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    moment = 1796530123.4567891
-    monkeypatch.setattr(metrics.time, "time", lambda: moment)
-    textfile = tmp_path / "email_sync.prom"
-
-    metrics.run_started(str(textfile))
-
-    assert value(read(textfile), "email_sync_run_started_timestamp_seconds") == moment
 
 
 def test_a_run_in_progress_is_marked_from_its_start(
@@ -229,20 +197,6 @@ def test_the_totals_count_this_hosts_runs_from_the_runs_table(
     assert value(samples, "email_sync_runs_total", outcome="ok") == 2
 
 
-def test_a_host_older_than_the_schema_is_counted_and_named_as_awaiting_an_upgrade(
-    app_db: AppDb, backend: Backend, email_sync: EmailSync, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    a_newer_release_migrated(app_db, monkeypatch)
-    textfile = tmp_path / "email_sync.prom"
-    email_sync.configure(app_db, backend, metrics={"textfile": str(textfile)}, sync={"host_id": "old-host"})
-
-    assert email_sync("run").code == EXIT_OK  # stands aside
-
-    samples = read(textfile)
-    assert value(samples, "email_sync_hosts_awaiting_upgrade") == 1
-    assert awaiting(samples) == {("old-host", __version__): 1}
-
-
 def test_every_host_exports_the_hosts_awaiting_an_upgrade_and_an_upgraded_one_drops_out(
     pg: AppDb, backend: Backend, email_sync: EmailSync, tmp_path: Path
 ) -> None:
@@ -259,25 +213,6 @@ def test_every_host_exports_the_hosts_awaiting_an_upgrade_and_an_upgraded_one_dr
     samples = read(textfile)
     assert value(samples, "email_sync_hosts_awaiting_upgrade") == 1
     assert awaiting(samples) == {("old-host", "0.1.9"): 1}
-
-
-def test_the_hosts_awaiting_an_upgrade_keep_their_last_values_while_the_database_is_unreachable(
-    app_db: AppDb, backend: Backend, email_sync: EmailSync, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    a_newer_release_migrated(app_db, monkeypatch)
-    textfile = tmp_path / "email_sync.prom"
-    email_sync.configure(app_db, backend, metrics={"textfile": str(textfile)}, sync={"host_id": "old-host"})
-    assert email_sync("run").code == EXIT_OK
-    email_sync.configure(
-        app_db, backend, metrics={"textfile": str(textfile)}, sync={"host_id": "old-host"}, database={"url": REFUSED}
-    )
-
-    assert email_sync("run").code == EXIT_TEMPFAIL
-
-    samples = read(textfile)
-    assert value(samples, "email_sync_database_up") == 0
-    assert value(samples, "email_sync_hosts_awaiting_upgrade") == 1
-    assert awaiting(samples) == {("old-host", __version__): 1}
 
 
 def test_metrics_record_a_failed_run(pg: AppDb, email_sync: EmailSync, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Operator commands: status, check, sync USER, users, reset, migrate --print-app-indexes."""
+"""Operator commands: status, check, sync USER, users, reset, migrate --print-app-indexes. The tests of status and
+check that tests/unit proves on SQLite run here again on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -12,13 +13,23 @@ from sqlalchemy import event, make_url
 
 from emailsync.commands import status
 from emailsync.config import settings
-from emailsync.errors import EXIT_CONFIG, EXIT_NO, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
+from emailsync.errors import EXIT_NO, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
 from emailsync.model import Claim
 from emailsync.store import db, schema, state
 from emailsync.store.leases import Leases
 from harness.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync
+from tests.integration.conftest import ON_BOTH_DATABASES
 from tests.terminal import in_terminal
+from tests.unit.commands.test_check import (  # noqa: F401 -- tests/unit on SQLite, run here again on PostgreSQL
+    test_check_under_auto_migration_passes_a_schema_behind_as_the_next_run_migrates_it,
+)
+from tests.unit.commands.test_status import (  # noqa: F401 -- tests/unit on SQLite, run here again on PostgreSQL
+    add_run,
+    test_status_and_users_before_migrate_exit_78_naming_migrate,
+    test_status_and_users_on_an_older_schema_exit_78_naming_migrate,
+    test_status_json_carries_the_24_hour_chart_columns,
+)
 
 
 @pytest.fixture
@@ -93,17 +104,7 @@ def test_status_piped_wraps_at_80_columns(after_a_long_failure: str, email_sync:
     assert paragraphs(lines, "! the last run failed") == "! " + " ".join(after_a_long_failure.split())
 
 
-def add_run(app: AppDb, hours_ago: float, synced: int, outcome: str = "ok", host: str = "host-a") -> None:
-    app.execute(
-        f"INSERT INTO email_sync_runs (id, host, pid, started_at, finished_at, synced, outcome) "
-        f"VALUES (:id, :host, 1, {app.at(-hours_ago * 3600)}, {app.at(-hours_ago * 3600 + 60)}, :synced, :outcome)",
-        id=f"{host}-{hours_ago}",
-        host=host,
-        synced=synced,
-        outcome=outcome,
-    )
-
-
+@ON_BOTH_DATABASES
 def test_status_charts_the_last_24_hours_of_runs_in_one_line_as_the_terminal_shows_it(
     app_db: AppDb, email_sync: EmailSync
 ) -> None:
@@ -121,19 +122,6 @@ def test_status_charts_the_last_24_hours_of_runs_in_one_line_as_the_terminal_sho
     chart = "▁" + "·" * 42 + "✘" + "·" + "▅" + "·" + "█"
     assert f"last 24h  {chart} now" in lines, lines
     assert "          █ 100 synced in 30 min; ✘ a run failed; · no run" in lines
-
-
-def test_status_json_carries_the_24_hour_chart_columns(app_db: AppDb, email_sync: EmailSync) -> None:
-    add_run(app_db, 0.25, 7)
-    add_run(app_db, 0.5 + 0.25, 3, "crashed")
-    email_sync.configure(app_db, None)
-
-    day = json.loads(email_sync("status", "--json").stdout)["day"]
-
-    assert len(day) == 48
-    assert day[-1] == {"runs": 1, "synced": 7, "failed": False}
-    assert day[-2] == {"runs": 1, "synced": 3, "failed": True}
-    assert all(column["runs"] == 0 for column in day[:-2])
 
 
 def test_status_json_carries_runs_backlog_backoff_and_leases(after_a_run: AppDb, email_sync: EmailSync) -> None:
@@ -212,25 +200,6 @@ def test_status_reads_one_snapshot_while_a_run_commits_between_its_reads(pg: App
     assert [user.user_id for user in report.leases] == ["1"]
 
 
-@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["users"], ["users", "--failing"]])
-def test_status_and_users_before_migrate_exit_78_naming_migrate(
-    command: list[str], app_db: AppDb, email_sync: EmailSync
-) -> None:
-    app_db.drop_our_tables()
-    email_sync.configure(app_db, None)
-
-    email_sync(*command).assert_one_clear_error(EXIT_CONFIG, "email-sync migrate")
-
-
-def test_status_and_users_on_an_older_schema_exit_78_naming_migrate(app_db: AppDb, email_sync: EmailSync) -> None:
-    app_db.drop_our_tables()
-    schema.migrate(app_db.engine, target=1)
-    email_sync.configure(app_db, None)
-
-    email_sync("status").assert_one_clear_error(EXIT_CONFIG, "email-sync migrate")
-    email_sync("users", "--parked").assert_one_clear_error(EXIT_CONFIG, "email-sync migrate")
-
-
 def test_check_passes_line_by_line_on_a_working_setup(pg: AppDb, backend: Backend, email_sync: EmailSync) -> None:
     email_sync.configure(pg, backend)
 
@@ -275,20 +244,6 @@ def test_check_reports_every_configuration_error_then_checks_what_the_valid_keys
     assert backend.requests() == []
 
 
-def test_check_of_a_file_that_is_not_toml_still_checks_the_interpreter_and_dependencies(
-    email_sync: EmailSync,
-) -> None:
-    email_sync.config_path.write_text("[backend\n")
-
-    result = email_sync("check")
-
-    assert result.code == EXIT_NO
-    lines = result.stdout.splitlines()
-    assert lines[0].startswith(f"✘ config: {email_sync.config_path}: invalid TOML")
-    assert lines[1].startswith("✔ interpreter") and lines[2].startswith("✔ dependencies")
-    assert "- database: not checked: fix the config file first" in lines
-
-
 def test_check_flags_a_secret_file_readable_by_others(
     pg: AppDb, backend: Backend, email_sync: EmailSync, tmp_path: Path
 ) -> None:
@@ -314,25 +269,6 @@ def test_check_under_manual_migration_says_to_migrate_when_the_schema_is_missing
 
     assert result.code == EXIT_NO
     assert "✘ database" in result.stdout and "fix: run `email-sync migrate`" in result.stdout
-
-
-@pytest.mark.parametrize("version", [None, schema.SCHEMA_VERSION - 1], ids=["never-migrated", "one-step-behind"])
-def test_check_under_auto_migration_passes_a_schema_behind_as_the_next_run_migrates_it(
-    version: int | None, app_db: AppDb, backend: Backend, email_sync: EmailSync
-) -> None:
-    app_db.drop_our_tables()
-    if version is not None:
-        schema.migrate(app_db.engine, target=version)
-    email_sync.configure(app_db, backend)  # database.migrate = "auto", the default
-
-    result = email_sync("check")
-
-    assert result.code == EXIT_OK, result.stdout
-    [line] = [line for line in result.stdout.splitlines() if line.startswith("✔ database")]
-    found = "no email-sync tables yet" if version is None else f"schema v{version}"
-    assert f"{found}: the next `email-sync run` migrates it to v{schema.SCHEMA_VERSION} itself" in line
-    assert email_sync("run").code == EXIT_OK  # as check said
-    assert app_db.scalar("SELECT max(version) FROM email_sync_schema") == schema.SCHEMA_VERSION
 
 
 NO_SUCH_DB = "no_such_db on the test server"

@@ -18,9 +18,11 @@ from emailsync.config.settings import DatabaseConfig
 from emailsync.store import db, schema
 from harness.backend import Backend, Behaviour
 from tests.conftest import AppDb, EmailSync, _fresh_app_db
+from tests.integration.conftest import ON_BOTH_DATABASES
 from tests.postgres import Cluster
 
 
+@ON_BOTH_DATABASES
 def test_sigterm_records_calls_in_flight_and_releases_the_rest(
     app_db: AppDb, backend: Backend, email_sync: EmailSync
 ) -> None:

@@ -20,7 +20,8 @@ from emailsync.errors import EXIT_TEMPFAIL
 from emailsync.systemd import logs
 from harness.backend import ECHOES, Backend, Behaviour
 from tests.conftest import FAST, AppDb, write_config
-from tests.integration.test_logs import leaks, parse_journal_datagram
+from tests.unit.systemd.test_logs import parse_journal_datagram
+from tests.unit.test_redaction import leaks
 
 # What a token file can hold: visible ASCII (the token goes into an HTTP header), long enough for every rule.
 tokens = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=redaction.MIN_PARTIAL, max_size=40)

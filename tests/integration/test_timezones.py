@@ -7,8 +7,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -21,8 +19,9 @@ from emailsync.store import db, schema
 from emailsync.store.leases import Leases
 from emailsync.sync.backend import idempotency_key
 from harness.backend import Backend
-from tests.conftest import OUR_TABLES, AppDb, EmailSync, _fresh_app_db
+from tests.conftest import OUR_TABLES, AppDb, EmailSync
 from tests.pgbouncer import PgBouncer
+from tests.unit.store.test_users import called
 
 ZONES = ("UTC", "America/New_York", "Asia/Kolkata")
 HOUR = 3600
@@ -99,10 +98,6 @@ def add_users_synced_at(app: AppDb, moments: dict[int, datetime | None], column:
                 for user, moment in moments.items()
             ],
         )
-
-
-def called(backend: Backend) -> set[Any]:
-    return {call.user_id for call in backend.sync_calls()}
 
 
 def assert_written_in_the_convention(
@@ -219,55 +214,6 @@ def test_the_idempotency_key_is_the_same_whatever_the_zones_and_the_pooler(
 
     assert len(seen) == 1 and len(keys) == 1, seen
     assert seen.pop().endswith(".123456")  # to the microsecond the database keeps
-
-
-@pytest.fixture
-def sqlite_app(tmp_path: Path) -> Iterator[AppDb]:
-    app = _fresh_app_db(f"sqlite:///{tmp_path / 'app.db'}", "sqlite")
-    yield app
-    app.engine.dispose()
-
-
-def test_sqlite_text_timestamps_in_any_iso_form_are_read_as_utc_and_written_in_utc(
-    sqlite_app: AppDb, backend: Backend, email_sync: EmailSync
-) -> None:
-    app = sqlite_app
-    now = datetime.now(UTC)
-    due, fresh = now - timedelta(seconds=HOUR + 120), now - timedelta(seconds=HOUR - 120)
-    spellings = {
-        1: due.strftime("%Y-%m-%d %H:%M:%S"),
-        2: due.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        3: due.astimezone(ZoneInfo("Asia/Kolkata")).isoformat(),
-        4: fresh.strftime("%Y-%m-%d %H:%M:%S"),
-        5: fresh.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        6: fresh.astimezone(ZoneInfo("America/New_York")).isoformat(),
-    }
-    with app.engine.begin() as connection:
-        connection.execute(
-            text("INSERT INTO users (id, email, last_sync) VALUES (:id, :email, :at)"),
-            [{"id": user, "email": f"user{user}@example.com", "at": at} for user, at in spellings.items()],
-        )
-    email_sync.configure(app, backend)
-
-    before = datetime.now(UTC).replace(tzinfo=None)
-    result = email_sync("run")
-    after = datetime.now(UTC).replace(tzinfo=None)
-
-    assert result.code == EXIT_OK, result.stdout
-    assert called(backend) == {1, 2, 3}
-    for user in (1, 2, 3):
-        written = datetime.fromisoformat(app.last_syncs()[user])
-        assert before - timedelta(seconds=1) <= written <= after + timedelta(seconds=1), written
-
-
-def test_a_zone_other_than_utc_on_sqlite_is_a_configuration_error(
-    sqlite_app: AppDb, backend: Backend, email_sync: EmailSync
-) -> None:
-    email_sync.configure(sqlite_app, backend, users={"last_sync_timezone": "Europe/Berlin"})
-
-    result = email_sync("run")
-
-    result.assert_one_clear_error(EXIT_CONFIG, "users.last_sync_timezone", "SQLite")
 
 
 def test_a_zone_postgresql_does_not_know_is_a_configuration_error(

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import structlog
 
-from emailsync import __version__
+from emailsync import SCHEMA_VERSION, __version__
 from emailsync.commands import cli
 from emailsync.errors import EXIT_CONFIG, EXIT_TEMPFAIL, EXIT_USAGE
 from emailsync.store import schema
@@ -259,3 +259,14 @@ def test_a_usage_error_exits_64_not_2_which_means_unhealthy(
     error = capsys.readouterr().err
     assert "error:" in error
     assert "Traceback" not in error
+
+
+def test_version_answers_without_importing_the_heavy_modules() -> None:
+    code = (
+        "import sys\nfrom emailsync.commands import cli\n"
+        "try:\n    cli.main(['--version'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('sqlalchemy', 'urllib3', 'requests', 'structlog') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert result.stdout.splitlines() == [f"email-sync {__version__} (database schema v{SCHEMA_VERSION})", "[]"]

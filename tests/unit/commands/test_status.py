@@ -1,12 +1,18 @@
-"""What `status` prints: short durations and one line per user, within the widths a terminal and a mail show."""
+"""What `status` prints: short durations and one line per user, within the widths a terminal and a mail show; the
+day's chart in --json; and `status` and `users` on a schema they cannot read."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from emailsync.commands.status import MIN_TEXT, Column, _wrap, chart, render_user
+from emailsync.errors import EXIT_CONFIG
+from emailsync.store import schema
 from emailsync.store.overview import UserRow
 from emailsync.systemd.timespan import brief
+from tests.conftest import AppDb, EmailSync
 
 
 @pytest.mark.parametrize(
@@ -55,3 +61,46 @@ def test_a_day_of_runs_that_synced_nobody_is_charted_low_with_a_key_that_says_so
 
     assert line == "·" * 46 + "▁✘"
     assert key == "▁ nobody synced; ✘ a run failed; · no run"
+
+
+def add_run(app: AppDb, hours_ago: float, synced: int, outcome: str = "ok", host: str = "host-a") -> None:
+    app.execute(
+        f"INSERT INTO email_sync_runs (id, host, pid, started_at, finished_at, synced, outcome) "
+        f"VALUES (:id, :host, 1, {app.at(-hours_ago * 3600)}, {app.at(-hours_ago * 3600 + 60)}, :synced, :outcome)",
+        id=f"{host}-{hours_ago}",
+        host=host,
+        synced=synced,
+        outcome=outcome,
+    )
+
+
+def test_status_json_carries_the_24_hour_chart_columns(app_db: AppDb, email_sync: EmailSync) -> None:
+    add_run(app_db, 0.25, 7)
+    add_run(app_db, 0.5 + 0.25, 3, "crashed")
+    email_sync.configure(app_db, None)
+
+    day = json.loads(email_sync("status", "--json").stdout)["day"]
+
+    assert len(day) == 48
+    assert day[-1] == {"runs": 1, "synced": 7, "failed": False}
+    assert day[-2] == {"runs": 1, "synced": 3, "failed": True}
+    assert all(column["runs"] == 0 for column in day[:-2])
+
+
+@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["users"], ["users", "--failing"]])
+def test_status_and_users_before_migrate_exit_78_naming_migrate(
+    command: list[str], app_db: AppDb, email_sync: EmailSync
+) -> None:
+    app_db.drop_our_tables()
+    email_sync.configure(app_db, None)
+
+    email_sync(*command).assert_one_clear_error(EXIT_CONFIG, "email-sync migrate")
+
+
+def test_status_and_users_on_an_older_schema_exit_78_naming_migrate(app_db: AppDb, email_sync: EmailSync) -> None:
+    app_db.drop_our_tables()
+    schema.migrate(app_db.engine, target=1)
+    email_sync.configure(app_db, None)
+
+    email_sync("status").assert_one_clear_error(EXIT_CONFIG, "email-sync migrate")
+    email_sync("users", "--parked").assert_one_clear_error(EXIT_CONFIG, "email-sync migrate")

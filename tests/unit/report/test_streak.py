@@ -1,12 +1,16 @@
 """The failure streak's rules: which outcome sends what. Pure functions of the previous state and an outcome, played
 as systemd plays them: every run records its own outcome at its end (``run``), and after a failed run the OnFailure
-handler records what the run could not and sends the alert when it is due (``handler``)."""
+handler records what the run could not and sends the alert when it is due (``handler``). The state file, kept by
+processes that record at the same time."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from itertools import count
+from pathlib import Path
 
 import pytest
 
@@ -238,3 +242,32 @@ def test_the_state_directory_is_the_one_systemd_announces() -> None:
     assert str(streak.directory({"STATE_DIRECTORY": "/var/lib/email-sync"})) == "/var/lib/email-sync"
     assert str(streak.directory({"STATE_DIRECTORY": "/var/lib/a:/var/lib/b"})) == "/var/lib/a"
     assert streak.directory({}) is None
+
+
+RECORDER = """
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from emailsync.report import streak
+
+file = streak.StreakFile(Path(sys.argv[1]))
+for n in range(int(sys.argv[3])):
+    with file.locked():
+        failure = streak.Outcome(streak.Kind.FAILURE, datetime.now(UTC), f"{sys.argv[2]}-{n}", "backend_unavailable")
+        state, _ = streak.after_failed_unit(file.read(), failure, 3)
+        file.write(state)
+"""
+
+
+def test_processes_recording_at_the_same_time_lose_no_failure(tmp_path: Path) -> None:
+    writers, each = 4, 25
+    processes = [
+        subprocess.Popen([sys.executable, "-c", RECORDER, str(tmp_path), f"writer{w}", str(each)])
+        for w in range(writers)
+    ]
+
+    assert [process.wait(timeout=120) for process in processes] == [0] * writers
+
+    recorded = streak.StreakFile(tmp_path).read().streak
+    assert recorded is not None and recorded.runs == writers * each
+    assert sorted(path.name for path in tmp_path.iterdir()) == [streak.FILE, streak.LOCK]  # no temporary file left

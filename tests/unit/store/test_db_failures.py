@@ -1,14 +1,20 @@
 """What a refused database connection means: a configuration error naming where the URL came from, or a temporary
-failure the next run may get past. The refusals are libpq's own words, wrapped as SQLAlchemy hands them over."""
+failure the next run may get past. The refusals are libpq's own words, wrapped as SQLAlchemy hands them over; the
+SQLite file's own failures are real ones."""
 
 from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
 
 import psycopg2
 import pytest
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from emailsync.errors import ConfigError, DatabaseUnavailable
+from emailsync.errors import EXIT_CONFIG, EXIT_TEMPFAIL, ConfigError, DatabaseUnavailable
 from emailsync.store.db_failures import classify
+from harness.backend import Backend
+from tests.conftest import AppDb, CommandResult, EmailSync, _fresh_app_db
 
 
 def refused(message: str) -> OperationalError:
@@ -71,3 +77,37 @@ def test_an_error_in_our_own_statement_is_a_bug_not_a_database_failure() -> None
     error = ProgrammingError("SELECT", {}, psycopg2.ProgrammingError('syntax error at or near "FORM"'))
 
     assert classify(error, "database.url") is None
+
+
+SECRET = "s3cr3t-Pa55word"
+
+
+def run_with_url(email_sync: EmailSync, app: AppDb, backend: Backend, url: str, **database: object) -> CommandResult:
+    email_sync.configure(AppDb(url, app.engine), backend, database={"connect_timeout": "2s", **database})
+    result = email_sync("run")
+    assert SECRET not in result.stdout + result.stderr
+    assert not backend.sync_calls()
+    return result
+
+
+def test_a_sqlite_file_in_a_missing_directory_is_a_configuration_error(
+    backend: Backend, email_sync: EmailSync, tmp_path: Path
+) -> None:
+    app = _fresh_app_db(f"sqlite:///{tmp_path / 'app.db'}", "sqlite")
+    result = run_with_url(email_sync, app, backend, f"sqlite:///{tmp_path / 'no-such-dir' / 'app.db'}")
+
+    result.assert_one_clear_error(EXIT_CONFIG, "database.url", "cannot be opened")
+
+
+def test_a_locked_sqlite_database_is_temporary(backend: Backend, email_sync: EmailSync, tmp_path: Path) -> None:
+    app = _fresh_app_db(f"sqlite:///{tmp_path / 'app.db'}", "sqlite")
+    app.add_users(3)
+    holder = sqlite3.connect(tmp_path / "app.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        result = run_with_url(email_sync, app, backend, app.url, statement_timeout="200ms")
+    finally:
+        holder.rollback()
+        holder.close()
+
+    result.assert_one_clear_error(EXIT_TEMPFAIL, "database unavailable", "locked")

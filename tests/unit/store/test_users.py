@@ -1,17 +1,26 @@
 """Who is due, decided by the SQL that UsersTable builds: run here on an in-memory SQLite database with email-sync's
-own schema, in milliseconds, without PostgreSQL (the integration suite runs the same SQL on both)."""
+own schema, in milliseconds, without PostgreSQL (the integration suite runs the same SQL on both); and SQLite's text
+timestamps, read and written in UTC."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import text
 
 from emailsync.config.settings import UsersConfig
+from emailsync.errors import EXIT_CONFIG, EXIT_OK
 from emailsync.store.db import STATE, Dialect
 from emailsync.store.schema import STEPS
 from emailsync.store.users import UsersTable
+from harness.backend import Backend
+from tests.conftest import AppDb, EmailSync, _fresh_app_db
 
 SQLITE = Dialect("sqlite")
 HOUR = 3600.0
@@ -106,3 +115,56 @@ def test_a_claim_reads_the_state_its_idempotency_key_is_made_of(database: sqlite
     seen |= {row[0]: row[3:] for row in database.execute(users_table().find_query, {"who": "2"})}
 
     assert seen == {1: (2, "2026-11-30 08:15:30.123", 5), 2: (0, None, 0)}  # last_sync as stored; no state: zeros
+
+
+@pytest.fixture
+def sqlite_app(tmp_path: Path) -> Iterator[AppDb]:
+    app = _fresh_app_db(f"sqlite:///{tmp_path / 'app.db'}", "sqlite")
+    yield app
+    app.engine.dispose()
+
+
+def test_sqlite_text_timestamps_in_any_iso_form_are_read_as_utc_and_written_in_utc(
+    sqlite_app: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    app = sqlite_app
+    now = datetime.now(UTC)
+    due, fresh = now - timedelta(seconds=HOUR + 120), now - timedelta(seconds=HOUR - 120)
+    spellings = {
+        1: due.strftime("%Y-%m-%d %H:%M:%S"),
+        2: due.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        3: due.astimezone(ZoneInfo("Asia/Kolkata")).isoformat(),
+        4: fresh.strftime("%Y-%m-%d %H:%M:%S"),
+        5: fresh.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        6: fresh.astimezone(ZoneInfo("America/New_York")).isoformat(),
+    }
+    with app.engine.begin() as connection:
+        connection.execute(
+            text("INSERT INTO users (id, email, last_sync) VALUES (:id, :email, :at)"),
+            [{"id": user, "email": f"user{user}@example.com", "at": at} for user, at in spellings.items()],
+        )
+    email_sync.configure(app, backend)
+
+    before = datetime.now(UTC).replace(tzinfo=None)
+    result = email_sync("run")
+    after = datetime.now(UTC).replace(tzinfo=None)
+
+    assert result.code == EXIT_OK, result.stdout
+    assert called(backend) == {1, 2, 3}
+    for user in (1, 2, 3):
+        written = datetime.fromisoformat(app.last_syncs()[user])
+        assert before - timedelta(seconds=1) <= written <= after + timedelta(seconds=1), written
+
+
+def test_a_zone_other_than_utc_on_sqlite_is_a_configuration_error(
+    sqlite_app: AppDb, backend: Backend, email_sync: EmailSync
+) -> None:
+    email_sync.configure(sqlite_app, backend, users={"last_sync_timezone": "Europe/Berlin"})
+
+    result = email_sync("run")
+
+    result.assert_one_clear_error(EXIT_CONFIG, "users.last_sync_timezone", "SQLite")
+
+
+def called(backend: Backend) -> set[Any]:
+    return {call.user_id for call in backend.sync_calls()}
