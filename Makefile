@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv system-deps test unit lint demo clean e2e docs
+.PHONY: venv system-deps test unit integration lint demo clean e2e docs
 
 $(VENV)/.installed: requirements.lock requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,12 +35,18 @@ system-deps:
 			postgresql >/dev/null && \
 		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
+# Every tier pytest runs by itself (pyproject.toml's testpaths): tests/unit, tests/integration and tests/deb.
 test: lint system-deps
 	$(BIN)/pytest
 
-# The pure logic alone (due SQL on an in-memory SQLite, rules, renderers): seconds, no PostgreSQL needed.
+# tests/unit: each module's tests, the cycle on SQLite; no database server, no network beyond 127.0.0.1, no
+# PostgreSQL binaries needed. Well under a minute.
 unit: venv
 	$(BIN)/pytest tests/unit
+
+# tests/integration: PostgreSQL (a throwaway cluster of the session's own), PgBouncer, the standby, whole processes.
+integration: venv system-deps
+	$(BIN)/pytest tests/integration
 
 # End-to-end: email-sync under a real systemd in a Debian 12 container (root; caches under /var/cache/email-sync-e2e).
 e2e: venv

@@ -2,7 +2,8 @@
 
 `email-sync config --sample` prints the commented /etc/email-sync/email-sync.toml the .deb ships and
 `email-sync config --markdown` prints docs/configuration.md: each key's default and meaning come from its one
-declaration, so neither file can drift from the code (tests/test_config_docs.py holds the committed copies to it).
+declaration, so neither file can drift from the code (tests/unit/config/test_reference.py holds the committed copies
+to it).
 Only the standard library and config are imported, so packaging can run it with any python3 from the source tree.
 """
 

@@ -5,8 +5,9 @@ Our own rather than urllib3 over http.client because a run at latency 0 is bound
 stack spends most of a call's CPU on work a small POST and its small answer do not need: email.feedparser for the
 headers, two writes, urllib3's wrappers (the measurements: docs/speed.md). It speaks only what those calls need: no
 proxy, no redirect, no compression, no upgrade, no pipelining, no HEAD; what it cannot read is a BadAnswer, a
-transport failure like a broken connection, and tests/test_http1_oracle.py holds its reading to h11's. Alerts and
-monitoring pings, which go to any URL and may need a proxy, go through requests (emailsync/report/outbound.py).
+transport failure like a broken connection, and tests/unit/sync/test_http1_oracle.py holds its reading to h11's.
+Alerts and monitoring pings, which go to any URL and may need a proxy, go through requests
+(emailsync/report/outbound.py).
 
 Every read is ours, so the deadline needs no watcher: each wait for a byte is bounded by what is left of it, and
 an answer trickling in a byte at a time ends when the call's time does. Connecting has one budget, the connect

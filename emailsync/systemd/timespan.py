@@ -2,8 +2,8 @@
 
 Operators copy durations between the unit files and our config, so we accept exactly what systemd.time(7) does,
 and give the same value: the loop below follows systemd's parse_time() (src/basic/time-util.c) step by step, in
-integer microseconds, truncating fractions digit by digit as it does. tests/test_timespan.py holds it against
-`systemd-analyze timespan`.
+integer microseconds, truncating fractions digit by digit as it does. tests/unit/systemd/test_timespan.py holds it
+against `systemd-analyze timespan`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Every database URL form libpq documents reaches psycopg2 as libpq means it, is refused in words that name what is
 wrong, and never lets its password into a message. SQLAlchemy's own psycopg2 dialect is the oracle of what
-psycopg2 is handed (create_connect_args); the real standby tests (tests/test_standby.py) connect with each form."""
+psycopg2 is handed (create_connect_args); the real standby tests (tests/integration/test_standby.py) connect with each
+form."""
 
 from __future__ import annotations
 
