@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,48 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def own_cgroups() -> list[Path]:
+    """This process's cgroup in each hierarchy systemd-nspawn places a container in: the unified one and, on a
+    hybrid or legacy host, the named systemd one (as directories of their mounts)."""
+    own = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers in ("", "name=systemd"):
+            own[controllers] = path
+    found: dict[str, Path] = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        mount_fields, _, fs_fields = line.partition(" - ")
+        root, mount_point = mount_fields.split()[3:5]
+        fstype, _, options = fs_fields.split()[:3]
+        if fstype == "cgroup2":
+            hierarchy = ""
+        elif fstype == "cgroup" and "name=systemd" in options.split(","):
+            hierarchy = "name=systemd"
+        else:
+            continue
+        relative = os.path.relpath(own.get(hierarchy, "/.."), root)
+        if hierarchy not in found and not relative.startswith(".."):
+            found[hierarchy] = Path(mount_point, relative)
+    return list(found.values())
+
+
+def remove_cgroup(path: Path) -> None:
+    """Remove a cgroup and the ones below it (each an empty directory once its processes are gone)."""
+    for directory, _, _ in os.walk(path, topdown=False):
+        try:
+            os.rmdir(directory)
+        except OSError as error:
+            log(f"could not remove the cgroup {directory}: {error}")
+
+
 class Container:
-    """A booted copy of the rootfs. ``run`` executes a command inside, as root, with a clean environment."""
+    """A booted copy of the rootfs. ``run`` executes a command inside, as root, with a clean environment.
+
+    Each container has a cgroup of its own. With --keep-unit (no systemd on the host to ask for a scope),
+    systemd-nspawn puts the container's systemd in the cgroup "payload" below its own: containers started from one
+    process would share that tree, and each one's systemd would remove the cgroups of units the others are
+    starting (a start then fails with "Failed to spawn executor: No such file or directory", result 'resources').
+    """
 
     def __init__(self, root: Path, log_path: Path, binds_ro: Sequence[tuple[Path, str]] = ()) -> None:
         self.root = root
@@ -60,9 +101,17 @@ class Container:
         self.binds_ro = list(binds_ro)
         self.nspawn: subprocess.Popen[bytes] | None = None
         self.leader = 0
+        self.cgroups: list[Path] = []
 
     def boot(self, timeout: float = 90) -> None:
-        args = ["systemd-nspawn", "-D", str(self.root), "--register=no", "--keep-unit", "-b", "--console=passive"]
+        name = f"email-sync-test-{self.root.name}-{uuid.uuid4().hex[:8]}"
+        self.cgroups = [parent / name for parent in own_cgroups()]
+        for cgroup in self.cgroups:
+            cgroup.mkdir()
+        # systemd-nspawn is started in the new cgroups (its shell moves itself there, then execs it).
+        args = ["sh", "-ec", 'while [ "$1" != -- ]; do echo $$ >"$1"; shift; done; shift; exec "$@"', "sh"]
+        args += [str(cgroup / "cgroup.procs") for cgroup in self.cgroups] + ["--"]
+        args += ["systemd-nspawn", "-D", str(self.root), "--register=no", "--keep-unit", "-b", "--console=passive"]
         args += [f"--bind-ro={source}:{target}" for source, target in self.binds_ro]
         with open(self.log_path, "wb") as out:
             self.nspawn = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
@@ -175,5 +224,7 @@ class Container:
                         os.kill(pid, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     nspawn.wait(10)
+        for cgroup in self.cgroups:
+            remove_cgroup(cgroup)
         self.nspawn = None
         self.leader = 0

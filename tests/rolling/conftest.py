@@ -227,6 +227,9 @@ def fleet() -> Iterator[Fleet]:
             log(f"{suite}: booting {name}")
             container.boot()
             hosts[name] = Host(name, container)
+        # Each host's systemd manages a cgroup tree of its own (tests/nspawn.py says why).
+        inits = {Path(f"/proc/{container.leader}/cgroup").read_text() for container in containers}
+        assert len(inits) == len(containers), f"the hosts' systemd share a cgroup: {inits}"
         with (
             app_database() as database,
             Backend(token=TOKEN) as backend,
