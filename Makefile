@@ -52,7 +52,8 @@ integration: venv system-deps
 e2e: venv
 	$(BIN)/pytest tests/e2e
 
-# The shipped conffile and the configuration reference, rendered from the keys in emailsync/config/settings.py; commit both.
+# The example configuration (every key) and the configuration reference, rendered from the keys in
+# emailsync/config/settings.py; commit both.
 docs: venv
 	$(BIN)/email-sync config --sample >packaging/email-sync.toml.new && mv packaging/email-sync.toml.new packaging/email-sync.toml
 	$(BIN)/email-sync config --markdown >docs/configuration.md.new && mv docs/configuration.md.new docs/configuration.md

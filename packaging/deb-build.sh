@@ -49,7 +49,8 @@ use_suite "${SUITES[0]}"
 OUT=${OUT:-$SUITE_DIST}
 
 started=$(date +%s)
-# The conffile is the package's own rendering of its config keys (tests/deb/test_config_template.py holds it there).
+# The example configuration is the package's own rendering of its config keys (tests/deb/test_config_template.py
+# holds it there).
 (cd "$ROOT" && python3 -B -m emailsync config --sample) | cmp -s - "$ROOT/packaging/email-sync.toml" \
     || die "packaging/email-sync.toml is stale: run make docs and commit it"
 ensure_host_tools

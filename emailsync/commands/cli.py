@@ -117,9 +117,12 @@ def _parser() -> argparse.ArgumentParser:
     unpark.add_argument("user", metavar="USER", help="the user's id or email")
     alert = commands.add_parser("alert", help="record a failed run, alert when its streak calls for it (OnFailure=)")
     alert.add_argument("unit", metavar="UNIT", nargs="?", default="email-sync.service", help="the failed unit")
-    reference = commands.add_parser("config", help="print the commented sample config or the key reference, and exit")
+    reference = commands.add_parser("config", help="print a config file or the key reference, and exit")
     form = reference.add_mutually_exclusive_group(required=True)
-    form.add_argument("--sample", dest="form", action="store_const", const="sample", help="the commented TOML file")
+    form.add_argument("--sample", dest="form", action="store_const", const="sample", help="every key, commented out")
+    form.add_argument(
+        "--starter", dest="form", action="store_const", const="starter", help="the file the package installs"
+    )
     form.add_argument("--markdown", dest="form", action="store_const", const="markdown", help="the reference table")
     return parser
 
@@ -314,7 +317,8 @@ def _alert(config: Config, args: argparse.Namespace) -> int:
 def _config(form: str) -> int:
     from emailsync.config import reference
 
-    sys.stdout.write(reference.sample() if form == "sample" else reference.markdown())
+    renderings = {"sample": reference.sample, "starter": reference.starter, "markdown": reference.markdown}
+    sys.stdout.write(renderings[form]())
     return EXIT_OK
 
 

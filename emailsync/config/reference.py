@@ -1,29 +1,28 @@
-"""The shipped conffile and the configuration reference, both rendered from settings.KEYS.
+"""The configuration's files and reference, all rendered from settings.KEYS.
 
-`email-sync config --sample` prints the commented /etc/email-sync/email-sync.toml the .deb ships and
-`email-sync config --markdown` prints docs/configuration.md: each key's default and meaning come from its one
-declaration, so neither file can drift from the code (tests/unit/config/test_reference.py holds the committed copies
-to it).
+`email-sync config --sample` prints every key commented out (the .deb's example, packaging/email-sync.toml),
+`--starter` the short /etc/email-sync/email-sync.toml the package writes once, at its first installation, and
+`--markdown` docs/configuration.md: each key's default and meaning come from its one declaration, so none of them
+can drift from the code (tests/unit/config/test_reference.py and tests/deb/test_config_template.py hold the
+committed copies to it).
 Only the standard library and config are imported, so packaging can run it with any python3 from the source tree.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import groupby
 from typing import Any
 
 from emailsync.config import settings, values
 
-SAMPLE_HEADER = """\
-# /etc/email-sync/email-sync.toml: configuration of email-sync (a dpkg conffile: your edits survive upgrades).
-#
-# Generated from emailsync/config/settings.py by `email-sync config --sample`; every key is listed below, commented out,
-# with its default. Uncomment and change what you need. Durations are systemd time spans: 90, 5min, 2h 30min, 1.5h.
-# Any key can also be set by the environment as EMAIL_SYNC_<SECTION>_<KEY> (e.g. in a drop-in of the unit:
-# `systemctl edit email-sync.service`, Environment=EMAIL_SYNC_BACKEND_BASE_URL=http://10.0.0.5:8000).
-# Unknown keys and sections are errors, not ignored.
-#
+_SYNTAX = """\
+# Durations are systemd time spans: 90, 5min, 2h 30min, 1.5h. Any key can also be set by the environment as
+# EMAIL_SYNC_<SECTION>_<KEY> (e.g. in a drop-in of the unit: `systemctl edit email-sync.service`,
+# Environment=EMAIL_SYNC_BACKEND_BASE_URL=http://10.0.0.5:8000). Unknown keys and sections are errors, not ignored.
+"""
+
+_SECRETS = """\
 # This file holds no secrets and stays world-readable (0644): the service runs as a transient DynamicUser=
 # that must be able to read it. The secrets go into two files readable by root only, which systemd passes to the
 # service as credentials (LoadCredential= in email-sync.service; they never appear in argv, the environment or
@@ -39,17 +38,44 @@ SAMPLE_HEADER = """\
 # Nothing syncs before that last step: the package installs the timer disabled.
 """
 
+SAMPLE_HEADER = f"""\
+# email-sync.toml: every key of email-sync's configuration, commented out at its default, with what it means.
+#
+# Generated from emailsync/config/settings.py by `email-sync config --sample` (the installed package prints the one
+# of its release; /usr/share/doc/email-sync/examples/email-sync.toml is a copy). The configuration is
+# /etc/email-sync/email-sync.toml: copy there what you need, uncommented and changed.
+#
+{_SYNTAX}#
+{_SECRETS}"""
+
+STARTER_HEADER = f"""\
+# /etc/email-sync/email-sync.toml: the configuration of email-sync.
+#
+# The package wrote this file when it was first installed and never changes it again: it is yours, and upgrades
+# keep it as it is, asking nothing. Below are the keys a host usually sets; every other key keeps its default until
+# you add it to its section here. All the keys, commented out at their defaults, with what each means:
+# `email-sync config --sample` (the same as /usr/share/doc/email-sync/examples/email-sync.toml).
+#
+{_SYNTAX}#
+{_SECRETS}"""
+
+# The keys /etc/email-sync/email-sync.toml starts with: where the backend is, and where alerts go.
+STARTER_KEYS = ("backend.base_url", "backend.sync_path", "alert.webhook_url")
+
 MARKDOWN_HEADER = """\
 # Configuration reference
 
 <!-- Generated from emailsync/config/settings.py by `email-sync config --markdown`: edit the keys there, then
 `make docs`. -->
 
-email-sync reads TOML from `--config PATH`, else `$EMAIL_SYNC_CONFIG`, else `/etc/email-sync/email-sync.toml` (the
-package ships that file with every key below commented out, at its default). Every key can be overridden by the
-environment as `EMAIL_SYNC_<SECTION>_<KEY>` (e.g. `EMAIL_SYNC_BACKEND_SYNC_PATH`). Unknown keys and sections are
-errors, not ignored; a bad value is one line naming the key and the file, exit 78. A file saved with a UTF-8 byte
-order mark (as Notepad does) is read as if it had none.
+email-sync reads TOML from `--config PATH`, else `$EMAIL_SYNC_CONFIG`, else `/etc/email-sync/email-sync.toml`. The
+package writes that file once, when it is first installed, with the keys a host usually sets (`email-sync config
+--starter`), and never changes it afterwards: upgrades keep your edits and ask nothing. Every key below, commented
+out at its default, is in `email-sync config --sample` (and `/usr/share/doc/email-sync/examples/email-sync.toml`).
+Every key can be overridden by the environment as `EMAIL_SYNC_<SECTION>_<KEY>` (e.g.
+`EMAIL_SYNC_BACKEND_SYNC_PATH`). Unknown keys and sections are errors, not ignored; a bad value is one line naming
+the key and the file, exit 78. A file saved with a UTF-8 byte order mark (as Notepad does) is read as if it had
+none.
 
 Durations are systemd time spans, read exactly as `systemd-analyze timespan` reads them (systemd.time(7)): a bare
 number is seconds; units `us`/`usec`/`μs`, `ms`/`msec`, `s`/`sec`/`second(s)`, `m`/`min`/`minute(s)`,
@@ -135,26 +161,37 @@ def default_text(key: settings.Key) -> str:
     return toml_value(key)
 
 
-def _by_section() -> Iterator[tuple[str, Iterator[settings.Key]]]:
-    """The keys in their declared order, a group per section: both renderings follow the conffile's layout."""
-    return groupby(settings.KEYS, key=lambda key: key.section)
+def _by_section(keys: Iterable[settings.Key]) -> Iterator[tuple[str, Iterator[settings.Key]]]:
+    """The keys in their declared order, a group per section: every rendering follows the TOML file's layout."""
+    return groupby(keys, key=lambda key: key.section)
 
 
-def sample() -> str:
-    """The commented conffile: every key once, in its section, commented out at its default."""
-    out = [SAMPLE_HEADER]
-    for section, keys in _by_section():
+def _commented(header: str, keys: Iterable[settings.Key]) -> str:
+    """A TOML file of ``header`` and ``keys``, each in its section, commented out at its default."""
+    out = [header]
+    for section, in_section in _by_section(keys):
         out.append(f"\n[{section}]\n")
-        for key in keys:
+        for key in in_section:
             out.append(f"# {key.help} (default: {default_text(key)})\n")
             out.append(f"#{key.name} = {toml_value(key)}\n")
     return "".join(out)
 
 
+def sample() -> str:
+    """The reference as a TOML file: every key once, in its section, commented out at its default."""
+    return _commented(SAMPLE_HEADER, settings.KEYS)
+
+
+def starter() -> str:
+    """What the package writes to /etc/email-sync/email-sync.toml at its first installation: the STARTER_KEYS,
+    commented out, and where the others are. Never rewritten by an upgrade, so a new key changes nothing in it."""
+    return _commented(STARTER_HEADER, [key for key in settings.KEYS if key.dotted in STARTER_KEYS])
+
+
 def markdown() -> str:
     """The configuration reference: one table per section, each key with its default, variable and meaning."""
     out = [MARKDOWN_HEADER]
-    for section, keys in _by_section():
+    for section, keys in _by_section(settings.KEYS):
         out.append(f"\n## [{section}]\n\n| key | default | environment | meaning |\n|---|---|---|---|\n")
         for key in keys:
             default = default_text(key).strip('"')

@@ -1,13 +1,22 @@
-"""The conffile the .deb ships (/etc/email-sync/email-sync.toml) lists every key of emailsync.config.settings.KEYS
-with its default, and is exactly what `email-sync config --sample` renders from them: it cannot drift from the code."""
+"""The configuration files of the .deb, both rendered from emailsync.settings.KEYS so they cannot drift from the code.
+
+- The reference (packaging/email-sync.toml, installed as /usr/share/doc/email-sync/examples/email-sync.toml): every
+  key with its default, exactly what `email-sync config --sample` renders.
+- The starter (`email-sync config --starter`): what postinst writes to /etc/email-sync/email-sync.toml at the first
+  installation, and never again. A key added by a release changes the reference, never the admin's file.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from emailsync.config import reference, settings
 
@@ -65,10 +74,29 @@ def test_the_template_with_every_key_uncommented_is_valid_toml() -> None:
     tomllib.loads(re.sub(r"(?m)^#(\w+ = )", r"\1", TEMPLATE.read_text()))
 
 
-def test_the_template_as_shipped_is_valid_toml_and_only_needs_the_backend_url(tmp_path: Path) -> None:
-    shipped = TEMPLATE.read_text()
-    assert all(not table for table in tomllib.loads(shipped).values())  # every key commented out
+@pytest.mark.parametrize("render", [reference.sample, reference.starter])
+def test_the_file_as_written_is_valid_toml_and_only_needs_the_backend_url(
+    render: Callable[[], str], tmp_path: Path
+) -> None:
+    written = render()
+    assert all(not table for table in tomllib.loads(written).values())  # every key commented out
     edited = tmp_path / "email-sync.toml"
-    edited.write_text(shipped.replace('#base_url = ""', 'base_url = "http://127.0.0.1:8000"'))
+    edited.write_text(written.replace('#base_url = ""', 'base_url = "http://127.0.0.1:8000"'))
     loaded = settings.load(str(edited), env={"EMAIL_SYNC_DATABASE_URL": "sqlite:////var/lib/email-sync/app.db"})
     assert loaded.backend.base_url == "http://127.0.0.1:8000"
+
+
+def test_the_starter_lists_the_keys_a_host_sets_at_their_defaults_and_points_at_the_others() -> None:
+    starter = reference.starter()
+    sample = listed_defaults(reference.sample())
+    assert listed_defaults(starter) == {name: sample[name] for name in reference.STARTER_KEYS}
+    assert "email-sync config --sample" in starter
+    assert "/usr/share/doc/email-sync/examples/email-sync.toml" in starter
+
+
+def test_a_release_that_adds_a_key_changes_the_reference_but_not_the_starter(monkeypatch: pytest.MonkeyPatch) -> None:
+    starter, sample = reference.starter(), reference.sample()
+    new = dataclasses.replace(settings.KEYS[-1], name="added_by_a_later_release", help="A key of a later release.")
+    monkeypatch.setattr(settings, "KEYS", (*settings.KEYS, new))
+    assert reference.starter() == starter
+    assert reference.sample() != sample

@@ -31,6 +31,8 @@ CATCH_UP = 50_000  # due users of one run: more lines than journald's burst if e
 JOURNALD_INTERVAL = 30  # seconds: journald.conf's RateLimitIntervalSec= default
 ALERT_TEMPLATE = "email-sync-alert@.service"
 STREAK_FILE = "/var/lib/private/email-sync/failure-streak.json"  # StateDirectory= under DynamicUser=
+CONFIG = "/etc/email-sync/email-sync.toml"
+EXAMPLE = "/usr/share/doc/email-sync/examples/email-sync.toml"
 
 
 def test_readme_installs_the_previous_version_from_the_signed_repository(installed: Installed) -> None:
@@ -53,6 +55,24 @@ def test_readme_installs_the_previous_version_from_the_signed_repository(install
     finally:
         keyring.write_bytes(good)
     c.run("apt-get", "update", timeout=120)
+
+
+def test_the_configuration_is_written_once_from_the_starter_and_is_the_admins_not_a_conffile(
+    installed: Installed,
+) -> None:
+    """postinst wrote /etc/email-sync/email-sync.toml from `email-sync config --starter` (the README's editor then
+    set base_url and the webhook). dpkg does not own it: no upgrade changes it or asks about it. Every key is in the
+    example, the installed release's `email-sync config --sample`."""
+    c = installed.container
+    assert c.run("dpkg-query", "-W", "-f=${Conffiles}", "email-sync").stdout.strip() == ""
+    assert c.run("dpkg", "-S", CONFIG, check=False).returncode == 1  # no package owns it
+    written = c.path(CONFIG).read_text()
+    assert re.findall(r"(?m)^(\w+) = ", written) == ["base_url", "webhook_url"]
+    assert (
+        re.sub(r"(?m)^(base_url|webhook_url) = .*$", r'#\1 = ""', written)
+        == c.run("email-sync", "config", "--starter").stdout
+    )
+    assert c.path(EXAMPLE).read_text() == c.run("email-sync", "config", "--sample").stdout
 
 
 def test_check_before_enable_says_all_is_well_including_the_watchdog(installed: Installed) -> None:
@@ -206,12 +226,14 @@ def test_apt_upgrade_stops_a_running_cycle_cleanly_and_the_timers_next_run_syncs
     running = installed.unit(UNIT, "InvocationID", "ActiveState")
     assert running["ActiveState"] == "active"
     installed.repository.publish(installed.fixture_deb, installed.current_deb)
+    config = c.path(CONFIG).read_bytes()
     log(f"{installed.suite}: apt update && apt upgrade during the cycle {running['InvocationID']}")
     try:
         c.sh("apt update && apt upgrade", timeout=600)
     finally:
         installed.backend.latency = 0.0
     assert installed.version() == deb_field(installed.current_deb, "Version")
+    assert c.path(CONFIG).read_bytes() == config
     state = installed.wait_finished(running["InvocationID"], timeout=5)  # over when apt returned
     assert (state["Result"], state["ExecMainStatus"]) == ("success", "0"), state
     outcome = installed.database.scalar("SELECT outcome FROM email_sync_runs ORDER BY started_at DESC LIMIT 1")

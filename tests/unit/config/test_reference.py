@@ -1,4 +1,5 @@
-"""`email-sync config --sample | --markdown`: the conffile and the reference, rendered from the key declarations."""
+"""`email-sync config --sample | --starter | --markdown`: the configuration files and the reference, rendered from the
+key declarations."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ def test_a_default_duration_is_written_the_way_an_operator_would(seconds: float,
     assert reference.duration(seconds) == written
 
 
-@pytest.mark.parametrize(("flag", "render"), [("--sample", reference.sample), ("--markdown", reference.markdown)])
+@pytest.mark.parametrize(
+    ("flag", "render"),
+    [("--sample", reference.sample), ("--starter", reference.starter), ("--markdown", reference.markdown)],
+)
 def test_the_config_command_prints_its_form_without_reading_any_config(
     flag: str, render: Callable[[], str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -31,4 +35,4 @@ def test_the_config_command_needs_a_form(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit) as exit_:
         cli.main(["config"])
     assert exit_.value.code == 64  # a usage error (EX_USAGE)
-    assert "one of the arguments --sample --markdown is required" in capsys.readouterr().err
+    assert "one of the arguments --sample --starter --markdown is required" in capsys.readouterr().err
