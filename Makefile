@@ -89,8 +89,8 @@ bench: venv $(BENCH_VENV)/.installed
 # and its source package (.dsc, orig tarballs with the wheels), each built in a clean chroot of its release (root;
 # caches under /var/cache/email-sync-build), and their proofs: the release's lintian and piuparts, the installed
 # package feature by feature in a booted container of the release (from the signed repository), a rebuild from the
-# source package alone to the same bytes. SUITE=trixie: one release only. Three hosts on one database upgraded one
-# at a time from the previous release (tests/rolling): `packaging/deb-test.sh rolling`, not yet a default step.
+# source package alone to the same bytes, and (newest release only) three hosts on one database upgraded one at a
+# time by unattended-upgrades from the previous release (tests/rolling). SUITE=trixie: one release only.
 .PHONY: deb deb-test repo
 deb:
 	SUITE="$(SUITE)" packaging/deb-build.sh

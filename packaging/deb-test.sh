@@ -2,7 +2,7 @@
 # make deb-test: the proofs that each release's dist/<release>/email-sync_<version>+deb<N>_<arch>.deb is a good
 # Debian package of that release (every release of packaging/releases, or SUITE=trixie for one).
 #
-#   [SUITE=...] packaging/deb-test.sh [lintian] [units] [piuparts] [repro] [boot] [rolling]   (default: the first five)
+#   [SUITE=...] packaging/deb-test.sh [lintian] [units] [piuparts] [repro] [boot] [rolling]   (default: all six)
 #
 #   lintian   the release's own lintian (in its build chroot), --fail-on error,warning, on the .changes
 #   units     every email-sync unit a shipped unit names (OnFailure=, Wants=, ...) is in the .deb (unit_refs.py)
@@ -12,11 +12,9 @@
 #   boot      tests/installed, one pytest run for all releases: in a booted container of each release, the
 #             package installed from a signed apt repository (packaging/repo.sh) and proven feature by feature
 #   rolling   tests/rolling, on the newest requested release only: three booted containers on one PostgreSQL,
-#             timers on, upgraded one at a time by apt from the previous release (built from its own commit,
-#             $PREVIOUS_COMMIT) to this one, then from this one to a test-only next release with a schema step.
-#             Not a default step while its second round fails now and then on trixie: a timer start in a container
-#             gets "Failed to spawn executor: No such file or directory" from systemd (result 'resources'), not yet
-#             understood. Run it by name.
+#             timers on, upgraded one at a time by unattended-upgrades from the previous release (built from its
+#             own commit, $PREVIOUS_COMMIT) to this one, then from this one to a test-only next release with a
+#             schema step and a new configuration key, each host's edited configuration kept.
 #
 # Root; caches under /var/cache/email-sync-build (shared with deb-build.sh). Everything started here is stopped and
 # removed on exit, failure or not. Nothing is ever skipped: a missing tool is installed, a missing prerequisite
@@ -26,7 +24,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 STEPS=("$@")
-[ ${#STEPS[@]} -gt 0 ] || STEPS=(lintian units piuparts repro boot)
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(lintian units piuparts repro boot rolling)
 want() { local s; for s in "${STEPS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 ARCH=$(dpkg --print-architecture)
@@ -88,13 +86,14 @@ previous() {
     ls "$out"/email-sync_*_"$ARCH".deb
 }
 
-# A next release that exists only for tests/rolling: this tree with one more schema step (a table nobody uses),
-# versioned after it (<version>+next), in $DIST/next/<release>; rebuilt when the tree changed since make deb.
+# A next release that exists only for tests/rolling: this tree with one more schema step (a table nobody uses) and
+# one more configuration key (in the reference, not in an admin's file), versioned after it (<version>+next), in
+# $DIST/next/<release>; rebuilt when the tree changed since make deb.
 next_release() {
     local out=$DIST/next/$SUITE src=$WORK/next-$SUITE version
     version=$(dpkg-parsechangelog -l "$ROOT/debian/changelog" -SVersion | sed 's/-\([^-]*\)$/+next-\1/')
     if [ ! -f "$out/tree-sha256" ] || ! cmp -s "$out/tree-sha256" "$DIST/$SUITE/email-sync_${DEB_VERSION}_$ARCH.tree-sha256"; then
-        log "$SUITE: building the test-only next release $(deb_version "$version"): this tree and a schema step"
+        log "$SUITE: building the test-only next release $(deb_version "$version"): this tree, a schema step and a key"
         copy_tree "$src"
         python3 - "$src" <<'EOF_PY' || die "could not add the next release's schema step"
 import re, sys
@@ -116,7 +115,15 @@ text = (
 schema.write_text(text)
 init = root / "emailsync" / "__init__.py"
 init.write_text(re.sub(r"^SCHEMA_VERSION = \d+$", f"SCHEMA_VERSION = {last + 1}", init.read_text(), flags=re.M))
+config = root / "emailsync" / "config.py"
+section = "class LoggingConfig:\n"
+assert section in config.read_text()
+config.write_text(config.read_text().replace(section, section + (
+    '    next_release_probe: str = key(values.text, "", "A key that only the test-only next release has.")\n'
+)))
 EOF_PY
+        (cd "$src" && python3 -B -m emailsync config --sample >packaging/email-sync.toml) \
+            || die "could not render the next release's example configuration"
         rm -rf "$out" "$out.tmp"
         SUITE=$SUITE "$ROOT/packaging/deb-build.sh" --from "$src" --version "$version" --out "$out.tmp" \
             >"$WORK/next.log" 2>&1 || { tail -20 "$WORK/next.log" >&2; die "$SUITE: the next release's build"; }
@@ -223,16 +230,18 @@ prove() {
 }
 
 # The rolling upgrade runs on one release: what it proves (schema steps applied by one host under the lock, older
-# hosts standing aside, a cycle surviving apt, several hosts' leases on one database) is the same Python code and
-# the same maintainer scripts on every release; each release's interpreter, libpq and upgrade are proven by boot.
+# hosts standing aside, a cycle stopped cleanly by an upgrade, several hosts' leases on one database, upgrades that
+# unattended-upgrades makes with the admin's configuration kept) is the same Python code and the same maintainer
+# scripts on every release; each release's interpreter, libpq and upgrade are proven by boot.
 ROLLING_SUITE=${SUITES[${#SUITES[@]}-1]}
 rolling() {
     use_suite "$ROLLING_SUITE"
     DEB_VERSION=$(deb_version)
     DEB=$SUITE_DIST/email-sync_${DEB_VERSION}_${ARCH}.deb
     [ -f "$DEB" ] || die "no $DEB: run make deb first"
+    # The bootable rootfs with Debian's unattended-upgrades, which upgrades the hosts.
     exec 9>"$CACHE/.lock"; flock 9
-    derive_rootfs "$CACHE/boot-$SUITE" boot-rootfs systemd systemd-sysv dbus python3 curl
+    derive_rootfs "$CACHE/rolling-$SUITE" rolling-rootfs systemd systemd-sysv dbus python3 curl unattended-upgrades
     flock -u 9
     ROLLING_PREVIOUS=$(previous)
     ROLLING_NEXT=$(next_release)

@@ -3,10 +3,13 @@ host machine's PostgreSQL, email-sync installed from a signed apt repository and
 
 Run by `make deb-test` (packaging/deb-test.sh, step rolling), which builds what this needs and names it in
 $EMAIL_SYNC_ROLLING_DEBS: the previous release (built from its own commit), this release, and a next release that
-exists only for this test (this tree with one more schema step). Anything missing is a failure, never a skip.
+exists only for this test (this tree with one more schema step and one more configuration key). Anything missing is
+a failure, never a skip.
 
-The hosts are configured as README.md's install section says (the conffile edited, the two credentials in
-/etc/credstore), and upgraded as unattended-upgrades does it: `apt-get upgrade` keeping the edited conffile.
+The hosts are configured as README.md's install section says (/etc/email-sync/email-sync.toml edited, the two
+credentials in /etc/credstore), and upgraded by Debian's unattended-upgrades, with email-sync's repository among its
+origins, as docs/operations.md says. unattended-upgrades skips a package whose upgrade would ask about a conffile:
+each upgrade going through, with the admin's file as it was, is what "upgrades need nobody" means for the package.
 """
 
 from __future__ import annotations
@@ -50,13 +53,16 @@ TIMER = "email-sync.timer"
 FAST_TIMER = (
     "[Timer]\nOnUnitInactiveSec=\nOnActiveSec=1s\nOnUnitInactiveSec=4s\nRandomizedDelaySec=3s\nAccuracySec=1s\n"
 )
-# As unattended-upgrades runs dpkg: a conffile the admin edited is kept, no question asked. Only email-sync: the
-# cached container image may be older than the mirror, and an upgrade of systemd under its running PID 1 (which
-# then fails to spawn units until it re-executes) is not what this proves.
-UPGRADE = (
-    "apt-get update -q && apt-get install --only-upgrade -y -q email-sync "
-    "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
-)
+CONFIG = "/etc/email-sync/email-sync.toml"
+# What apt-daily-upgrade.service does, run now (its timers are masked: a run at a random time is not this test's):
+# the lists, then unattended-upgrades, with no terminal and nothing on stdin to answer a question.
+UPGRADE = "apt-get update -q && unattended-upgrade -v </dev/null"
+# email-sync's repository as unattended-upgrades' only origin. An admin adds it to Debian's (docs/operations.md);
+# here Debian's are cleared: the cached container image may be older than the mirror, and upgrading the rest of
+# Debian is not what this test is about.
+UNATTENDED = """#clear Unattended-Upgrade::Origins-Pattern;
+Unattended-Upgrade::Origins-Pattern {{ "origin=email-sync,codename={suite}"; }};
+"""
 
 INSTALL = """
 install -d -m 0755 /etc/apt/keyrings
@@ -72,6 +78,8 @@ apt-get update -q
 apt-get install -y -q email-sync
 sed -i -e 's|^#base_url = .*|base_url = "{backend}"|' -e 's|^#sync_path = .*|sync_path = "{sync_path}"|' \\
     -e 's|^#webhook_url = .*|webhook_url = "{webhook}"|' /etc/email-sync/email-sync.toml
+printf '%s' '{unattended}' >/etc/apt/apt.conf.d/51email-sync-unattended
+systemctl mask --now apt-daily.timer apt-daily-upgrade.timer
 install -d -m 0700 /etc/credstore
 install -m 0600 /dev/null /etc/credstore/email-sync.database-url
 printf '%s\\n' '{database}' >/etc/credstore/email-sync.database-url
@@ -111,19 +119,30 @@ class Host:
     def unit(self, *properties: str) -> dict[str, str]:
         return self.container.show(UNIT, *properties)
 
+    def config(self) -> bytes:
+        return self.container.path(CONFIG).read_bytes()
+
     def upgrade(self) -> None:
+        """unattended-upgrades upgrades email-sync, and the admin's configuration stays as it was."""
         log(f"{self.name}: {UPGRADE}")
+        before, config = self.version(), self.config()
         started = time.time()
-        self.container.sh(UPGRADE, timeout=600)
+        done = self.container.sh(UPGRADE, timeout=600)
+        self.upgraded(started, before, config, done.stdout + done.stderr)
+
+    def upgraded(self, started: float, before: str, config: bytes, output: str = "") -> None:
+        """Record an upgrade that started at ``started`` from version ``before``, and check what every upgrade
+        leaves: a new version, the admin's configuration byte for byte, and no hold on the runs (preinst's)."""
         self.upgrades.append((started, time.time()))
-        # The package holds the timer's runs back while dpkg replaces its files (debian/email-sync.preinst).
+        assert self.version() != before, f"{self.name}: email-sync was not upgraded from {before}:\n{output[-4000:]}"
+        assert self.config() == config, f"{self.name}: the upgrade changed {CONFIG}"
         self.container.sh(f"! test -e {UPGRADING}")
         skipped = [
             entry
             for entry in self.container.journal(f"UNIT={UNIT}", "_PID=1")
             if "exec-condition" in str(entry.get("MESSAGE", "")) and int(entry["__REALTIME_TIMESTAMP"]) / 1e6 > started
         ]
-        log(f"{self.name}: upgraded; {len(skipped)} start(s) of the timer skipped during the upgrade")
+        log(f"{self.name}: upgraded to {self.version()}; {len(skipped)} start(s) skipped during the upgrade")
 
     def exits(self) -> list[tuple[str, float]]:
         """Each run of the service that failed, as systemd logs its end ("exited/78", "killed/KILL", ...), and when
@@ -207,8 +226,8 @@ def fleet() -> Iterator[Fleet]:
     suite = os.environ.get("EMAIL_SYNC_ROLLING_SUITE", "")
     assert suite, "EMAIL_SYNC_ROLLING_SUITE is not set (run make deb-test, step rolling)"
     previous, current, next_ = releases()
-    rootfs = CACHE / f"boot-{suite}"
-    assert (CACHE / f"boot-{suite}.complete").exists(), f"no bootable {rootfs}: run make deb-test (it makes it)"
+    rootfs = CACHE / f"rolling-{suite}"
+    assert (CACHE / f"rolling-{suite}.complete").exists(), f"no bootable {rootfs}: run make deb-test (it makes it)"
     work = Path(tempfile.mkdtemp(prefix=f"rolling-{suite}-", dir=CACHE))
     containers: list[Container] = []
     server: ThreadingHTTPServer | None = None
@@ -244,6 +263,7 @@ def fleet() -> Iterator[Fleet]:
                 database=database.url,
                 token=TOKEN,
                 timer=FAST_TIMER.replace("\n", "\\n"),
+                unattended=UNATTENDED.format(suite=suite),
             )
             with concurrent.futures.ThreadPoolExecutor(len(hosts)) as pool:
                 list(pool.map(lambda host: _install(host, script), hosts.values()))

@@ -1,10 +1,11 @@
-"""A fleet upgraded one host at a time, as unattended-upgrades does it, with every timer on.
+"""A fleet upgraded one host at a time by unattended-upgrades, with every timer on.
 
-Three hosts on one PostgreSQL, email-sync from the signed repository, a run every few seconds on each. The tests
-run in this file's order on the same fleet: the previous release installed, the rolling upgrade to this release,
-then the rolling upgrade from this release to a next one that adds a schema step (built for this test only, since
-standing aside is this release's behaviour: only a host running it can show it). In each rolling upgrade the first
-host is upgraded while its run is mid-cycle, calls in flight.
+Three hosts on one PostgreSQL, email-sync from the signed repository, a run every few seconds on each, and each
+host's /etc/email-sync/email-sync.toml edited by its admin. The tests run in this file's order on the same fleet:
+the previous release installed, the rolling upgrade to this release, then the rolling upgrade from this release to a
+next one that adds a schema step and a configuration key (built for this test only, since standing aside is this
+release's behaviour: only a host running it can show it). In each rolling upgrade the first host is upgraded while
+its run is mid-cycle, calls in flight. Every upgrade asks nothing and keeps the admin's file byte for byte.
 
 Throughout, the backend's request log is the oracle for "never twice in a window": the whole story takes minutes,
 well within one sync.interval, so every user must have been called exactly once at the end.
@@ -21,11 +22,14 @@ from sqlalchemy import text
 
 from tests.installed.conftest import deb_field
 from tests.nspawn import log
-from tests.rolling.conftest import TIMER, Fleet, Host, upstream
+from tests.rolling.conftest import TIMER, UNIT, Fleet, Host, upstream
 
 pytestmark = pytest.mark.timeout(1800)
 
-HEALTHY = ("ok", "stood_aside")
+# A run's outcomes in a rolling upgrade: synced, stood aside (older than the schema), or stopped by an upgrade.
+HEALTHY = ("ok", "stood_aside", "interrupted")
+EXAMPLE = "/usr/share/doc/email-sync/examples/email-sync.toml"  # every key, commented out: the reference
+NEXT_KEY = "next_release_probe"  # the key only the test-only next release has (packaging/deb-test.sh)
 
 
 def users(fleet: Fleet) -> set[str]:
@@ -53,22 +57,58 @@ def run_outcome(fleet: Fleet, run_id: str) -> str:
 
 def upgrade_mid_cycle(fleet: Fleet, host: Host) -> None:
     """Upgrade ``host`` while its run holds leases with calls in flight: the backend answers slowly, and enough
-    users are due to keep three hosts busy for longer than apt takes. Then the run ends as it would have."""
+    users are due to keep three hosts busy for longer than the upgrade takes. The upgrade stops that run before
+    dpkg replaces a file the run could still import, as systemd stops a run: the calls in flight finish and are
+    recorded, the rest of its claims are released (the fleet syncs them, each once), and it ends "interrupted", a
+    healthy outcome: exit 0, no alert."""
     fleet.backend.latency = 8.0
     fleet.database.add_users(300)
     run_id = fleet.wait(f"{host.name} mid-cycle", lambda: fleet.running_with_leases(host), timeout=120)
-    running = host.unit("InvocationID", "ActiveState")
     log(f"{host.name}: upgrading during its run {run_id}")
-    before = host.version()
-    host.upgrade()
-    assert host.version() != before, f"{host.name}: apt upgraded nothing"
     try:
-        assert host.unit("InvocationID", "ActiveState") == running, "the upgrade stopped the running cycle"
-        assert run_outcome(fleet, run_id) == "running", "the cycle ended before the upgrade did: not mid-cycle"
+        host.upgrade()
     finally:
         fleet.backend.latency = 0.0
-    fleet.wait(f"{host.name}'s run {run_id} to end", lambda: run_outcome(fleet, run_id) != "running")
-    assert run_outcome(fleet, run_id) == "ok"
+    assert run_outcome(fleet, run_id) == "interrupted", "the upgrade did not stop the run before replacing its files"
+
+
+def upgrade_unpacked_then_configured(host: Host) -> None:
+    """The upgrade as apt makes it in a long `apt upgrade`: dpkg unpacks every package first and configures them
+    afterwards, and another package's postinst reloads systemd in between. So systemd may load the new release's
+    units before its postinst has made what they name: this release's unit joins the group email-sync-metrics,
+    which its postinst creates (sysusers.d), and the previous release has no such group. The hold the preinst puts
+    on the runs skips every start until postinst; the same unit without the hold fails to start."""
+    c = host.container
+    before, config = host.version(), host.config()
+    started = time.time()
+    c.sh("cd /root && apt-get update -q && apt-get download -q email-sync </dev/null", timeout=300)
+    c.sh("dpkg --unpack /root/email-sync_*.deb </dev/null", timeout=300)
+    assert c.run("dpkg-query", "-W", "-f=${Status}", "email-sync").stdout == "install ok unpacked"
+    assert c.run("getent", "group", "email-sync-metrics", check=False).returncode == 2, "the group already exists"
+    c.run("systemctl", "daemon-reload")  # another package's postinst
+    cursor = c.cursor()
+    c.run("systemctl", "start", UNIT, check=False)  # the timer's next start, now
+    c.wait_for(
+        "the start held back by the upgrade",
+        lambda: [e for e in c.journal(f"UNIT={UNIT}", "_PID=1", after=cursor) if "exec-condition" in str(e["MESSAGE"])],
+        timeout=30,
+    )
+    held = c.journal(f"UNIT={UNIT}", "_PID=1", after=cursor)
+    assert not [e["MESSAGE"] for e in held if "Failed with result" in str(e["MESSAGE"])], "a held start failed"
+    unheld = "/run/systemd/system/email-sync-unheld.service"  # the same unit, with no hold and no OnFailure=
+    c.sh(f"sed -e '/^OnFailure=/d' -e '/^After=email-sync-alert/d' /usr/lib/systemd/system/{UNIT} >{unheld}")
+    try:
+        c.run("systemctl", "daemon-reload")
+        c.run("systemctl", "start", "email-sync-unheld.service", check=False)
+        state = c.show("email-sync-unheld.service", "Result", "ExecMainStatus")
+        assert state == {"Result": "exit-code", "ExecMainStatus": "216"}, state  # 216: systemd's EXIT_GROUP
+    finally:
+        c.run("rm", "-f", unheld)
+        c.run("systemctl", "reset-failed", "email-sync-unheld.service", check=False)
+        c.run("systemctl", "daemon-reload")
+    c.sh("dpkg --configure email-sync </dev/null", timeout=300)
+    host.upgraded(started, before, config)
+    assert c.run("getent", "group", "email-sync-metrics", check=False).returncode == 0
 
 
 def wait_each_host_ran(fleet: Fleet, release: str, since: float) -> None:
@@ -114,7 +154,7 @@ def test_rolling_upgrade_from_the_previous_release_needs_nobody_and_only_hosts_s
     fleet.wait("the upgraded host's run to apply the schema step", lambda: fleet.schema_version() > before)
     migrated_at = fleet.migrated_at(fleet.schema_version())
     fleet.database.add_users(50)
-    a.upgrade()
+    upgrade_unpacked_then_configured(a)
     fleet.database.add_users(50)
     c.upgrade()
     since = max(done for host in fleet.hosts.values() for _, done in host.upgrades)
@@ -139,9 +179,11 @@ def test_rolling_upgrade_from_the_previous_release_needs_nobody_and_only_hosts_s
 
 def test_rolling_upgrade_from_this_release_fails_no_run_and_older_hosts_stand_aside(fleet: Fleet) -> None:
     """From this release on, a rolling upgrade through a schema step is quiet: the hosts not yet upgraded stand aside
-    (exit 0, no alert), `status` names them, and the upgraded hosts do the work."""
+    (exit 0, no alert), `status` names them, and the upgraded hosts do the work. The next release's reference has a
+    key more, and each admin's configuration, which does not, is kept as it was with nobody asked."""
     a, b, c = (fleet.hosts[name] for name in ("host-a", "host-b", "host-c"))
     release, nxt = upstream(fleet.current), upstream(fleet.next)
+    assert NEXT_KEY not in c.container.path(EXAMPLE).read_text()
     started = time.time()
     failed_before = {invocation for host in fleet.hosts.values() for _, _, invocation in host.failures()}
     fleet.repository.publish(fleet.previous, fleet.current, fleet.next)
@@ -171,6 +213,10 @@ def test_rolling_upgrade_from_this_release_fails_no_run_and_older_hosts_stand_as
     wait_each_host_ran(fleet, nxt, since)
 
     assert [host.version() for host in fleet.hosts.values()] == [deb_field(fleet.next, "Version")] * 3
+    for host in fleet.hosts.values():
+        assert f"#{NEXT_KEY} = " in host.container.path(EXAMPLE).read_text()
+        assert f"#{NEXT_KEY} = " in host.container.run("email-sync", "config", "--sample").stdout
+        assert NEXT_KEY not in host.config().decode()
     assert_each_user_called_once(fleet)
     for host in fleet.hosts.values():
         failed = [(message, at) for message, at, _ in host.failures() if at > started]
