@@ -99,7 +99,7 @@ next_release() {
 import re, sys
 from pathlib import Path
 root = Path(sys.argv[1])
-schema = root / "emailsync" / "schema.py"
+schema = root / "emailsync" / "store" / "schema.py"
 text = schema.read_text()
 steps = re.search(r"^STEPS: tuple\[Step, \.\.\.\] = \(\n(.*?)^\)\n", text, re.S | re.M)
 last = int(re.findall(r"Step\((\d+),", steps[1])[-1])
@@ -115,7 +115,7 @@ text = (
 schema.write_text(text)
 init = root / "emailsync" / "__init__.py"
 init.write_text(re.sub(r"^SCHEMA_VERSION = \d+$", f"SCHEMA_VERSION = {last + 1}", init.read_text(), flags=re.M))
-config = root / "emailsync" / "config.py"
+config = root / "emailsync" / "config" / "settings.py"
 section = "class LoggingConfig:\n"
 assert section in config.read_text()
 config.write_text(config.read_text().replace(section, section + (
