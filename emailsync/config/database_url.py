@@ -8,7 +8,7 @@ psycopg2 through SQLAlchemy's URL as query parameters, which it hands to libpq u
 
 No message here quotes the URL or any part of it that may hold the password. SQLAlchemy and psycopg2 are imported
 only to read a URL: the config module, and so this one, must import with the standard library alone (packaging
-renders the shipped conffile with a bare python3).
+renders the shipped example files with a bare python3).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ T = TypeVar("T")
 
 def key(parse: Callable[[Any], Any], default: Any, help: str, *, secret: bool = False) -> Any:
     """A section's field that is a configuration key: its parser, default and meaning, declared once; the file,
-    the environment, the shipped conffile and the documentation are all read from here."""
+    the environment, the shipped example files and the documentation are all read from here."""
     meta = {"parse": parse, "default": default, "help": " ".join(help.split()), "secret": secret}
     return field(metadata=meta) if default is REQUIRED else field(default=default, metadata=meta)
 
