@@ -160,6 +160,19 @@ class Repository:
         )
 
 
+@contextlib.contextmanager
+def served_repository(suite: str, directory: Path) -> Iterator[Repository]:
+    """An empty repository of ``suite`` in ``directory``, served over http on a free port of the host's 127.0.0.1
+    (the containers share the host's network) until the block ends."""
+    directory.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(directory)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield Repository(suite, directory, f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+
+
 def only(pattern: str, directory: Path) -> Path:
     found = sorted(directory.glob(pattern))
     assert len(found) == 1, f"expected one {pattern} in {directory} (run make deb and make deb-test): {found}"
@@ -238,22 +251,18 @@ def installed(request: pytest.FixtureRequest) -> Iterator[Installed]:
     fixture = only("email-sync_*_*.deb", DIST / "fixtures" / suite)
     work = Path(tempfile.mkdtemp(prefix=f"installed-{suite}-", dir=CACHE))
     container: Container | None = None
-    server: ThreadingHTTPServer | None = None
     try:
-        (work / "repo").mkdir()
-        server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(work / "repo")))
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        repository = Repository(suite, work / "repo", f"http://127.0.0.1:{server.server_address[1]}")
-        repository.publish(fixture)  # the previous version first: the upgrade test moves to the current one
         run_host(["cp", "-a", "--reflink=auto", str(rootfs), str(work / "root")], timeout=300)
         container = Container(work / "root", work / "console.log")
         log(f"{suite}: booting")
         container.boot()
         with (
+            served_repository(suite, work / "repo") as repository,
             app_database() as database,
             Backend(token=TOKEN) as backend,
             Backend(sync_path="/hooks/email-sync") as webhook,
         ):
+            repository.publish(fixture)  # the previous version first: the upgrade test moves to the current one
             container.write("/etc/apt/apt.conf.d/90assume-yes", 'APT::Get::Assume-Yes "true";\n')
             editor = EDITOR.format(
                 backend=backend.base_url,
@@ -273,8 +282,6 @@ def installed(request: pytest.FixtureRequest) -> Iterator[Installed]:
     finally:
         if container is not None:
             container.poweroff()
-        if server is not None:
-            server.shutdown()
         shutil.rmtree(work, ignore_errors=True)
 
 

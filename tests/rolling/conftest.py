@@ -15,16 +15,13 @@ each upgrade going through, with the admin's file as it was, is what "upgrades n
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import os
 import re
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +33,10 @@ from tests.installed.conftest import (
     CACHE,
     TOKEN,
     AppDatabase,
-    QuietHandler,
     Repository,
     app_database,
     deb_field,
+    served_repository,
 )
 from tests.nspawn import Container, log, run_host
 
@@ -230,13 +227,7 @@ def fleet() -> Iterator[Fleet]:
     assert (CACHE / f"rolling-{suite}.complete").exists(), f"no bootable {rootfs}: run make deb-test (it makes it)"
     work = Path(tempfile.mkdtemp(prefix=f"rolling-{suite}-", dir=CACHE))
     containers: list[Container] = []
-    server: ThreadingHTTPServer | None = None
     try:
-        (work / "repo").mkdir()
-        server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(work / "repo")))
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        repository = Repository(suite, work / "repo", f"http://127.0.0.1:{server.server_address[1]}")
-        repository.publish(previous)
         hosts = {}
         for name in HOSTS:
             run_host(["cp", "-a", "--reflink=auto", str(rootfs), str(work / name)], timeout=300)
@@ -250,10 +241,12 @@ def fleet() -> Iterator[Fleet]:
         inits = {Path(f"/proc/{container.leader}/cgroup").read_text() for container in containers}
         assert len(inits) == len(containers), f"the hosts' systemd share a cgroup: {inits}"
         with (
+            served_repository(suite, work / "repo") as repository,
             app_database() as database,
             Backend(token=TOKEN) as backend,
             Backend(sync_path="/hooks/email-sync") as webhook,
         ):
+            repository.publish(previous)
             script = INSTALL.format(
                 repository=repository.url,
                 suite=suite,
@@ -271,6 +264,4 @@ def fleet() -> Iterator[Fleet]:
     finally:
         for container in containers:
             container.poweroff()
-        if server is not None:
-            server.shutdown()
         shutil.rmtree(work, ignore_errors=True)
