@@ -11,7 +11,8 @@ Alerts and monitoring pings, which go to any URL and may need a proxy, go throug
 
 Every read is ours, so the deadline needs no watcher: each wait for a byte is bounded by what is left of it, and
 an answer trickling in a byte at a time ends when the call's time does. Connecting has one budget, the connect
-timeout within the deadline: every address of the host, the TLS handshake and the request's write share it.
+timeout within the deadline: looking the host up, every address of it, the TLS handshake and the request's write
+share it.
 
 A connection is kept for the next call only when nothing but the answer came: a byte more, in our buffer or still
 held by the TLS layer, is not the next call's answer, and reading it as one would give that call another's.
@@ -20,9 +21,11 @@ held by the TLS layer, is not the next call's answer, and reading it as one woul
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import select
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -127,7 +130,7 @@ class Connection:
 
     def _connect(self, budget: float) -> socket.socket:
         """A connection to one of the host's addresses, its TLS handshake done, by ``budget`` (monotonic)."""
-        sock = _connect_any(socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM), budget)
+        sock = _connect_any(_look_up(self.host, self.port, budget), budget)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a request is one write: send it at once
             if self.tls is not None:
@@ -266,6 +269,33 @@ def _left(until: float) -> float:
     if left <= 0:
         raise TimeoutError("no time left")
     return left
+
+
+def _look_up(host: str, port: int, budget: float) -> list[tuple[Any, ...]]:
+    """The host's addresses, by ``budget`` (monotonic). The resolver keeps timeouts of its own, longer than a call's
+    when a name server does not answer, so a name is looked up in a daemon thread that the call stops waiting for
+    when its time is up; the abandoned lookup ends by itself and holds no connection. An address needs no lookup."""
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    found: list[list[tuple[Any, ...]]] = []
+    failed: list[Exception] = []
+    done = threading.Event()
+
+    def look_up() -> None:
+        try:
+            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except Exception as error:  # noqa: BLE001 -- handed over to the call's thread, which raises it
+            failed.append(error)
+        finally:
+            done.set()
+
+    threading.Thread(target=look_up, name=f"getaddrinfo {host}", daemon=True).start()
+    if not done.wait(_left(budget)):
+        raise TimeoutError(f"looking up {host} took the call's connect time")
+    if failed:
+        raise failed[0]
+    return found[0]
 
 
 def _connect_any(addresses: list[tuple[Any, ...]], budget: float) -> socket.socket:

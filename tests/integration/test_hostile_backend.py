@@ -28,6 +28,7 @@ from tests.conftest import AppDb, CommandResult, EmailSync, make_cert
 USERS = 6
 HOSTILE = 3  # the user whose call gets the hostile answer
 TWO_ADDRESSES = "two-addresses.test"
+SILENT_NAME_SERVER = "127.0.0.77"
 
 
 def own_answer(user_id: int) -> bytes:
@@ -203,6 +204,23 @@ def with_hosts(tmp_path: Path, name: str, addresses: list[str]) -> list[str]:
     return ["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts)]
 
 
+@contextlib.contextmanager
+def with_a_silent_name_server(tmp_path: Path) -> Iterator[tuple[list[str], socket.socket]]:
+    """The prefix of a command that runs it where a name other than localhost is asked of a name server that never
+    answers (a UDP socket that reads nothing), with the resolver's timeout far longer than a call's; and that socket,
+    which keeps what it was asked."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind((SILENT_NAME_SERVER, 53))
+    hosts, resolv = tmp_path / "hosts", tmp_path / "resolv.conf"
+    hosts.write_text("127.0.0.1 localhost\n")
+    resolv.write_text(f"nameserver {SILENT_NAME_SERVER}\noptions timeout:30 attempts:1\n")
+    mounts = 'mount --bind "$0" /etc/hosts && mount --bind "$1" /etc/resolv.conf && shift && exec "$@"'
+    try:
+        yield ["unshare", "--mount", "sh", "-c", mounts, str(hosts), str(resolv)], server
+    finally:
+        server.close()
+
+
 def resolved(prefix: list[str], name: str) -> list[str]:
     """The addresses of ``name`` in the order a client in that namespace tries them."""
     lookup = f"import socket; print(' '.join(a[4][0] for a in socket.getaddrinfo({name!r}, 80, type=1)))"
@@ -313,3 +331,24 @@ def test_a_backend_url_that_cannot_go_on_the_wire_exits_78_naming_its_key(
 
     result.assert_one_clear_error(EXIT_CONFIG, says)
     assert backend.requests() == []
+
+
+def test_a_name_server_that_never_answers_takes_no_more_than_the_connect_timeout(
+    pg: AppDb, email_sync: EmailSync, tmp_path: Path
+) -> None:
+    """Looking the backend's name up shares the connect timeout: unbounded, the health check would wait for the
+    resolver's own 30 s and end on its "Temporary failure in name resolution" instead."""
+    pg.add_users(2)
+    with with_a_silent_name_server(tmp_path) as (prefix, name_server):
+        base_url = "http://backend.silent-dns.test:8080"
+        email_sync.configure(pg, None, backend={"base_url": base_url, "connect_timeout": "2s", "call_timeout": "3s"})
+
+        result = run(email_sync, prefix)
+
+        asked, _ = name_server.recvfrom(512)
+    assert b"silent-dns" in asked  # the name went to the name server, which never answered
+    result.assert_one_clear_error(
+        EXIT_TEMPFAIL,
+        f"backend unreachable at {base_url}/health: not connected and sent within backend.connect_timeout (2s)",
+    )
+    assert pg.synced_ids() == set()
