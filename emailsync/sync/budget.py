@@ -108,12 +108,16 @@ class FleetBudget:
 
     def cool_down(self, seconds: float, status: int | None) -> None:
         """The backend answered ``status`` with Retry-After ``seconds``: hold every host's calls until then
-        (at most retry_backoff_max, the longest wait a run can sit through without starving its watchdog)."""
+        (at most retry_backoff_max, the longest wait a run can sit through without starving its watchdog). One
+        warning per cooldown: the calls in flight together are all told to wait, and say nothing new."""
         seconds = min(seconds, self.cooldown_max)
         with self.lock:
             with_retry(self.engine, lambda c: self.sql.cool_down(c, seconds, self.host))
-            self._cool_until(time.monotonic() + seconds)
-        log.warning("backend_cooldown", status=status, seconds=seconds)
+            until = time.monotonic() + seconds
+            new = until > self.cooldown_until + POLL
+            self._cool_until(until)
+        if new:
+            log.warning("backend_cooldown", status=status, seconds=seconds)
 
     def _next_slot(self) -> tuple[float, int, bool]:
         """A slot (monotonic time), leasing a batch when none is left, or the end of a cooldown (False); with the

@@ -12,6 +12,7 @@ from harness.backend import Backend, Behaviour, Recorded
 from tests.conftest import AppDb, EmailSync
 from tests.integration.test_hosts import assert_each_synced_once, run_hosts
 from tests.unit.sync.test_budget import (  # noqa: F401 -- tests/unit on SQLite, run here again on PostgreSQL
+    test_a_cooldown_is_one_warning_however_many_calls_in_flight_were_told_to_wait,
     test_a_fleet_without_max_rate_never_touches_the_budget,
     test_the_budget_spaces_the_calls_on_sqlite_too,
 )
