@@ -10,12 +10,13 @@ alert.command is set; the streak is kept all the same.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -229,15 +230,30 @@ def _os_error(error: OSError) -> str:
 
 
 def deliver(config: Config, alert: dict[str, Any]) -> bool:
-    """POST the alert's JSON to the webhook and/or hand it to the command; False when alerting is off."""
+    """POST the alert's JSON to the webhook and/or hand it to the command; False when alerting is off.
+
+    Each is tried whatever became of the other, and the alert counts as delivered when one of them took it: a
+    failing command must not have the webhook's alert sent again with the next one, nor a webhook that is down keep
+    it from the command. The one that failed is a warning; TemporaryError only when neither took it."""
     webhook, command = config.alert.webhook_url, config.alert.command
-    if not webhook and not command:
-        return False
     body = json.dumps(alert, default=str)
+    sends: list[Callable[[], None]] = []
     if webhook:
-        _post(config, webhook, body)
+        sends.append(functools.partial(_post, config, webhook, body))
     if command:
-        _run(command, body)
+        sends.append(functools.partial(_run, command, body))
+    if not sends:
+        return False
+    failures: list[str] = []
+    for send in sends:
+        try:
+            send()
+        except TemporaryError as error:
+            failures.append(str(error))
+    if len(failures) == len(sends):
+        raise TemporaryError("; ".join(failures))
+    for failure in failures:
+        log.warning("alert_failed", kind=alert.get("event"), error=failure, delivered=True)
     return True
 
 

@@ -152,6 +152,41 @@ def test_the_command_gets_the_alert_and_the_resolved_too(
     assert (resolved["event"], resolved["streak"]["first_error"]) == ("resolved", alert["streak"]["first_error"])
 
 
+def test_a_failing_command_does_not_have_the_webhook_alert_sent_twice(
+    pg: AppDb, hook: Backend, email_sync: EmailSync, systemd: Systemd
+) -> None:
+    pg.add_users(1)
+    with Backend(sync_path="/elsewhere") as backend:
+        alert = {"webhook_url": hook.base_url + HOOK, "command": "false"}
+        email_sync.configure(pg, backend, alert=alert)
+        assert systemd.run().code == EXIT_CONFIG  # the endpoint answers 404: an alert at once
+        assert systemd.run().code == EXIT_CONFIG
+        email_sync.configure(pg, backend, backend={"sync_path": "/elsewhere"}, alert=alert)
+        assert systemd.run().code == EXIT_OK
+
+    first, second = systemd.handled
+    assert first.code == EXIT_OK and "alert.command false exited 1" in first.event("alert_failed")["error"]
+    assert second.event("alert_held")["streak"]["alerted_at"] is not None
+    assert [message["event"] for message in messages(hook)] == ["failing", "resolved"]
+
+
+def test_a_webhook_that_is_down_does_not_keep_the_alert_from_the_command(
+    pg: AppDb, hook: Backend, email_sync: EmailSync, systemd: Systemd, tmp_path: Path
+) -> None:
+    received = tmp_path / "received.jsonl"
+    pg.add_users(1)
+    hook.set_default(Behaviour(status=500))
+    with Backend(sync_path="/elsewhere") as backend:
+        command = f"sh -c 'cat >> {received}; echo >> {received}'"
+        email_sync.configure(pg, backend, alert={"webhook_url": hook.base_url + HOOK, "command": command})
+        assert systemd.run().code == EXIT_CONFIG
+
+    (handled,) = systemd.handled
+    assert handled.code == EXIT_OK and "alert webhook answered 500" in handled.event("alert_failed")["error"]
+    (alert,) = [json.loads(line) for line in received.read_text().splitlines()]
+    assert (alert["event"], alert["streak"]["runs"]) == ("failing", 1)
+
+
 def test_the_streak_survives_a_database_outage(
     pg: AppDb, backend: Backend, hook: Backend, email_sync: EmailSync, systemd: Systemd
 ) -> None:
