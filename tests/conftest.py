@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,9 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from emailsync.commands import cli
-from emailsync.config.settings import DatabaseConfig
+from emailsync.config.settings import DatabaseConfig, SyncConfig, UsersConfig
 from emailsync.store import db, schema
+from emailsync.store.leases import Leases
 from harness.app_database import USERS_TABLE, email
 from harness.backend import Backend
 
@@ -268,3 +269,12 @@ class EmailSync:
 @pytest.fixture
 def email_sync(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> EmailSync:
     return EmailSync(tmp_path, capsys)
+
+
+def leases_by_run(url: str) -> Iterator[Callable[[str], Leases]]:
+    """The leases of a run with the given id, on one engine, as `email-sync run` would have it."""
+    engine = db.connect(DatabaseConfig(url=url, connect_timeout=5, statement_timeout=30))
+    users = UsersConfig("users", "id", "email", "last_sync", "UTC", "")
+    sync = SyncConfig(3600, 100, 50, 10, 600, 5, "host", 300, 86400, 20, 3)
+    yield lambda run_id: Leases(engine, users, sync, run_id)
+    engine.dispose()

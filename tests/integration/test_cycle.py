@@ -13,9 +13,8 @@ from sqlalchemy import text
 
 from emailsync.store.leases import DuePages, Leases
 from harness.backend import Backend, Behaviour
-from tests.conftest import AppDb, EmailSync
+from tests.conftest import AppDb, EmailSync, leases_by_run
 from tests.unit.store.test_leases import (  # noqa: F401 -- tests/unit on SQLite, run here again on PostgreSQL
-    _stores,
     store_of,
     test_a_batch_of_the_largest_configurable_size_is_recorded,
     test_a_run_is_done_when_another_run_took_everyone_left,
@@ -86,7 +85,7 @@ def test_slow_calls_hold_leases_on_about_a_second_of_their_pace_not_on_whole_bat
 
 @pytest.fixture
 def pg_store_of(pg: AppDb) -> Iterator[Callable[[str], Leases]]:
-    yield from _stores(pg.url)
+    yield from leases_by_run(pg.url)
 
 
 def test_a_run_ends_when_every_due_user_is_locked_rather_than_spinning(

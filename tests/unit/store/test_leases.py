@@ -10,7 +10,7 @@ import pytest
 from emailsync.config.settings import SyncConfig
 from emailsync.model import Result
 from emailsync.store.leases import DuePages, Leases, failure_backoff
-from tests.conftest import AppDb
+from tests.conftest import AppDb, leases_by_run
 
 SYNC = SyncConfig(3600, 100, 50, 10, 600, 5, "host", 300, 86400, 20, 3)
 
@@ -23,21 +23,9 @@ def test_failure_backoff_doubles_up_to_its_cap_with_jitter_below_the_ceiling(fai
     assert max(waits) - min(waits) > 0
 
 
-def _stores(url: str) -> Iterator[Callable[[str], Leases]]:
-    """The leases of a run with the given id, on one engine, as `email-sync run` would have it."""
-    from emailsync.config.settings import DatabaseConfig, SyncConfig, UsersConfig
-    from emailsync.store import db
-
-    engine = db.connect(DatabaseConfig(url=url, connect_timeout=5, statement_timeout=30))
-    users = UsersConfig("users", "id", "email", "last_sync", "UTC", "")
-    sync = SyncConfig(3600, 100, 50, 10, 600, 5, "host", 300, 86400, 20, 3)
-    yield lambda run_id: Leases(engine, users, sync, run_id)
-    engine.dispose()
-
-
 @pytest.fixture
 def store_of(app_db: AppDb) -> Iterator[Callable[[str], Leases]]:
-    yield from _stores(app_db.url)
+    yield from leases_by_run(app_db.url)
 
 
 @pytest.mark.parametrize("ok", [True, False], ids=["synced", "failed"])
