@@ -1,11 +1,11 @@
-"""email-sync benchmark (issue 6): one real `email-sync run` per measurement, as systemd would start it.
+"""email-sync benchmark: one real `email-sync run` per measurement, as systemd would start it.
 
 Not a test: it measures and reports. For every scenario it creates a uniquely named PostgreSQL database on
 127.0.0.1:5432 (user postgres, trust auth), seeds N users with one INSERT ... SELECT generate_series, runs
 `email-sync migrate`, then per repetition: resets the users (last_sync NULL, email-sync's state emptied, VACUUM
 ANALYZE), runs ONE `email-sync run` (the installed CLI, a subprocess, with a config file written here), resets
 again and runs the BASELINE (bench/baseline.py: the original sequential loop) on a sample of the same users.
-Last, the CPU of an empty run (nobody due; bench/startup.py). The goals are issue 14's, on whole processes.
+Last, the CPU of an empty run (nobody due; bench/startup.py). The goals are docs/speed.md's, on whole processes.
 
 The backend is harness/fast_backend.py (asyncio, keep-alive, fixed latency) in its own process; its capacity is measured
 first with bench/loadgen.py (in other processes). Database statements are counted on the wire by bench/pgproxy.py
@@ -54,7 +54,7 @@ RIG_PYTHON = Path(sys.executable)  # the stand-in, the proxy, the load generator
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 ADMIN_DSN = f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname=postgres sslmode=disable"
 RUN_TIMEOUT = 900.0  # seconds: no single email-sync run may take longer (it is killed, the benchmark fails)
-EMPTY_RUN_CPU_GOAL = 0.3  # seconds of CPU for a run that finds nobody due (issue 14)
+EMPTY_RUN_CPU_GOAL = 0.3  # seconds of CPU for a run that finds nobody due (docs/speed.md)
 SAMPLE_EVERY = 0.1  # seconds between /proc and pg_stat_activity samples
 MEASURED: list[Path] = []  # the emailsync/ directory the measured venv imports, found (and compiled) at start
 

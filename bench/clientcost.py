@@ -1,7 +1,6 @@
 """CPU per request of the HTTP client styles email-sync could use, one thread, keep-alive, against
-harness/fast_backend.py at latency 0: requests.Session.post (stream=True, raw.read: what `Client._attempt` used
-until issue 6), urllib3's HTTPConnectionPool.urlopen (what backend.Session used until issue 14), one urllib3
-HTTPConnection kept by the caller (what it used next), http.client, and backend.Session as it is now
+harness/fast_backend.py at latency 0: requests.Session.post (stream=True, raw.read), urllib3's
+HTTPConnectionPool.urlopen, one urllib3 HTTPConnection kept by the caller, http.client, and backend.Session as it is now
 (emailsync.sync.http1: the request in one write, the answer parsed from what arrives). The numbers behind leaving
 requests, then the pool, then urllib3.
 
@@ -129,7 +128,7 @@ def main() -> None:
     try:
         port = int(backend.stdout.readline())  # type: ignore[union-attr]
         for name, fn in (
-            ("requests.Session.post (until issue 6)", with_requests),
+            ("requests.Session.post", with_requests),
             ("urllib3 urlopen", with_urllib3),
             ("urllib3 HTTPConnection", with_urllib3_connection),
             ("http.client", with_http_client),

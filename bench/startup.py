@@ -1,4 +1,4 @@
-"""The CPU cost of an empty `email-sync run` (issue 14: nobody due, <= 0.3 s of CPU, start-up included).
+"""The CPU cost of an empty `email-sync run` (docs/speed.md's goal: nobody due, <= 0.3 s of CPU, start-up included).
 
 Not a test: it measures. Creates a uniquely named PostgreSQL database on 127.0.0.1:5432 (user postgres, trust) with
 the app's users table, all of them synced a moment ago (so nobody is due), runs `email-sync migrate`, serves the
