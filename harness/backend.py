@@ -135,6 +135,7 @@ class Backend:
         self.monitor_path = "/ping/"
         self.monitor_status = 200
         self.monitor_delay = 0.0  # seconds before a ping's answer
+        self.monitor_trickle = 0.0  # >0: a ping's answer is its head, then a body byte every so often, until stop
         # Seconds a kept-alive connection may sit idle before the server closes it without a word, as a keep-alive
         # timeout does (nginx's keepalive_timeout); None: never.
         self.idle_timeout: float | None = None
@@ -437,6 +438,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif path.startswith(backend.monitor_path):
             if backend.monitor_delay > 0 and self.server.stopping.wait(backend.monitor_delay):
                 self.close_connection = True
+                return
+            if backend.monitor_trickle > 0:
+                self._trickle(backend.monitor_status, backend.monitor_trickle, {})
                 return
             self._respond(backend.monitor_status, b"OK")
         else:

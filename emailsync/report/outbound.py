@@ -2,7 +2,9 @@
 
 Unlike the backend calls, they go through the environment's proxy when it names one for their URL (http_proxy,
 https_proxy, no_proxy), as curl does: such endpoints often have to be reached through one. requests does that from
-the environment (trust_env). No redirects and no retries of its own: the callers decide what a failure means.
+the environment (trust_env). No redirects and no retries of its own: the callers decide what a failure means. Only
+the answer's status is read, never its body: a body that trickles in for ever, each byte within the read timeout,
+would otherwise hold the run.
 Certificates are checked against the system's trusted CAs (Debian's ca-certificates, SSL_CERT_FILE), as curl does,
 not against the certifi bundle requests would pick.
 
@@ -47,6 +49,7 @@ def request(
                 timeout=(_bound(connect, total), _bound(read, total)),
                 allow_redirects=False,
                 verify=_system_trust(),
+                stream=True,  # the status and headers only: the body is left unread
             )
         except requests.RequestException as failure:
             raise Unreachable(type(failure).__name__) from None

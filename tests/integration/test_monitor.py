@@ -211,6 +211,22 @@ def test_a_monitor_slower_than_ping_timeout_is_given_up(
     assert [e["ping"] for e in result.events if e["event"] == "ping_failed"] == ["start", "success"]
 
 
+def test_a_monitor_trickling_its_answer_does_not_hold_the_run(
+    pg: AppDb, backend: Backend, monitor: Backend, email_sync: EmailSync
+) -> None:
+    """A ping needs the answer's status only: a body that never ends (a byte every 0.2 s, each within the read
+    timeout) is not waited for."""
+    pg.add_users(1)
+    monitor.monitor_trickle = 0.2
+    email_sync.configure(pg, backend, monitor={"ping_url": ping_url(monitor), "ping_timeout": "5s"})
+
+    result = email_sync("run")
+
+    assert result.code == EXIT_OK and pg.synced_ids() == {1}
+    assert [where(ping) for ping in monitor.pings()] == [("POST", "/start"), ("POST", "")]
+    assert [e for e in result.events if e["event"] == "ping_failed"] == []
+
+
 def test_the_ping_urls_key_never_reaches_the_log_or_the_runs_table(
     pg: AppDb, backend: Backend, email_sync: EmailSync
 ) -> None:
