@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 import time
 from collections import Counter
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -33,6 +36,9 @@ ALERT_TEMPLATE = "email-sync-alert@.service"
 STREAK_FILE = "/var/lib/private/email-sync/failure-streak.json"  # StateDirectory= under DynamicUser=
 CONFIG = "/etc/email-sync/email-sync.toml"
 EXAMPLE = "/usr/share/doc/email-sync/examples/email-sync.toml"
+RULES = "/usr/share/email-sync/prometheus/email-sync.rules.yml"
+RULE_TESTS = Path(__file__).parents[1] / "prometheus" / "email-sync.rules.test.yml"
+SOURCE_RULES = "../../packaging/prometheus/email-sync.rules.yml"  # what the tests in the source tree read
 
 
 def test_readme_installs_the_previous_version_from_the_signed_repository(installed: Installed) -> None:
@@ -147,6 +153,25 @@ def test_debians_node_exporter_serves_the_metrics_of_a_run_with_no_configuration
     assert re.search(
         r'^node_textfile_mtime_seconds{file="(/var/lib/prometheus/node-exporter/)?email-sync\.prom"}', metrics, re.M
     ), [line for line in metrics.splitlines() if line.startswith("node_textfile")]
+
+
+def test_the_shipped_alerting_rules_pass_their_promtool_tests(installed: Installed, tmp_path: Path) -> None:
+    """The rules at the path docs/operations.md gives are the ones tests/prometheus proves: promtool (Debian's, on the
+    host, as `make test` installs it) runs their unit tests on the installed copy."""
+    shipped = tmp_path / "email-sync.rules.yml"
+    shipped.write_text(installed.container.run("cat", RULES).stdout)
+    suite = RULE_TESTS.read_text()
+    assert SOURCE_RULES in suite
+    (tmp_path / "email-sync.rules.test.yml").write_text(suite.replace(SOURCE_RULES, str(shipped)))
+    promtool = shutil.which("promtool")
+    assert promtool, "no promtool on the host: `make system-deps` installs Debian's prometheus"
+
+    tested = subprocess.run(
+        [promtool, "test", "rules", str(tmp_path / "email-sync.rules.test.yml")], capture_output=True, text=True
+    )
+
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "SUCCESS" in tested.stdout + tested.stderr
 
 
 def test_a_pause_typed_on_the_host_holds_the_services_runs_until_resume(installed: Installed) -> None:
