@@ -361,7 +361,8 @@ def test_the_watchdog_kills_a_hung_run_and_the_failed_run_alerts_the_webhook(ins
     right after READY=1, mid-call. It pings no more; systemd's watchdog aborts it, then kills it (the abort signal
     waits on a frozen process, so TimeoutAbortSec= is short). The run records nothing; the alert unit records the
     kill in the failure streak (alert.after = 1 here: one kill alerts), and the next run, which succeeds, reads the
-    same state directory and sends the "resolved"."""
+    same state directory and sends the "resolved". It syncs the user whose call the kill cut short again, once its
+    lease has run out, with the Idempotency-Key of that call: the backend can tell it is the same piece of work."""
     # Calls that fit a 10 s watchdog: call_timeout + retry_backoff_max = 4.5 s < 10 s / 2.
     installed.dropin(
         "hang",
@@ -375,6 +376,7 @@ def test_the_watchdog_kills_a_hung_run_and_the_failed_run_alerts_the_webhook(ins
     installed.container.run("systemctl", "daemon-reload")
     installed.container.path(STREAK_FILE).unlink(missing_ok=True)
     installed.database.execute("UPDATE users SET last_sync = NULL WHERE id = 1")
+    earlier = len(installed.backend.sync_calls())
     installed.backend.set_default(Behaviour(delay=30))
     try:
         installed.container.run("systemctl", "start", UNIT)  # returns at READY=1: the watchdog is armed
@@ -397,6 +399,9 @@ def test_the_watchdog_kills_a_hung_run_and_the_failed_run_alerts_the_webhook(ins
     assert (resolved["event"], resolved["streak"]["first_error"]) == ("resolved", alert["streak"]["first_error"])
     ran = installed.unit(f"email-sync-alert@{UNIT}.service", "Result", "ExecMainStatus")
     assert (ran["Result"], ran["ExecMainStatus"]) == ("success", "0"), ran
+    cut_short, resent = [call for call in installed.backend.sync_calls()[earlier:] if str(call.user_id) == "1"]
+    assert resent.status == 200
+    assert resent.header("Idempotency-Key") == cut_short.header("Idempotency-Key") is not None
 
 
 def test_an_absent_optional_token_costs_no_log_line(installed: Installed) -> None:
