@@ -277,6 +277,33 @@ def test_apt_upgrade_stops_a_running_cycle_cleanly_and_the_timers_next_run_syncs
     assert timer["NextElapseUSecMonotonic"] not in ("", "0", "infinity"), f"the timer has no next run: {timer}"
 
 
+def test_answers_a_backend_should_not_send_fail_only_their_user_in_the_installed_run(installed: Installed) -> None:
+    """A length of thousands of digits is that user's failure; a 2xx body too deep to parse is a sync whose count
+    is unknown; the other users are synced, the run ends 0 and nothing in the journal is a traceback."""
+    c = installed.container
+    first = int(installed.database.scalar("SELECT coalesce(max(id), 0) FROM users")) + 1
+    installed.database.add_users(3)
+    endless = b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n"
+    installed.backend.script(first, Behaviour(raw=endless))
+    installed.backend.script(first + 1, Behaviour(body=b"[" * 60_000 + b"]" * 60_000))
+    cursor = c.cursor()
+
+    state = start_and_wait(installed)
+
+    installed.backend.script(first)
+    installed.backend.script(first + 1)
+    assert (state["Result"], state["ExecMainStatus"]) == ("success", "0"), state
+    synced = f"SELECT id FROM users WHERE id >= {first} AND last_sync IS NOT NULL ORDER BY id"
+    with installed.database.engine.begin() as connection:
+        assert [row[0] for row in connection.exec_driver_sql(synced)] == [first + 1, first + 2]
+    messages = [str(entry.get("MESSAGE")) for entry in c.journal("-u", UNIT, after=cursor)]
+    assert not [line for line in messages if "Traceback" in line], messages
+    c.run("email-sync", "reset", str(first))  # its backoff would otherwise end in a later test's run
+    again = start_and_wait(installed)
+    assert (again["Result"], again["ExecMainStatus"]) == ("success", "0"), again
+    assert installed.database.scalar(f"SELECT last_sync IS NOT NULL FROM users WHERE id = {first}") is True
+
+
 def test_a_host_list_finds_the_server_and_load_balance_hosts_needs_the_releases_libpq_16(installed: Installed) -> None:
     """The package's psycopg2 is linked against its release's libpq5: 15 on Debian 12 (no load_balance_hosts, one
     78 line naming it), 17 on Debian 13. A host that refuses connections comes first in each list."""
